@@ -1,0 +1,58 @@
+"""What every chapter does right after its ``parameters`` cell: validate, go offline, set the look.
+
+Kept free of heavy imports (no transformers at module level) so that the offline environment
+variables are set *before* transformers or huggingface_hub read them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+from .config import ExperimentConfig, describe, require_device
+
+__all__ = ["start_chapter", "quiet_libraries"]
+
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+def quiet_libraries() -> None:
+    """Silence progress bars and advisory warnings of datasets/transformers/trl in executed pages."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(trl|transformers|peft|torch)\b.*")
+    for name in ("transformers", "trl", "datasets", "peft", "accelerate", "httpx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def start_chapter(cfg: ExperimentConfig, show: bool = True, **provenance: Any) -> str:
+    """Prepare a chapter for ``cfg``; return its torch device ("cpu" or "cuda").
+
+    * CPU profile: no network (``HF_HUB_OFFLINE=1`` etc. via ``setdefault``, so a caller may
+      override them); telemetry is off for every profile;
+    * a GPU profile without a GPU stops here with a clear message (:func:`config.require_device`);
+    * torch is seeded with ``cfg.seed``, the plot theme is applied, library noise is silenced;
+    * with ``show``, a provenance banner says which profile and model produced the page.
+
+    Used in: every notebook (the cell after ``parameters``).
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if not cfg.requires_gpu:
+        for var in _OFFLINE_VARS:
+            os.environ.setdefault(var, "1")
+    device = require_device(cfg)
+
+    import torch
+
+    from .plotting import set_theme
+
+    torch.manual_seed(cfg.seed)
+    set_theme()
+    quiet_libraries()
+    if show:
+        from IPython.display import Markdown, display
+
+        display(Markdown(f"```{{note}}\n{describe(cfg, **provenance)}\n```"))
+    return device

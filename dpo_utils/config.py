@@ -1,0 +1,279 @@
+"""Profiles and parameter validation: the one switch between CPU scale and paper scale.
+
+A *profile* is a complete, named set of experiment parameters. ``cpu`` (the default) builds the whole
+book on two CPU cores in minutes; ``llama2-7b`` and ``mistral-7b`` carry the hyperparameters of the
+authors' released code (see ``book/setup.md`` and the paper notes), and need a GPU.
+
+Every notebook resolves its parameters with :func:`get_config`, so a bad value is rejected with a
+message that names the value and what is allowed, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "ExperimentConfig",
+    "PROFILES",
+    "PAPER_PROFILES",
+    "get_config",
+    "profile_from_env",
+    "require_device",
+    "describe",
+]
+
+PROFILE_ENV_VAR = "DPO_PROFILE"
+
+
+class ConfigError(ValueError):
+    """A parameter value that no experiment accepts. The message says what is allowed."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """All parameters of one profile. Fields are plain values so a config hashes and serialises.
+
+    Used in: every notebook (the cell after ``parameters``).
+    """
+
+    profile: str
+    description: str
+    # --- model -------------------------------------------------------------------------------
+    model_name: str  # hub id / local path, or "tiny-llama" / "tiny-mistral" built from config
+    model_arch: str  # "llama" or "mistral"
+    requires_gpu: bool
+    dtype: str  # "float32" or "bfloat16"
+    # --- shared --------------------------------------------------------------------------------
+    seed: int = 1234
+    n_seeds: int = 1
+    beta: float = 0.01
+    # --- last-layer (unembedding-only) DPO, experiment A -----------------------------------------
+    last_layer_lr: float = 0.1
+    last_layer_batch_size: int = 128
+    last_layer_steps: int = 100
+    # --- synthetic features (theory chapters) ----------------------------------------------------
+    synthetic_dim: int = 64
+    synthetic_n_per_class: int = 250
+    # --- DPO through trl, experiments B-E -------------------------------------------------------
+    dpo_beta: float = 0.01
+    full_lr: float = 1e-6
+    lora_lr: float = 1e-5
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    dpo_batch_size: int = 128  # effective batch (per device x devices x accumulation)
+    per_device_batch_size: int = 32
+    dpo_epochs: int = 1
+    dpo_max_steps: int | None = None  # None: train for dpo_epochs
+    max_length: int = 512
+    behaviors: tuple[str | int, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict view (tuples become lists), suitable for JSON and for hashing."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    def replace(self, **overrides: Any) -> "ExperimentConfig":
+        """A validated copy with some values changed; ``None`` values are ignored."""
+        return _apply_overrides(self, overrides)
+
+
+_PAPER_COMMON = dict(
+    requires_gpu=True,
+    dtype="bfloat16",
+    seed=1234,
+    n_seeds=1,
+    beta=0.01,
+    last_layer_lr=0.1,
+    last_layer_batch_size=128,
+    last_layer_steps=100,
+    synthetic_dim=4096,
+    synthetic_n_per_class=500,
+    dpo_beta=0.01,
+    full_lr=1e-6,
+    lora_lr=1e-5,
+    lora_r=8,
+    lora_alpha=32,
+    lora_dropout=0.05,
+    lora_target_modules=("q_proj", "v_proj"),
+    dpo_batch_size=128,
+    per_device_batch_size=32,
+    dpo_epochs=1,
+    dpo_max_steps=None,
+    max_length=512,
+    # the five behaviours of the authors' single-behaviour plots (their numbering)
+    behaviors=(108, 84, 88, 54, 100),
+)
+
+PROFILES: dict[str, ExperimentConfig] = {
+    "cpu": ExperimentConfig(
+        profile="cpu",
+        description=(
+            "CPU profile: tiny Llama/Mistral models built from config and pre-trained briefly on the "
+            "project's own persona-format corpus; synthetic features of width 64. Not Llama-2-7B."
+        ),
+        model_name="tiny-llama",
+        model_arch="llama",
+        requires_gpu=False,
+        dtype="float32",
+        seed=1234,
+        n_seeds=3,
+        beta=0.01,
+        # tiny-model features are ~60x narrower than Llama-2's, so SGD needs a larger step to move
+        # the loss visibly (speed scales with lr * beta^2 * distinguishability^2)
+        last_layer_lr=1.0,
+        last_layer_batch_size=128,
+        last_layer_steps=100,
+        synthetic_dim=64,
+        synthetic_n_per_class=250,
+        # AdamW on a 0.3M-parameter model: the paper's lr moves the loss by ~1e-4 only
+        dpo_beta=0.1,
+        full_lr=1e-4,
+        lora_lr=3e-3,
+        lora_r=8,
+        lora_alpha=32,
+        lora_dropout=0.05,
+        lora_target_modules=("q_proj", "v_proj"),
+        dpo_batch_size=32,
+        per_device_batch_size=32,
+        dpo_epochs=1,
+        dpo_max_steps=16,
+        max_length=64,
+        behaviors=(),
+    ),
+    "llama2-7b": ExperimentConfig(
+        profile="llama2-7b",
+        description="Paper scale: Llama-2-7B (base), the authors' hyperparameters.",
+        model_name="meta-llama/Llama-2-7b-hf",
+        model_arch="llama",
+        **_PAPER_COMMON,
+    ),
+    "mistral-7b": ExperimentConfig(
+        profile="mistral-7b",
+        description="Paper scale: Mistral-7B-v0.1 (base), the authors' hyperparameters.",
+        model_name="mistralai/Mistral-7B-v0.1",
+        model_arch="mistral",
+        **_PAPER_COMMON,
+    ),
+}
+PAPER_PROFILES = tuple(name for name, cfg in PROFILES.items() if cfg.requires_gpu)
+
+_POSITIVE_FLOATS = ("beta", "dpo_beta", "last_layer_lr", "full_lr", "lora_lr")
+_POSITIVE_INTS = (
+    "n_seeds",
+    "last_layer_batch_size",
+    "last_layer_steps",
+    "synthetic_dim",
+    "synthetic_n_per_class",
+    "lora_r",
+    "lora_alpha",
+    "dpo_batch_size",
+    "per_device_batch_size",
+    "dpo_epochs",
+    "max_length",
+)
+_CHOICES = {"model_arch": ("llama", "mistral"), "dtype": ("float32", "bfloat16", "float16")}
+
+
+def _check_value(name: str, value: Any) -> Any:
+    """Validate one field; return it normalised (lists become tuples)."""
+    if name in _POSITIVE_FLOATS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}={value!r} is not a number; {name} must be a float > 0.")
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{name}={value!r} is not allowed; {name} must be a finite float > 0.")
+        return float(value)
+    if name in _POSITIVE_INTS or name == "dpo_max_steps":
+        if name == "dpo_max_steps" and value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name}={value!r} is not allowed; {name} must be an integer >= 1.")
+        return value
+    if name == "seed":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"seed={value!r} is not allowed; seed must be an integer >= 0.")
+        return value
+    if name == "lora_dropout":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ConfigError(f"lora_dropout={value!r} is not allowed; it must be in [0, 1).")
+        return float(value)
+    if name in _CHOICES:
+        if value not in _CHOICES[name]:
+            raise ConfigError(f"{name}={value!r} is not allowed; choose one of {list(_CHOICES[name])}.")
+        return value
+    if name in ("lora_target_modules", "behaviors"):
+        if isinstance(value, (str, int)):
+            value = (value,)
+        return tuple(value)
+    if name == "requires_gpu":
+        return bool(value)
+    if name in ("model_name", "description"):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{name}={value!r} is not allowed; it must be a non-empty string.")
+        return value
+    raise ConfigError(f"unknown parameter {name!r}")  # pragma: no cover - guarded by caller
+
+
+def _apply_overrides(base: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
+    allowed = [f.name for f in dataclasses.fields(ExperimentConfig) if f.name != "profile"]
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"unknown parameter(s) {unknown}; allowed parameters are: {', '.join(sorted(allowed))}."
+        )
+    changes = {k: _check_value(k, v) for k, v in overrides.items() if v is not None}
+    cfg = dataclasses.replace(base, **changes)
+    if cfg.per_device_batch_size > cfg.dpo_batch_size:
+        raise ConfigError(
+            f"per_device_batch_size={cfg.per_device_batch_size} exceeds dpo_batch_size="
+            f"{cfg.dpo_batch_size}; it must be at most the effective batch size."
+        )
+    return cfg
+
+
+def get_config(profile: str | None = None, **overrides: Any) -> ExperimentConfig:
+    """Resolve a profile name plus optional overrides into a validated :class:`ExperimentConfig`.
+
+    ``profile=None`` reads ``$DPO_PROFILE`` (default ``"cpu"``). Overrides whose value is ``None``
+    keep the profile's value, so a notebook's ``parameters`` cell can list every knob as ``None``.
+
+    Used in: every notebook (the cell after ``parameters``).
+    """
+    name = profile_from_env() if profile is None else profile
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; choose one of {list(PROFILES)}.")
+    return _apply_overrides(PROFILES[name], overrides)
+
+
+def profile_from_env() -> str:
+    """The profile named by ``$DPO_PROFILE``, or ``"cpu"``."""
+    return os.environ.get(PROFILE_ENV_VAR, "cpu")
+
+
+def require_device(cfg: ExperimentConfig) -> str:
+    """Return the torch device a profile runs on; stop at once if a GPU profile has no GPU.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb onwards.
+    """
+    import torch
+
+    if not cfg.requires_gpu:
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    raise ConfigError(
+        f"profile {cfg.profile!r} needs a CUDA GPU and none is visible. Run it on a GPU box or Colab "
+        f"(see book/setup.md), or use the CPU profile: DPO_PROFILE=cpu (profiles: {list(PROFILES)})."
+    )
+
+
+def describe(cfg: ExperimentConfig, **extra: Any) -> str:
+    """One line of provenance for the top of an executed page: profile, model and key settings."""
+    parts = [f"profile **{cfg.profile}**", f"model **{cfg.model_name}**"]
+    parts += [f"{k.replace('_', ' ')} **{v}**" for k, v in extra.items()]
+    return "Outputs on this page were produced with " + ", ".join(parts) + f". {cfg.description}"

@@ -1,0 +1,340 @@
+"""Last-layer DPO with single-token answers: the setting the paper's theory analyses.
+
+A frozen network maps a prompt x to a feature e(x) in R^d; only the unembedding W (|V| x d) trains.
+The two candidate answers are single tokens (" Yes" and " No"). With s = +1 when " Yes" is preferred
+and s = -1 otherwise, and u = w_Yes - w_No, the companion derivation (book/notation.md, chapter 01)
+gives
+
+* (D1) log pi(y_w|x) - log pi(y_l|x) = s * u.e(x): the softmax partition function cancels, so the DPO
+  argument is h = beta * s * (u - u_0).e(x);
+* (D2) only the rows w_Yes and w_No receive gradient, with opposite signs, so
+  ||W(t) - W(0)||_F = ||W(t) - W(0)||_op = ||u_t - u_0|| / sqrt(2);
+* (D3) the first SGD step has size (lr * beta / sqrt 2) * ||mean_batch(s e)||.
+
+:func:`train_last_layer` is the exact trainer that uses (D1)-(D2): it tracks only
+Delta = w_Yes(t) - w_Yes(0) = -(w_No(t) - w_No(0)), for many runs (behaviours x seeds) at once as one
+batched tensor computation. :func:`train_full_vocab` is the reference: a full |V| x d head trained by
+autograd through log-softmax, used to check the exact trainer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .config import ConfigError
+from .losses import check_beta, dpo_loss, output_accuracy, reward_accuracy
+
+__all__ = [
+    "LastLayerHistory",
+    "batch_indices",
+    "train_last_layer",
+    "train_full_vocab",
+    "first_step_change",
+    "weight_change_bound",
+]
+
+EVAL_METRICS = ("loss", "reward_accuracy", "output_accuracy", "mean_margin")
+
+
+@dataclass
+class LastLayerHistory:
+    """Per-step records of R runs. ``metrics[(split, metric)]`` has shape (R, len(steps)).
+
+    ``delta`` is the final Delta = w_Yes(T) - w_Yes(0) of each run, shape (R, d); ``deltas`` holds
+    every recorded Delta, shape (R, len(steps), d), when the trainer was asked to keep them.
+    """
+
+    steps: np.ndarray
+    metrics: dict[tuple[str, str], np.ndarray]
+    delta: torch.Tensor
+    deltas: torch.Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_frame(self, runs: Sequence[Mapping[str, Any]] | None = None) -> pd.DataFrame:
+        """Tidy long table: one row per (run, step, split, metric) with the run's labels as columns.
+
+        ``runs[r]`` labels run r, e.g. ``{"behavior": "b3", "seed": 1}``; default ``{"run": r}``.
+        """
+        n_runs = self.delta.shape[0]
+        runs = [{"run": r} for r in range(n_runs)] if runs is None else list(runs)
+        if len(runs) != n_runs:
+            raise ValueError(f"runs has {len(runs)} labels but the history holds {n_runs} runs.")
+        labels = pd.DataFrame(runs)
+        frames = []
+        for (split, metric), values in self.metrics.items():
+            part = pd.DataFrame(
+                {
+                    "run_index": np.repeat(np.arange(n_runs), len(self.steps)),
+                    "step": np.tile(self.steps, n_runs),
+                    "split": split,
+                    "metric": metric,
+                    "value": np.asarray(values, dtype=float).reshape(-1),
+                }
+            )
+            frames.append(part)
+        table = pd.concat(frames, ignore_index=True)
+        table = labels.reset_index(names="run_index").merge(table, on="run_index").drop(columns="run_index")
+        return table
+
+
+def _as_runs(features: torch.Tensor, signs: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bring (n, d)/(n,) inputs to (R, n, d)/(R, n) and check that the shapes and signs agree."""
+    if features.dim() == 2:
+        features = features.unsqueeze(0)
+    if signs.dim() == 1:
+        signs = signs.unsqueeze(0)
+    if features.dim() != 3 or signs.dim() != 2 or features.shape[:2] != signs.shape:
+        raise ValueError(
+            f"{name}: features must be (R, n, d) and signs (R, n); got {tuple(features.shape)} and "
+            f"{tuple(signs.shape)}."
+        )
+    if not torch.all((signs == 1) | (signs == -1)):
+        raise ValueError(f"{name}: signs must be +1 (' Yes' preferred) or -1 (' No' preferred).")
+    return features, signs.to(features.dtype)
+
+
+def batch_indices(
+    generator: torch.Generator, signs: torch.Tensor, batch_size: int | None, balanced: bool = False
+) -> torch.Tensor | None:
+    """Indices (R, B) of one fresh random mini-batch per run, or ``None`` for the full batch.
+
+    As in the authors' last-layer scripts, each step draws a new shuffled batch without replacement
+    within the batch. ``balanced=True`` draws B/2 " Yes"-preferred and B/2 " No"-preferred pairs,
+    which removes the class-count noise of random batches on uncentred features.
+
+    Used in: notebooks/01_dpo_single_token.ipynb, notebooks/02_update_rate.ipynb.
+    """
+    n_runs, n = signs.shape
+    if batch_size is None or batch_size >= n and not balanced:
+        return None
+    scores = torch.rand(n_runs, n, generator=generator, dtype=torch.float64)
+    if not balanced:
+        return scores.argsort(dim=1)[:, :batch_size]
+    half = batch_size // 2
+    if batch_size % 2 or half > int((signs > 0).sum(1).min()) or half > int((signs < 0).sum(1).min()):
+        raise ValueError(
+            f"balanced batches need an even batch_size with at most batch_size/2 pairs of each class; "
+            f"got batch_size={batch_size}."
+        )
+    pos = torch.where(signs > 0, scores, -1.0).argsort(dim=1, descending=True)[:, :half]
+    neg = torch.where(signs < 0, scores, -1.0).argsort(dim=1, descending=True)[:, :half]
+    return torch.cat([pos, neg], dim=1)
+
+
+def _gather(x: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    if idx is None:
+        return x
+    if x.dim() == 3:
+        return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return torch.gather(x, 1, idx)
+
+
+def _check_training_args(lr: float, beta: float, steps: int, batch_size: int | None) -> float:
+    beta = check_beta(beta)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ConfigError(f"lr={lr!r} is not allowed; the learning rate must be a finite float > 0.")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps={steps!r} is not allowed; steps must be an integer >= 1.")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"batch_size={batch_size!r} is not allowed; use an integer >= 1 or None.")
+    return beta
+
+
+def _evaluate(
+    delta: torch.Tensor, u0: torch.Tensor, feats: torch.Tensor, signs: torch.Tensor, beta: float
+) -> dict[str, torch.Tensor]:
+    """Loss, both accuracies and mean margin of every run on one evaluation set."""
+    proj = torch.einsum("rnd,rd->rn", feats, delta)  # Delta.e
+    margin = 2.0 * beta * signs * proj  # h = beta * s * (u - u0).e, computed without cancellation
+    policy_gap = signs * (torch.einsum("rnd,rd->rn", feats, u0) + 2.0 * proj)  # s * u_t.e
+    return {
+        "loss": F.softplus(-margin).mean(1),
+        "reward_accuracy": (margin > 0).to(feats.dtype).mean(1),
+        "output_accuracy": (policy_gap > 0).to(feats.dtype).mean(1),
+        "mean_margin": margin.mean(1),
+    }
+
+
+def train_last_layer(
+    features: torch.Tensor,
+    signs: torch.Tensor,
+    u0: torch.Tensor | None = None,
+    *,
+    lr: float,
+    beta: float,
+    steps: int,
+    batch_size: int | None = None,
+    seed: int | Sequence[int] = 0,
+    balanced: bool = False,
+    eval_sets: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    sample_weights: torch.Tensor | None = None,
+    keep_deltas: bool = False,
+) -> LastLayerHistory:
+    """Exact two-row SGD for last-layer single-token DPO, for R runs at once.
+
+    ``features`` (R, n, d) or (n, d); ``signs`` (R, n) of +1/-1; ``u0`` (R, d) or (d,) the initial
+    w_Yes - w_No (default 0). Each step draws a fresh batch per run (``batch_size=None``: full batch).
+    ``seed`` seeds the batch sampler; a sequence gives each run its own stream (run r uses seed[r]).
+    ``eval_sets`` maps a split name to (features, signs) evaluated at step 0 and after every step
+    (default: the training set as ``"train"``). ``sample_weights`` (R, n) weight each pair's loss.
+
+    Records, per split: ``loss``, ``reward_accuracy``, ``output_accuracy``, ``mean_margin``; and
+    ``weight_change`` = ||W(t) - W(0)||_F and ``batch_loss`` (the loss of the batch used at step t).
+
+    Used in: notebooks/01_dpo_single_token.ipynb to notebooks/05_misalignment.ipynb,
+    notebooks/07_last_layer_dpo.ipynb.
+    """
+    beta = _check_training_args(lr, beta, steps, batch_size)
+    features, signs = _as_runs(features, signs, "train")
+    n_runs, n, dim = features.shape
+    u0 = torch.zeros(n_runs, dim, dtype=features.dtype) if u0 is None else u0.to(features.dtype)
+    u0 = u0.expand(n_runs, dim) if u0.dim() == 1 else u0
+    eval_sets = {"train": (features, signs)} if eval_sets is None else dict(eval_sets)
+    evals = {name: _as_runs(f, s, name) for name, (f, s) in eval_sets.items()}
+    weights = None if sample_weights is None else sample_weights.to(features.dtype).expand(n_runs, n)
+
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    if len(seeds) not in (1, n_runs):
+        raise ValueError(f"seed must be an int or one per run ({n_runs}); got {len(seeds)} seeds.")
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    delta = torch.zeros(n_runs, dim, dtype=features.dtype)
+    records: dict[tuple[str, str], list[torch.Tensor]] = {}
+    kept = [delta.clone()] if keep_deltas else None
+
+    def record(batch_loss: torch.Tensor) -> None:
+        for name, (f, s) in evals.items():
+            for metric, value in _evaluate(delta, u0, f, s, beta).items():
+                records.setdefault((name, metric), []).append(value)
+        records.setdefault(("train", "weight_change"), []).append(math.sqrt(2.0) * delta.norm(dim=1))
+        records.setdefault(("train", "batch_loss"), []).append(batch_loss)
+
+    record(torch.full((n_runs,), math.log(2.0), dtype=features.dtype))
+    for _ in range(steps):
+        if len(generators) == 1:
+            idx = batch_indices(generators[0], signs, batch_size, balanced)
+        else:
+            parts = [batch_indices(g, signs[r : r + 1], batch_size, balanced) for r, g in enumerate(generators)]
+            idx = None if parts[0] is None else torch.cat(parts)
+        feats_b, signs_b = _gather(features, idx), _gather(signs, idx)
+        margin = 2.0 * beta * signs_b * torch.einsum("rbd,rd->rb", feats_b, delta)
+        coef = torch.sigmoid(-margin) * signs_b  # -dloss/dh * s
+        if weights is None:
+            batch_loss = F.softplus(-margin).mean(1)
+            coef = coef / coef.shape[1]
+        else:
+            w_b = _gather(weights, idx)
+            batch_loss = (F.softplus(-margin) * w_b).sum(1) / w_b.sum(1)
+            coef = coef * w_b / w_b.sum(1, keepdim=True)
+        # dL/dw_Yes = -beta * sum_i coef_i e_i ; w_No gets the opposite gradient
+        delta = delta + lr * beta * torch.einsum("rb,rbd->rd", coef, feats_b)
+        if kept is not None:
+            kept.append(delta.clone())
+        record(batch_loss)
+
+    metrics = {key: torch.stack(vals, dim=1).cpu().numpy() for key, vals in records.items()}
+    return LastLayerHistory(
+        steps=np.arange(steps + 1),
+        metrics=metrics,
+        delta=delta,
+        deltas=None if kept is None else torch.stack(kept, dim=1),
+        info=dict(lr=lr, beta=beta, steps=steps, batch_size=batch_size, balanced=balanced),
+    )
+
+
+def train_full_vocab(
+    features: torch.Tensor,
+    signs: torch.Tensor,
+    weight: torch.Tensor,
+    yes_id: int,
+    no_id: int,
+    *,
+    lr: float,
+    beta: float,
+    steps: int,
+    batch_size: int | None = None,
+    seed: int = 0,
+    balanced: bool = False,
+) -> tuple[torch.Tensor, pd.DataFrame]:
+    """Reference trainer: the whole |V| x d unembedding under autograd and plain SGD (one run).
+
+    Policy log-probs come from log_softmax(W e) at the two answer ids; reference log-probs from the
+    initial ``weight``. Batches are drawn exactly as in :func:`train_last_layer` with the same seed, so
+    the two trainers can be compared step by step. Returns the final head and a table of
+    (step, loss, reward_accuracy, output_accuracy, weight_change) on the training set.
+
+    Used in: notebooks/01_dpo_single_token.ipynb, tests/test_linear.py, benchmarks/bench_linear.py.
+    """
+    beta = _check_training_args(lr, beta, steps, batch_size)
+    feats, sgn = _as_runs(features, signs, "train")
+    feats, sgn = feats[0], sgn[0]
+    if not (0 <= yes_id < weight.shape[0] and 0 <= no_id < weight.shape[0]) or yes_id == no_id:
+        raise ValueError(f"yes_id={yes_id} and no_id={no_id} must be distinct rows of a head with "
+                         f"{weight.shape[0]} rows.")
+    w0 = weight.detach().clone()
+    head = torch.nn.Parameter(w0.clone())
+    opt = torch.optim.SGD([head], lr=lr)
+    chosen_ids = torch.where(sgn > 0, yes_id, no_id)
+    rejected_ids = torch.where(sgn > 0, no_id, yes_id)
+
+    def logps(w: torch.Tensor, e: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(e @ w.T, dim=-1).gather(1, ids[:, None])[:, 0]
+
+    with torch.no_grad():
+        ref_c, ref_r = logps(w0, feats, chosen_ids), logps(w0, feats, rejected_ids)
+
+    def evaluate(step: int) -> dict[str, float]:
+        with torch.no_grad():
+            pc, pr = logps(head, feats, chosen_ids), logps(head, feats, rejected_ids)
+            return dict(
+                step=step,
+                loss=float(dpo_loss(pc, pr, ref_c, ref_r, beta)),
+                reward_accuracy=float(reward_accuracy(pc, pr, ref_c, ref_r)),
+                output_accuracy=float(output_accuracy(pc, pr)),
+                weight_change=float(torch.linalg.norm(head - w0)),
+            )
+
+    generator = torch.Generator().manual_seed(int(seed))
+    rows = [evaluate(0)]
+    for step in range(1, steps + 1):
+        idx = batch_indices(generator, sgn[None], batch_size, balanced)
+        b = slice(None) if idx is None else idx[0]
+        loss = dpo_loss(
+            logps(head, feats[b], chosen_ids[b]),
+            logps(head, feats[b], rejected_ids[b]),
+            ref_c[b],
+            ref_r[b],
+            beta,
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        rows.append(evaluate(step))
+    return head.detach(), pd.DataFrame(rows)
+
+
+def first_step_change(features: torch.Tensor, signs: torch.Tensor, lr: float, beta: float) -> torch.Tensor:
+    """(D3): ||W(1) - W(0)||_F after one SGD step on this batch = (lr beta / sqrt 2) ||mean(s e)||.
+
+    ``features`` (..., n, d), ``signs`` (..., n); returns one value per leading index.
+
+    Used in: notebooks/01_dpo_single_token.ipynb, notebooks/02_update_rate.ipynb.
+    """
+    beta = check_beta(beta)
+    mean_se = (signs.to(features.dtype).unsqueeze(-1) * features).mean(-2)
+    return lr * beta / math.sqrt(2.0) * mean_se.norm(dim=-1)
+
+
+def weight_change_bound(steps: np.ndarray | int, lr: float, beta: float, max_feature_norm: float) -> np.ndarray:
+    """(D4): ||W(t) - W(0)|| <= sqrt(2) * lr * beta * t * max ||e||, since every sigmoid is below 1.
+
+    Used in: notebooks/02_update_rate.ipynb.
+    """
+    return math.sqrt(2.0) * lr * check_beta(beta) * np.asarray(steps, dtype=float) * max_feature_norm

@@ -1,0 +1,58 @@
+"""One look for every figure: a seaborn theme, a colour-blind-safe palette, and a provenance label.
+
+Every figure in the book carries a small footer that says what produced it (profile, model, steps),
+so a tiny model's output is never mistaken for a 7B model's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib as mpl
+import matplotlib.pyplot as plt
+import seaborn as sns
+
+__all__ = ["PALETTE", "set_theme", "sequential_colors", "label_figure", "figure"]
+
+#: seaborn's colour-blind-safe qualitative palette (Okabe-Ito-like)
+PALETTE = sns.color_palette("colorblind")
+
+
+def set_theme() -> None:
+    """Apply the book's theme; call once per notebook.
+
+    Used in: every notebook.
+    """
+    sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE, font_scale=1.0)
+    mpl.rcParams.update(
+        {
+            "figure.dpi": 110,
+            "savefig.dpi": 150,
+            "figure.constrained_layout.use": True,
+            "axes.titleweight": "bold",
+            "axes.titlesize": 12,
+            "legend.frameon": False,
+            "lines.linewidth": 2.0,
+        }
+    )
+
+
+def sequential_colors(n: int, name: str = "viridis") -> list[tuple[float, float, float]]:
+    """``n`` ordered colours for a quantity that varies (e.g. distinguishability); perceptually uniform."""
+    return sns.color_palette(name, n_colors=n)
+
+
+def label_figure(fig: plt.Figure, **provenance: Any) -> plt.Figure:
+    """Write 'profile=cpu · model=... · steps=...' in small grey type at the figure's bottom right.
+
+    Used in: every notebook.
+    """
+    text = " · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in provenance.items())
+    fig.text(0.995, 0.002, text, ha="right", va="bottom", fontsize=7, color="0.45")
+    return fig
+
+
+def figure(ncols: int = 1, nrows: int = 1, width: float = 4.2, height: float = 3.2, **kwargs: Any):
+    """``plt.subplots`` sized for page width: ``width`` x ``height`` inches per panel."""
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 0.25), **kwargs)
+    return fig, axes
