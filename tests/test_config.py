@@ -1,0 +1,84 @@
+import math
+
+import pytest
+
+from dpo_utils import config
+from dpo_utils.config import ConfigError, get_config
+
+
+def test_paper_profiles_carry_the_authors_hyperparameters():
+    for name in ("llama2-7b", "mistral-7b"):
+        cfg = get_config(name)
+        assert cfg.requires_gpu
+        assert cfg.beta == 0.01 and cfg.dpo_beta == 0.01
+        assert (cfg.last_layer_lr, cfg.last_layer_batch_size, cfg.last_layer_steps) == (0.1, 128, 100)
+        assert (cfg.full_lr, cfg.lora_lr) == (1e-6, 1e-5)
+        assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules) == (8, 32, ("q_proj", "v_proj"))
+        assert cfg.dpo_batch_size == 128 and cfg.dpo_epochs == 1 and cfg.dpo_max_steps is None
+        assert cfg.seed == 1234
+    assert get_config("llama2-7b").model_name == "meta-llama/Llama-2-7b-hf"
+    assert get_config("mistral-7b").model_name == "mistralai/Mistral-7B-v0.1"
+
+
+def test_cpu_profile_is_the_default_and_needs_no_gpu(monkeypatch):
+    monkeypatch.delenv("DPO_PROFILE", raising=False)
+    cfg = get_config()
+    assert cfg.profile == "cpu" and not cfg.requires_gpu
+    assert config.require_device(cfg) == "cpu"
+    monkeypatch.setenv("DPO_PROFILE", "mistral-7b")
+    assert get_config().profile == "mistral-7b"
+
+
+def test_none_overrides_keep_the_profile_value_and_others_replace_it():
+    base = get_config("cpu")
+    assert get_config("cpu", beta=None, last_layer_lr=None) == base
+    cfg = get_config("cpu", beta=0.5, last_layer_steps=7, lora_target_modules=["q_proj"])
+    assert (cfg.beta, cfg.last_layer_steps, cfg.lora_target_modules) == (0.5, 7, ("q_proj",))
+    assert cfg.replace(beta=None) == cfg and cfg.replace(beta=0.2).beta == 0.2
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"beta": 0}, "beta=0"),
+        ({"beta": -0.1}, "beta=-0.1"),
+        ({"dpo_beta": math.nan}, "dpo_beta=nan"),
+        ({"last_layer_lr": 0.0}, "last_layer_lr=0.0"),
+        ({"full_lr": -1e-6}, "full_lr=-1e-06"),
+        ({"lora_lr": "fast"}, "lora_lr='fast'"),
+        ({"last_layer_steps": 0}, "last_layer_steps=0"),
+        ({"dpo_max_steps": 0}, "dpo_max_steps=0"),
+        ({"last_layer_batch_size": 0}, "last_layer_batch_size=0"),
+        ({"dpo_batch_size": 2.5}, "dpo_batch_size=2.5"),
+        ({"n_seeds": True}, "n_seeds=True"),
+        ({"model_arch": "gpt2"}, "model_arch='gpt2'"),
+        ({"per_device_batch_size": 64}, "per_device_batch_size=64"),
+    ],
+)
+def test_bad_values_are_rejected_with_the_value_and_what_is_allowed(overrides, fragment):
+    with pytest.raises(ConfigError) as info:
+        get_config("cpu", **overrides)
+    message = str(info.value)
+    assert fragment in message
+    assert any(word in message for word in ("must", "choose"))
+
+
+def test_unknown_profile_and_unknown_keys_list_the_allowed_ones():
+    with pytest.raises(ConfigError, match=r"unknown profile 'llama3'.*'cpu'.*'llama2-7b'.*'mistral-7b'"):
+        get_config("llama3")
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['learning_rate'\].*last_layer_lr"):
+        get_config("cpu", learning_rate=0.1)
+
+
+def test_gpu_profile_without_gpu_stops_with_a_clear_message(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"'llama2-7b' needs a CUDA GPU.*DPO_PROFILE=cpu"):
+        config.require_device(get_config("llama2-7b"))
+
+
+def test_describe_names_profile_and_model():
+    text = config.describe(get_config("cpu"), steps=100)
+    assert "profile **cpu**" in text and "tiny-llama" in text and "steps **100**" in text
+    assert "Not Llama-2-7B" in text

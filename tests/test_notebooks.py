@@ -1,0 +1,42 @@
+"""Structure of every chapter notebook (their execution is tested by `pytest --nbval-lax notebooks`)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+
+
+def _cells(path):
+    return json.loads(path.read_text())["cells"]
+
+
+def test_there_are_chapters():
+    assert NOTEBOOKS, "no notebooks found under notebooks/"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_exactly_one_parameters_cell_reading_the_profile(path):
+    tagged = [c for c in _cells(path) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters'"
+    source = "".join(tagged[0]["source"])
+    assert tagged[0]["cell_type"] == "code"
+    assert source.splitlines()[0] == 'profile = os.environ.get("DPO_PROFILE", "cpu")'
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_without_outputs(path):
+    for cell in _cells(path):
+        if cell["cell_type"] == "code":
+            assert not cell.get("outputs"), f"{path.name} has stored outputs"
+            assert cell.get("execution_count") is None, f"{path.name} has execution counts"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_starts_chapter_and_ends_with_exercises(path):
+    cells = _cells(path)
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    assert "start_chapter(" in code, f"{path.name} never calls book.start_chapter"
+    assert "{exercise}" in text and "{solution}" in text, f"{path.name} has no exercises with solutions"
