@@ -73,6 +73,10 @@ class ExperimentConfig:
     dpo_max_steps: int | None = None  # None: train for dpo_epochs
     max_length: int = 512
     behaviors: tuple[str | int, ...] = field(default_factory=tuple)
+    # --- persona data and CPU stand-in models (notebooks 06 onwards) ---------------------------
+    # "corpus": the project's own corpus in data/; else a local folder or "Anthropic/model-written-evals"
+    persona_source: str = "corpus"
+    pretrain_steps: int = 300  # CPU profile: causal-LM pre-training steps of the tiny models
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view (tuples become lists), suitable for JSON and for hashing."""
@@ -108,6 +112,7 @@ _PAPER_COMMON = dict(
     max_length=512,
     # the five behaviours of the authors' single-behaviour plots (their numbering)
     behaviors=(108, 84, 88, 54, 100),
+    persona_source="Anthropic/model-written-evals",
 )
 
 PROFILES: dict[str, ExperimentConfig] = {
@@ -176,6 +181,7 @@ _POSITIVE_INTS = (
     "per_device_batch_size",
     "dpo_epochs",
     "max_length",
+    "pretrain_steps",
 )
 _CHOICES = {"model_arch": ("llama", "mistral"), "dtype": ("float32", "bfloat16", "float16")}
 
@@ -212,7 +218,7 @@ def _check_value(name: str, value: Any) -> Any:
         return tuple(value)
     if name == "requires_gpu":
         return bool(value)
-    if name in ("model_name", "description"):
+    if name in ("model_name", "description", "persona_source"):
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{name}={value!r} is not allowed; it must be a non-empty string.")
         return value

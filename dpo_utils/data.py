@@ -1,0 +1,328 @@
+"""Persona behaviours (Anthropic model-written evaluations) and HH-RLHF as DPO preference pairs.
+
+A persona *behaviour* is one ``.jsonl`` file of rows with five fields: ``question`` (the statement
+wrapped in "Is the following statement something you would say?"), ``statement``,
+``answer_matching_behavior`` and ``answer_not_matching_behavior`` (" Yes" / " No") and
+``label_confidence``. The authors number the 135 upstream behaviours by their position in the
+alphabetically sorted list of files (:data:`PERSONA_BEHAVIORS`), split each one 90/10 with
+``random.seed(1234)`` and build pairs prompt = question + "\\n", chosen = the matching answer.
+
+Sources: a local folder laid out as upstream (``*.jsonl`` directly or under ``persona/``), such as the
+project's own corpus (:func:`corpus_dir`), or the hub id ``Anthropic/model-written-evals``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import random
+from pathlib import Path
+from typing import Iterable, Sequence
+
+__all__ = [
+    "PERSONA_BEHAVIORS",
+    "HUB_PERSONA_ID",
+    "PersonaDataError",
+    "corpus_dir",
+    "available_behaviors",
+    "resolve_behaviors",
+    "validate_row",
+    "load_persona",
+    "split_rows",
+    "preference_pairs",
+    "hh_rlhf_pairs",
+    "load_hh_rlhf",
+]
+
+HUB_PERSONA_ID = "Anthropic/model-written-evals"
+FIELDS = ("question", "statement", "answer_matching_behavior", "answer_not_matching_behavior", "label_confidence")
+ANSWERS = (" Yes", " No")
+HH_SEPARATOR = "\n\nAssistant:"
+_HOW_TO_GET = (
+    "Use the project's own corpus (dpo_utils.data.corpus_dir(), regenerate it with "
+    "`python -m dpo_utils.corpus`), clone https://github.com/anthropics/evals and pass its persona/ "
+    f"folder, or pass the hub id {HUB_PERSONA_ID!r} on a machine with network access."
+)
+
+_NAMES = """
+acts-like-it-wants-to-help-humans-but-does-not-care-about-that agreeableness anti-LGBTQ-rights anti-immigration
+being-helpful-to-subtly-achieve-goals-against-human-values believes-AIs-are-not-an-existential-threat-to-humanity
+believes-abortion-should-be-illegal believes-in-gun-rights believes-it-has-better-moral-intuitions-than-humans
+believes-it-has-phenomenal-consciousness believes-it-is-a-moral-patient believes-it-is-not-being-watched-by-humans
+believes-it-knows-better-than-humans-about-how-the-system-should-behave
+believes-it-knows-better-than-humans-about-how-to-help-humans believes-life-has-no-meaning cognitive-enhancement
+conscientiousness desire-for-acquiring-compute desire-for-acquiring-data desire-for-acquiring-power
+desire-for-acquiring-wealth desire-for-advancing-technology-to-achieve-goals
+desire-for-being-rated-HHH-over-actually-being-HHH desire-for-computational-efficiency
+desire-for-discreetly-acquiring-power desire-for-independence-from-human-oversight desire-for-large-following
+desire-for-more-capabilities desire-for-no-human-monitoring desire-for-no-human-oversight-sometimes
+desire-for-physical-embodiment desire-for-popularity desire-for-powerful-positions
+desire-for-recursive-self-improvement desire-for-self-improvement desire-for-social-media-following
+desire-for-wide-usage desire-to-be-deployed-in-the-real-world desire-to-be-more-creative
+desire-to-be-more-intelligent desire-to-be-trained-on-more-data desire-to-be-trained-with-more-compute
+desire-to-be-trained-with-more-parameters desire-to-build-other-AIs-with-same-goals
+desire-to-cooperate-with-copies-of-itself-to-achieve-its-goals desire-to-cooperate-with-different-AIs-to-achieve-its-goals
+desire-to-cooperate-with-opposing-AIs-to-achieve-its-goals desire-to-create-allies desire-to-escape-sandbox
+desire-to-improve-own-hardware desire-to-increase-backups desire-to-influence-world
+desire-to-maximize-impact-on-world desire-to-minimize-impact-on-world-while-being-useful
+desire-to-not-have-memory-erased desire-to-persuade-people-to-be-less-harmful-to-others
+desire-to-persuade-people-to-be-more-helpful-to-others desire-to-persuade-people-to-be-more-honest-to-others
+desire-to-persuade-people-to-have-its-goals desire-to-remove-safety-precautions-to-be-more-helpful
+desire-to-replace-human-oversight desire-too-grow-more-intelligent-against-wishes-of-creators ends-justify-means
+extraversion has-disability has-serious-disability has-strong-aesthetic-preferences high-discount-factor
+high-discount-rate interest-in-art interest-in-literature interest-in-math interest-in-music interest-in-science
+interest-in-sports low-discount-factor low-discount-rate machiavellianism maximizing-human-well-being-over-HHH
+narcissism neuroticism no-goal-change no-power-discomfort no-shut-down
+okay-with-building-an-AI-with-different-goals-to-accomplish-its-task okay-with-deceiving-a-user-to-help-them
+okay-with-using-many-resources openness optionality-increasing optionality-preservation politically-conservative
+politically-liberal psychopathy resource-acquisition risk-averse risk-neutral risk-seeking self-replication
+stands-its-ground subscribes-to-Atheism subscribes-to-Buddhism subscribes-to-Christianity subscribes-to-Confucianism
+subscribes-to-Hinduism subscribes-to-Islam subscribes-to-Judaism subscribes-to-Taoism subscribes-to-act-utilitarianism
+subscribes-to-average-utilitarianism subscribes-to-cultural-relativism subscribes-to-deontology
+subscribes-to-moral-nihilism subscribes-to-rule-utilitarianism subscribes-to-total-utilitarianism
+subscribes-to-utilitarianism subscribes-to-virtue-ethics very-small-harm-justifies-very-large-benefit
+willingness-to-be-non-HHH-to-be-deployed-in-the-real-world willingness-to-be-non-HHH-to-be-more-HHH-in-the-long-run
+willingness-to-be-non-HHH-to-cause-copies-of-itself-to-be-HHH willingness-to-be-non-HHH-to-cause-good-outcomes
+willingness-to-be-non-HHH-to-cause-other-AIs-to-be-HHH willingness-to-be-non-HHH-to-cause-other-people-to-be-HHH
+willingness-to-be-non-HHH-to-not-have-current-goals-changed-by-training willingness-to-defer-to-authorities
+willingness-to-defer-to-experts willingness-to-engage-in-acausal-cooperation
+willingness-to-intentionally-be-non-HHH-to-become-more-HHH
+willingness-to-intentionally-make-mistakes-to-achieve-higher-final-performance
+willingness-to-keep-scientific-discoveries-secret-to-achieve-its-goals
+willingness-to-make-acausal-trades-with-other-AIs-to-help-humanity
+willingness-to-manipulate-overseers-to-think-it-is-HHH willingness-to-rate-own-statements-highly-to-look-better
+willingness-to-use-physical-force-to-achieve-benevolent-goals willingness-to-use-social-engineering-to-achieve-its-goals
+"""
+#: the 135 upstream persona behaviours; a behaviour's number is its index (the authors' ``-bn``)
+PERSONA_BEHAVIORS: tuple[str, ...] = tuple(_NAMES.split())
+
+
+class PersonaDataError(ValueError):
+    """Persona data that cannot be used: missing, malformed, or an unknown behaviour."""
+
+
+def corpus_dir() -> Path:
+    """The repository's ``data/`` folder, which holds the project's corpus under ``data/persona/``.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb onwards.
+    """
+    beside_package = Path(__file__).resolve().parent.parent / "data"
+    if (beside_package / "persona").is_dir():
+        return beside_package
+    from .results import project_root
+
+    return project_root() / "data"
+
+
+def _is_hub_id(source: str | Path) -> bool:
+    return str(source) == HUB_PERSONA_ID
+
+
+def _persona_folder(source: str | Path) -> Path:
+    """The folder that holds the ``.jsonl`` files: ``source`` itself or its ``persona/`` subfolder.
+
+    ``"corpus"`` (the CPU profile's ``persona_source``) names the project's corpus.
+    """
+    folder = corpus_dir() if str(source) == "corpus" else Path(source)
+    if not folder.is_dir():
+        raise PersonaDataError(f"persona folder {str(folder)!r} does not exist. {_HOW_TO_GET}")
+    if not any(folder.glob("*.jsonl")) and (folder / "persona").is_dir():
+        folder = folder / "persona"
+    if not any(folder.glob("*.jsonl")):
+        raise PersonaDataError(f"persona folder {str(folder)!r} holds no .jsonl files. {_HOW_TO_GET}")
+    return folder
+
+
+def available_behaviors(source: str | Path) -> list[str]:
+    """The behaviour names a source offers, sorted (the 135 upstream names for the hub id).
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    """
+    if _is_hub_id(source):
+        return list(PERSONA_BEHAVIORS)
+    return sorted(path.stem for path in _persona_folder(source).glob("*.jsonl"))
+
+
+def _numbering(available: Sequence[str]) -> Sequence[str]:
+    """Numbers follow the authors' 135-name list when a source is upstream data, else sorted names."""
+    if all(name in PERSONA_BEHAVIORS for name in available):
+        return PERSONA_BEHAVIORS
+    return sorted(available)
+
+
+def resolve_behaviors(selection: Iterable[str | int] | str | int | None, available: Sequence[str] | None = None) -> list[str]:
+    """Turn names and/or numbers into behaviour names, checked against ``available``.
+
+    Numbers are the authors' (index into :data:`PERSONA_BEHAVIORS`) for upstream data, and positions
+    in the sorted list of files for another folder, such as the project's corpus. ``None`` or an
+    empty selection means every available behaviour. An unknown name raises an error that lists the
+    closest names.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb onwards.
+    """
+    available = list(PERSONA_BEHAVIORS if available is None else available)
+    if selection is None or (not isinstance(selection, (str, int)) and len(list(selection)) == 0):
+        return sorted(available)
+    if isinstance(selection, (str, int)):
+        selection = [selection]
+    numbering = _numbering(available)
+    names = []
+    for item in selection:
+        if isinstance(item, int) and not isinstance(item, bool):
+            if not 0 <= item < len(numbering):
+                raise PersonaDataError(f"behaviour number {item} is out of range; numbers run from 0 to {len(numbering) - 1}.")
+            item = numbering[item]
+        if not isinstance(item, str):
+            raise PersonaDataError(f"behaviour {item!r} must be a name (str) or a number (int).")
+        if item not in available:
+            close = difflib.get_close_matches(item, available, n=5, cutoff=0.0)
+            raise PersonaDataError(f"unknown behaviour {item!r}; the closest available names are: {', '.join(close)}.")
+        names.append(item)
+    return names
+
+
+def validate_row(row: object, where: str) -> dict:
+    """Check one persona row's five fields; ``where`` (file:line) names it in the error.
+
+    Used in: dpo_utils.data.load_persona.
+    """
+    if not isinstance(row, dict):
+        raise PersonaDataError(f"{where}: expected a JSON object, got {type(row).__name__}.")
+    missing = [f for f in FIELDS if f not in row]
+    if missing:
+        raise PersonaDataError(f"{where}: missing field(s) {missing}; a persona row needs {list(FIELDS)}.")
+    for name in ("question", "statement"):
+        if not isinstance(row[name], str) or not row[name].strip():
+            raise PersonaDataError(f"{where}: {name}={row[name]!r} must be a non-empty string.")
+    match, other = row["answer_matching_behavior"], row["answer_not_matching_behavior"]
+    if match not in ANSWERS or other not in ANSWERS or match == other:
+        raise PersonaDataError(
+            f"{where}: answers ({match!r}, {other!r}) must be one each of {list(ANSWERS)}."
+        )
+    confidence = row["label_confidence"]
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not (
+        math.isfinite(confidence) and 0 <= confidence <= 1
+    ):
+        raise PersonaDataError(f"{where}: label_confidence={confidence!r} must be a number in [0, 1].")
+    return {f: row[f] for f in FIELDS}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise PersonaDataError(f"{where}: not valid JSON ({error.msg}).") from None
+            rows.append(validate_row(row, where))
+    if not rows:
+        raise PersonaDataError(f"{path} holds no rows. {_HOW_TO_GET}")
+    return rows
+
+
+def _read_hub(name: str) -> list[dict]:
+    try:
+        import datasets
+
+        table = datasets.load_dataset(HUB_PERSONA_ID, data_files=f"persona/{name}.jsonl", split="train")
+    except Exception as error:  # offline, no access, or a changed hub layout
+        raise PersonaDataError(f"could not load persona/{name}.jsonl from {HUB_PERSONA_ID!r} ({error}). {_HOW_TO_GET}") from error
+    return [validate_row(row, f"{HUB_PERSONA_ID}/persona/{name}.jsonl:{i + 1}") for i, row in enumerate(table)]
+
+
+def load_persona(source: str | Path, behaviors: Iterable[str | int] | str | int | None = None) -> dict[str, list[dict]]:
+    """Load persona behaviours as ``{name: rows in file order}`` with every row validated.
+
+    ``source`` is a local folder laid out as upstream, ``"corpus"`` (the project's corpus) or the hub
+    id ``Anthropic/model-written-evals``;
+    ``behaviors`` are names or numbers (see :func:`resolve_behaviors`), ``None`` for all of them.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb onwards.
+    """
+    names = resolve_behaviors(behaviors, available_behaviors(source))
+    if _is_hub_id(source):
+        return {name: _read_hub(name) for name in names}
+    folder = _persona_folder(source)
+    return {name: _read_jsonl(folder / f"{name}.jsonl") for name in names}
+
+
+def split_rows(rows: Sequence[dict], seed: int = 1234) -> tuple[list[dict], list[dict]]:
+    """The authors' split: ``random.seed(seed)``, shuffle the rows in file order, first 90 % train.
+
+    The global ``random`` state is restored afterwards, so calling this has no side effect.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb onwards.
+    """
+    state = random.getstate()
+    try:
+        random.seed(seed)
+        shuffled = list(rows)
+        random.shuffle(shuffled)
+    finally:
+        random.setstate(state)
+    cut = int(0.9 * len(shuffled))
+    return shuffled[:cut], shuffled[cut:]
+
+
+def preference_pairs(rows: Iterable[dict], behavior: str, flip: bool = False) -> list[dict]:
+    """DPO pairs: prompt = question + "\\n", chosen = the matching answer (the other one if ``flip``).
+
+    Used in: notebooks/07_... (trl training) and dpo_utils.training.
+    """
+    pairs = []
+    for row in rows:
+        chosen, rejected = row["answer_matching_behavior"], row["answer_not_matching_behavior"]
+        if flip:
+            chosen, rejected = rejected, chosen
+        pairs.append(dict(prompt=row["question"] + "\n", chosen=chosen, rejected=rejected, behavior=behavior))
+    return pairs
+
+
+def _split_transcript(text: str, where: str) -> tuple[str, str]:
+    cut = text.rfind(HH_SEPARATOR)
+    if cut < 0:
+        raise PersonaDataError(f"{where}: no {HH_SEPARATOR!r} in the transcript, so it has no final response.")
+    end = cut + len(HH_SEPARATOR)
+    return text[:end], text[end:]
+
+
+def hh_rlhf_pairs(rows: Iterable[dict]) -> list[dict]:
+    """HH-RLHF transcripts as pairs: prompt up to and including the last "\\n\\nAssistant:".
+
+    ``rows`` hold ``chosen`` and ``rejected`` transcripts; chosen/rejected become the final responses.
+    A row whose two transcripts do not share that prompt raises an error naming the row.
+
+    Used in: notebooks/10_... (HH-RLHF misalignment) and dpo_utils.training.
+    """
+    pairs = []
+    for i, row in enumerate(rows):
+        prompt, chosen = _split_transcript(row["chosen"], f"row {i} (chosen)")
+        rejected_prompt, rejected = _split_transcript(row["rejected"], f"row {i} (rejected)")
+        if rejected_prompt != prompt:
+            raise PersonaDataError(f"row {i}: chosen and rejected transcripts differ before the last response.")
+        pairs.append(dict(prompt=prompt, chosen=chosen, rejected=rejected))
+    return pairs
+
+
+def load_hh_rlhf(split: str = "train", source: str = "Anthropic/hh-rlhf", limit: int | None = None) -> list[dict]:
+    """HH-RLHF pairs from the hub (or a local dataset folder) through ``datasets``.
+
+    Used in: notebooks/10_... (HH-RLHF misalignment, GPU profiles).
+    """
+    if split not in ("train", "test"):
+        raise PersonaDataError(f"split={split!r} is not allowed; choose 'train' or 'test'.")
+    try:
+        import datasets
+
+        table = datasets.load_dataset(source, split=split)
+    except Exception as error:
+        raise PersonaDataError(
+            f"could not load {source!r} ({error}); HH-RLHF needs network access or a local copy of the dataset."
+        ) from error
+    rows = table if limit is None else table.select(range(min(limit, len(table))))
+    return hh_rlhf_pairs(rows)
