@@ -15,6 +15,7 @@ __all__ = [
     "covariance_trace",
     "priority_gap_matrix",
     "linear_probe_accuracy",
+    "best_linear_accuracy",
 ]
 
 
@@ -101,3 +102,26 @@ def linear_probe_accuracy(features: torch.Tensor, signs: torch.Tensor, folds: in
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return float(cross_val_score(probe, x, y, cv=splitter).mean())
+
+
+def best_linear_accuracy(difference: torch.Tensor, covariance: torch.Tensor | float) -> float:
+    """Highest accuracy any linear rule reaches on two balanced Gaussian classes with a shared covariance.
+
+    For classes N(mu_Yes, S) and N(mu_No, S) with d = mu_Yes - mu_No, the Bayes rule is linear and its
+    accuracy is Phi(sqrt(d' S^-1 d) / 2). ``covariance`` is a (d, d) matrix or a scalar variance s^2
+    (S = s^2 I). Only exact for Gaussian classes; for other tails it is a reference line, not a ceiling.
+
+    Used in: notebooks/03_training_accuracy.ipynb.
+    """
+    d = difference.double()
+    if isinstance(covariance, (int, float)):
+        if covariance <= 0:
+            raise ValueError(f"covariance={covariance!r} must be a positive variance or a (d, d) matrix.")
+        mahalanobis_sq = float(d @ d) / covariance
+    else:
+        cov = covariance.double()
+        if cov.shape != (d.shape[-1], d.shape[-1]):
+            raise ValueError(f"covariance has shape {tuple(cov.shape)}; expected {(d.shape[-1], d.shape[-1])}.")
+        mahalanobis_sq = float(d @ torch.linalg.solve(cov, d))
+    normal = torch.distributions.Normal(0.0, 1.0)
+    return float(normal.cdf(torch.tensor(mahalanobis_sq ** 0.5 / 2.0, dtype=torch.float64)))
