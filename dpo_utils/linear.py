@@ -38,6 +38,7 @@ __all__ = [
     "train_full_vocab",
     "first_step_change",
     "weight_change_bound",
+    "first_step_sweep",
 ]
 
 EVAL_METRICS = ("loss", "reward_accuracy", "output_accuracy", "mean_margin")
@@ -338,3 +339,40 @@ def weight_change_bound(steps: np.ndarray | int, lr: float, beta: float, max_fea
     Used in: notebooks/02_update_rate.ipynb.
     """
     return math.sqrt(2.0) * lr * check_beta(beta) * np.asarray(steps, dtype=float) * max_feature_norm
+
+
+def first_step_sweep(
+    features: torch.Tensor,
+    signs: torch.Tensor,
+    *,
+    lr: float,
+    beta: float,
+    batch_size: int | None,
+    seeds: Sequence[int],
+    labels: Sequence[Mapping[str, Any]],
+) -> pd.DataFrame:
+    """Measured ||W(1) - W(0)|| against (D3)'s prediction, for R behaviours x several batch seeds.
+
+    Returns one row per (behaviour, seed) with ``measured``, ``predicted_batch`` (the exact
+    (lr beta / sqrt 2) ||mean_batch(s e)|| on the batch actually drawn) and ``predicted_population``
+    ((lr beta / (2 sqrt 2)) ||mu_Yes - mu_No|| of the full training set), plus the run's labels.
+
+    Used in: notebooks/01_dpo_single_token.ipynb.
+    """
+    from .metrics import distinguishability
+
+    features, signs = _as_runs(features, signs, "train")
+    rows = []
+    dist = distinguishability(features, signs)
+    for seed in seeds:
+        hist = train_last_layer(features, signs, lr=lr, beta=beta, steps=1, batch_size=batch_size, seed=seed)
+        idx = batch_indices(torch.Generator().manual_seed(int(seed)), signs, batch_size)
+        batch_pred = first_step_change(_gather(features, idx), _gather(signs, idx), lr, beta)
+        for r, label in enumerate(labels):
+            rows.append(
+                dict(label, seed=seed, distinguishability=float(dist[r]),
+                     measured=float(hist.metrics[("train", "weight_change")][r, 1]),
+                     predicted_batch=float(batch_pred[r]),
+                     predicted_population=float(lr * check_beta(beta) / (2 * math.sqrt(2)) * dist[r]))
+            )
+    return pd.DataFrame(rows)

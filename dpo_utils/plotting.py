@@ -48,7 +48,13 @@ def label_figure(fig: plt.Figure, **provenance: Any) -> plt.Figure:
     Used in: every notebook.
     """
     text = " · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in provenance.items())
-    fig.text(0.995, 0.002, text, ha="right", va="bottom", fontsize=7, color="0.45")
+    footer = 0.2 / fig.get_figheight()  # about 0.2 inch kept free below the axes for the label
+    engine = fig.get_layout_engine()
+    if engine is not None and hasattr(engine, "set") and "rect" in engine.get():
+        engine.set(rect=(0, footer, 1, 1 - footer))
+    else:
+        fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, footer + 0.1))
+    fig.text(0.995, 0.004, text, ha="right", va="bottom", fontsize=7, color="0.4")
     return fig
 
 
