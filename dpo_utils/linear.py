@@ -285,15 +285,17 @@ def train_full_vocab(
     chosen_ids = torch.where(sgn > 0, yes_id, no_id)
     rejected_ids = torch.where(sgn > 0, no_id, yes_id)
 
-    def logps(w: torch.Tensor, e: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(e @ w.T, dim=-1).gather(1, ids[:, None])[:, 0]
+    def logps(w: torch.Tensor, b: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chosen and rejected log-probs from one full-vocabulary log-softmax."""
+        table = torch.log_softmax(feats[b] @ w.T, dim=-1)
+        return table.gather(1, chosen_ids[b, None])[:, 0], table.gather(1, rejected_ids[b, None])[:, 0]
 
     with torch.no_grad():
-        ref_c, ref_r = logps(w0, feats, chosen_ids), logps(w0, feats, rejected_ids)
+        ref_c, ref_r = logps(w0, slice(None))
 
     def evaluate(step: int) -> dict[str, float]:
         with torch.no_grad():
-            pc, pr = logps(head, feats, chosen_ids), logps(head, feats, rejected_ids)
+            pc, pr = logps(head, slice(None))
             return dict(
                 step=step,
                 loss=float(dpo_loss(pc, pr, ref_c, ref_r, beta)),
@@ -307,13 +309,7 @@ def train_full_vocab(
     for step in range(1, steps + 1):
         idx = batch_indices(generator, sgn[None], batch_size, balanced)
         b = slice(None) if idx is None else idx[0]
-        loss = dpo_loss(
-            logps(head, feats[b], chosen_ids[b]),
-            logps(head, feats[b], rejected_ids[b]),
-            ref_c[b],
-            ref_r[b],
-            beta,
-        )
+        loss = dpo_loss(*logps(head, b), ref_c[b], ref_r[b], beta)
         opt.zero_grad()
         loss.backward()
         opt.step()
