@@ -1,0 +1,315 @@
+"""Models and tokenizers: a hub id or path on a GPU box, or tiny Llama / Mistral stand-ins on a CPU.
+
+GPU profiles load ``AutoModelForCausalLM`` / ``AutoTokenizer`` from ``cfg.model_name`` (a hub id or a
+local folder), in bf16 where the device supports it. The CPU profile builds a tokenizer on the
+project's corpus (ByteLevel BPE, " Yes" and " No" single tokens) and a tiny Llama or Mistral from
+config (hidden 64, 2 layers), pre-trains it for a few hundred steps as a causal LM on an independent
+sample of the corpus, and caches it on disk keyed by everything that shaped it. These stand-ins are
+~0.3M-parameter models, not Llama-2-7B; they exist so that features carry the corpus's signal.
+
+Saving and reloading rebuilds a model from its config plus a state dict. Never ``copy.deepcopy`` a
+model that trl has trained: trl rebinds ``forward`` so a deep copy silently runs the original weights
+(notes/trl-dynamics-signal.md, pitfall 1); use :func:`clone_model` or :func:`save_model` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from . import corpus
+from .config import ConfigError, ExperimentConfig
+from .results import atomic_directory, config_hash, results_dir
+
+__all__ = [
+    "TINY_MODELS",
+    "TINY_SHAPE",
+    "PRETRAIN_DEFAULTS",
+    "train_tokenizer",
+    "answer_token_ids",
+    "tiny_model",
+    "pretrain",
+    "pretrained_tiny_model",
+    "tiny_model_dir",
+    "load_model_and_tokenizer",
+    "save_model",
+    "load_saved_model",
+    "clone_model",
+    "lora_config",
+]
+
+#: CPU-profile model names -> architecture
+TINY_MODELS = {"tiny-llama": "llama", "tiny-mistral": "mistral"}
+#: the stand-ins' shape (notes/tiny-model-signal.md): untied embeddings as in Llama-2
+TINY_SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                  intermediate_size=256, max_position_embeddings=128, rms_norm_eps=1e-5,
+                  tie_word_embeddings=False)
+PRETRAIN_DEFAULTS = dict(lr=3e-3, betas=(0.9, 0.95), warmup=30, final_lr_fraction=0.1, batch_size=64)
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
+ANSWERS = (" Yes", " No")
+_FORMAT_VERSION = 1
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int = 1024):
+    """A ByteLevel BPE tokenizer trained on ``texts`` that prepends BOS, like Llama's.
+
+    Raises if " Yes" or " No" did not become single tokens (see :func:`answer_token_ids`).
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb (through :func:`pretrained_tiny_model`).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator(texts, trainer)
+    core.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", core.token_to_id("<s>"))])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>", pad_token="<pad>", padding_side="right")
+    answer_token_ids(tokenizer)
+    return tokenizer
+
+
+def answer_token_ids(tokenizer) -> tuple[int, int]:
+    """The ids of " Yes" and " No" as they follow a prompt ending in a newline; never hard-coded.
+
+    Each answer must add exactly one token after "...\\n", as in the DPO prompt question + "\\n";
+    otherwise this raises an error naming the tokens found.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb, dpo_utils.training.
+    """
+    prefix = 'say?\n"x"\n'
+    base = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    ids = []
+    for answer in ANSWERS:
+        full = tokenizer(prefix + answer, add_special_tokens=False)["input_ids"]
+        extra = full[len(base):]
+        if full[: len(base)] != base or len(extra) != 1:
+            pieces = tokenizer.convert_ids_to_tokens(extra)
+            raise ValueError(f"{answer!r} is not a single token after a newline for this tokenizer "
+                             f"(it became {pieces}); single-token answers are required.")
+        ids.append(extra[0])
+    return ids[0], ids[1]
+
+
+def _model_classes(arch: str):
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    classes = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}
+    if arch not in classes:
+        raise ConfigError(f"arch={arch!r} is not a tiny model architecture; choose one of {list(classes)}.")
+    return classes[arch]
+
+
+def tiny_model(arch: str, tokenizer, seed: int = 1234):
+    """A freshly initialised tiny ``LlamaForCausalLM`` or ``MistralForCausalLM`` (fp32, from config).
+
+    The global torch random state is left untouched.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb (through :func:`pretrained_tiny_model`).
+    """
+    config_class, model_class = _model_classes(arch)
+    # Mistral differs from Llama by grouped-query attention (2 key/value heads for 4 query heads, as
+    # Mistral-7B shares 8 for 32); its sliding window (4096 there) is longer than any text here.
+    extra = {"sliding_window": None, "num_key_value_heads": 2} if arch == "mistral" else {}
+    config = config_class(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          **(TINY_SHAPE | extra))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class(config)
+    return model.eval()
+
+
+def _lm_batches(tokenizer, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (BOS text EOS, right-padded) and labels (-100 on padding) for the whole corpus."""
+    encoded = [ids + [tokenizer.eos_token_id] for ids in tokenizer(list(texts))["input_ids"]]
+    width = max(map(len, encoded))
+    input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+    for i, ids in enumerate(encoded):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+    labels = input_ids.masked_fill(input_ids == tokenizer.pad_token_id, -100)
+    return input_ids, labels
+
+
+def pretrain(model, tokenizer, texts: Sequence[str], steps: int, seed: int = 1234) -> list[dict]:
+    """Causal-LM pre-training: AdamW, linear warm-up then cosine decay to 10 %, random batches of 64.
+
+    Returns the loss log, one dict per step. Deterministic for a given seed.
+
+    Used in: dpo_utils.models.pretrained_tiny_model.
+    """
+    hp = PRETRAIN_DEFAULTS
+    input_ids, labels = _lm_batches(tokenizer, texts)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"], betas=hp["betas"], weight_decay=0.0)
+
+    def schedule(step: int) -> float:
+        if step < hp["warmup"]:
+            return (step + 1) / hp["warmup"]
+        progress = (step - hp["warmup"]) / max(1, steps - hp["warmup"])
+        return hp["final_lr_fraction"] + (1 - hp["final_lr_fraction"]) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    log = []
+    for step in range(steps):
+        rows = torch.randint(0, len(input_ids), (hp["batch_size"],), generator=generator)
+        width = int((labels[rows] != -100).sum(1).max())
+        batch, target = input_ids[rows, :width], labels[rows, :width]
+        loss = model(input_ids=batch, attention_mask=(target != -100).long(), labels=target).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        log.append(dict(step=step + 1, loss=loss.item()))
+    model.eval()
+    return log
+
+
+def _cache_key(arch: str, steps: int, seed: int, vocab_size: int, texts: Sequence[str]) -> dict:
+    digest = config_hash({"texts": list(texts)})
+    return dict(kind="tiny-causal-lm", version=_FORMAT_VERSION, arch=arch, shape=TINY_SHAPE, gqa_mistral=2, vocab_size=vocab_size,
+                pretrain_steps=steps, seed=seed, optimizer=PRETRAIN_DEFAULTS, corpus_seed=corpus.LM_SEED,
+                corpus_texts=digest)
+
+
+def tiny_model_dir(arch: str, profile: str = "cpu", steps: int = 300, seed: int = 1234, vocab_size: int = 1024) -> Path:
+    """Where the pre-trained stand-in for these settings is (or will be) cached.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    """
+    key = _cache_key(arch, steps, seed, vocab_size, corpus.lm_texts())
+    return results_dir(profile) / "models" / f"tiny-{arch}-{config_hash(key)}"
+
+
+def pretrained_tiny_model(arch: str, profile: str = "cpu", steps: int = 300, seed: int = 1234,
+                          vocab_size: int = 1024, force: bool = False):
+    """The pre-trained tiny model and its tokenizer, from the disk cache or trained now (and cached).
+
+    The cache folder ``results/<profile>/models/tiny-<arch>-<hash>`` is keyed by the architecture,
+    shape, steps, seed, optimiser settings and the pre-training texts; ``pretrain.json`` there holds
+    the loss log and the training time. Writes are atomic.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb onwards.
+    """
+    texts = corpus.lm_texts()
+    key = _cache_key(arch, steps, seed, vocab_size, texts)
+    folder = results_dir(profile) / "models" / f"tiny-{arch}-{config_hash(key)}"
+    if force or not (folder / "pretrain.json").exists():
+        start = time.perf_counter()
+        tokenizer = train_tokenizer(texts, vocab_size)
+        model = tiny_model(arch, tokenizer, seed)
+        log = pretrain(model, tokenizer, texts, steps, seed)
+        seconds = time.perf_counter() - start
+        with atomic_directory(folder) as tmp:
+            save_model(model, tokenizer, tmp)
+            info = dict(key=key, seconds=round(seconds, 2), torch_threads=torch.get_num_threads(), log=log)
+            (tmp / "pretrain.json").write_text(json.dumps(info, indent=1))
+    return load_saved_model(folder)
+
+
+def _dtype_for(cfg: ExperimentConfig, device: str) -> torch.dtype:
+    if device.startswith("cuda") and cfg.dtype == "bfloat16" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device.startswith("cuda") and cfg.dtype in ("bfloat16", "float16"):
+        return torch.float16
+    return torch.float32
+
+
+def load_model_and_tokenizer(cfg: ExperimentConfig, device: str = "cpu"):
+    """The profile's model (eval mode, on ``device``) and tokenizer.
+
+    ``cfg.model_name`` "tiny-llama" / "tiny-mistral": the cached pre-trained stand-in for
+    ``cfg.model_arch`` (trained on first use). Anything else is a hub id or a local folder, loaded
+    with ``AutoModelForCausalLM`` / ``AutoTokenizer`` in bf16 where the device supports it.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb onwards.
+    """
+    if cfg.model_name in TINY_MODELS:
+        if TINY_MODELS[cfg.model_name] != cfg.model_arch:
+            raise ConfigError(f"model_name={cfg.model_name!r} is a {TINY_MODELS[cfg.model_name]} model but "
+                              f"model_arch={cfg.model_arch!r}; set model_arch to {TINY_MODELS[cfg.model_name]!r}.")
+        model, tokenizer = pretrained_tiny_model(cfg.model_arch, cfg.profile, cfg.pretrain_steps, cfg.seed)
+        return model.to(device).eval(), tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_name)
+    if tokenizer.pad_token is None:  # Llama-2 has none; the authors pad with id 0 (<unk>)
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(cfg.model_name, dtype=_dtype_for(cfg, device))
+    return model.to(device).eval(), tokenizer
+
+
+def _plain_state_dict(model) -> dict[str, torch.Tensor]:
+    if hasattr(model, "merge_and_unload"):
+        raise TypeError("save a PEFT model after merge_and_unload() (or save its adapter with save_pretrained).")
+    return {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
+
+
+def save_model(model, tokenizer, path: str | Path) -> Path:
+    """Write config.json, model.safetensors (a plain state dict) and the tokenizer to ``path``.
+
+    The folder also loads with ``AutoModelForCausalLM.from_pretrained(path)``.
+
+    Used in: dpo_utils.training, notebooks/07_... onwards.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(path)
+    save_file(_plain_state_dict(model), str(path / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def load_saved_model(path: str | Path):
+    """Rebuild a model saved by :func:`save_model` from its config plus state dict; eval mode, CPU.
+
+    Used in: dpo_utils.training, notebooks/06_measuring_distinguishability.ipynb onwards.
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "model.safetensors").exists():
+        raise FileNotFoundError(f"{path} holds no model.safetensors; save a model there with save_model first.")
+    config = AutoConfig.from_pretrained(path)
+    model = AutoModelForCausalLM.from_config(config, dtype=config.dtype or torch.float32)
+    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    model.config.name_or_path = str(path)
+    model.name_or_path = str(path)
+    return model.eval(), AutoTokenizer.from_pretrained(path)
+
+
+def clone_model(model):
+    """An independent copy rebuilt from config + state dict (safe after trl training, unlike deepcopy).
+
+    Used in: dpo_utils.training (reference models).
+    """
+    from transformers import AutoModelForCausalLM
+
+    copy = AutoModelForCausalLM.from_config(model.config, dtype=next(model.parameters()).dtype)
+    copy.load_state_dict(_plain_state_dict(model), strict=True)
+    return copy.to(next(model.parameters()).device).eval()
+
+
+def lora_config(cfg: ExperimentConfig):
+    """The authors' LoRA settings from the profile (r, alpha, dropout, q_proj/v_proj, no bias).
+
+    Used in: dpo_utils.training, notebooks/08_... (LoRA DPO).
+    """
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_target_modules), bias="none", task_type="CAUSAL_LM")
