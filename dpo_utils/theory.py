@@ -203,7 +203,8 @@ def priority_pairs(
     Per pair, behaviour 1 and 2 (gaps drawn from ``gap_range``, cosine between their directions uniform
     on [-1, 1]) are concatenated into one training set. The table has the per-behaviour mean margin and
     loss at every step, the pair's priority gap (:func:`metrics.priority_gap_matrix` on the empirical
-    d_1, d_2, so gap > 0 predicts behaviour 1 first), ``cosine`` and ``batching`` ("full" or
+    d_1, d_2, so gap > 0 predicts behaviour 1 first) with ||b|| (``mean_direction_norm``) and
+    max ||d_k|| (``max_difference_norm``), ``cosine`` and ``batching`` ("full" or
     "minibatch", random unbalanced batches of ``batch_size`` as in the authors' scripts).
 
     Used in: notebooks/04_prioritisation.ipynb.
@@ -219,7 +220,8 @@ def priority_pairs(
         evals1.append((b1.features, b1.signs))
         evals2.append((b2.features, b2.signs))
         runs.append(dict(pair=pair, seed=seed, cosine=cosine, gap_1=b1.mean_gap, gap_2=b2.mean_gap,
-                         priority_gap=float(metrics.priority_gap_matrix(d)[0, 1])))
+                         priority_gap=float(metrics.priority_gap_matrix(d)[0, 1]),
+                         mean_direction_norm=float(d.mean(0).norm()), max_difference_norm=float(d.norm(dim=1).max())))
     features, sgn = torch.stack(feats), torch.stack(signs)
     eval_sets = {"behavior 1": (torch.stack([f for f, _ in evals1]), torch.stack([s for _, s in evals1])),
                  "behavior 2": (torch.stack([f for f, _ in evals2]), torch.stack([s for _, s in evals2]))}
