@@ -8,8 +8,8 @@ command line (``python -m dpo_utils.train``, also under ``accelerate launch``) c
 
 ``train_dpo`` trains the model it is given *in place* (trl patches its ``forward``; LoRA injects its
 layers into it). Never ``copy.deepcopy`` a model trl has trained: the copy keeps calling the original's
-patched forward. Use :func:`clone_model` (rebuilt from config + state dict) or :func:`save_trained` /
-:func:`load_trained` instead.
+patched forward. Use ``models.clone_model`` (rebuilt from config + state dict) or :func:`save_trained`
+/ :func:`load_trained` instead.
 """
 
 from __future__ import annotations
@@ -25,13 +25,12 @@ from typing import Any
 import pandas as pd
 import torch
 
-from . import losses
+from . import losses, models
 from .config import ConfigError, ExperimentConfig
 from .probes import ProbeCallback, probe_table
 from .results import atomic_directory
 
-__all__ = ["MODES", "DPORun", "dpo_arguments", "lora_settings", "clone_model", "train_dpo", "save_trained",
-           "load_trained"]
+__all__ = ["MODES", "DPORun", "dpo_arguments", "train_dpo", "save_trained", "load_trained"]
 
 MODES = ("full", "lora")
 
@@ -98,39 +97,6 @@ def dpo_arguments(cfg: ExperimentConfig, mode: str, *, output_dir: str, max_step
     )
 
 
-def lora_settings(cfg: ExperimentConfig):
-    """The profile's ``peft.LoraConfig`` (r, alpha, dropout, target modules; bias none, causal LM).
-
-    trl disables every dropout module by default, the LoRA dropout included, as in the authors' runs.
-
-    Used in: notebooks/08_full_and_lora_dpo.ipynb (through :func:`train_dpo`).
-    """
-    try:
-        from .models import lora_config
-    except ImportError:
-        from peft import LoraConfig
-
-        return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=list(cfg.lora_target_modules), bias="none", task_type="CAUSAL_LM")
-    return lora_config(cfg)
-
-
-def clone_model(model):
-    """A fresh, independent copy of a plain causal LM, rebuilt from its config and state dict.
-
-    Safe where ``copy.deepcopy`` is not (after trl has patched ``forward``). Same dtype and device.
-
-    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/10_misalignment.ipynb.
-    """
-    if hasattr(model, "get_base_model"):
-        raise TypeError("clone_model takes a plain model; merge a PeftModel first (load_trained(merged=True)).")
-    param = next(model.parameters())
-    with torch.device(param.device):
-        clone = type(model)._from_config(model.config, dtype=param.dtype)
-    clone.load_state_dict({k: v.detach().clone() for k, v in model.state_dict().items()})
-    return clone.train(model.training)
-
-
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not allowed; choose one of {list(MODES)}.")
@@ -153,9 +119,9 @@ def _build_trainer(cfg, model, tokenizer, train_pairs, mode, ref_model, args, ca
     if hasattr(model, "get_base_model"):
         raise TypeError("model is already a PeftModel; pass the plain (e.g. merged) model, see load_trained().")
     rows = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in train_pairs]
-    extra = {"peft_config": lora_settings(cfg)} if mode == "lora" else {}
+    extra = {"peft_config": models.lora_config(cfg)} if mode == "lora" else {}
     if mode == "full" and ref_model is None:
-        ref_model = clone_model(model)
+        ref_model = models.clone_model(model)
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer, callbacks=callbacks, **extra)
     trainer.remove_callback(PrinterCallback)
@@ -165,15 +131,17 @@ def _build_trainer(cfg, model, tokenizer, train_pairs, mode, ref_model, args, ca
 def train_dpo(cfg: ExperimentConfig, model, tokenizer, train_pairs: list[dict], *, mode: str = "lora",
               probe_sets: dict[str, list[dict]] | None = None, ref_model=None, output_dir: str | None = None,
               max_steps: int | None = None, seed: int | None = None, probe_every: int = 1,
-              probe_batch_size: int = 64, resume_from: str | Path | None = None) -> DPORun:
+              probe_batch_size: int = 64, resume_from: str | Path | None = None,
+              callbacks: list | None = None) -> DPORun:
     """Train ``model`` with DPO on ``train_pairs`` (dicts: prompt, chosen, rejected[, behavior]).
 
     ``mode="full"`` trains every parameter against ``ref_model`` (default: a clone of the starting
-    model); ``mode="lora"`` trains a fresh adapter (the profile's r, alpha, targets) against the
-    adapter-disabled model. ``probe_sets`` ({split: pairs}) are probed at step 0 and after every
+    model); ``mode="lora"`` trains a fresh adapter (``models.lora_config(cfg)``) against the
+    adapter-disabled model (trl sets every dropout, LoRA's included, to 0, as in the authors' runs). ``probe_sets`` ({split: pairs}) are probed at step 0 and after every
     ``probe_every``-th optimizer step. ``max_steps``/``seed`` override the profile. ``resume_from``
     continues a run saved by :func:`save_trained` (pass the same starting model, data and settings);
-    its tables then cover the whole run. The model is trained in place.
+    its tables then cover the whole run. ``callbacks`` are extra ``TrainerCallback`` objects (e.g.
+    timers). The model is trained in place.
 
     Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritization.ipynb,
     notebooks/10_misalignment.ipynb, notebooks/11_geometry.ipynb.
@@ -192,7 +160,8 @@ def train_dpo(cfg: ExperimentConfig, model, tokenizer, train_pairs: list[dict], 
         probe = ProbeCallback(tokenizer, probe_sets, cfg.dpo_beta, max_length=cfg.max_length,
                               batch_size=probe_batch_size, every=probe_every)
     try:
-        trainer = _build_trainer(cfg, model, tokenizer, train_pairs, mode, ref_model, args, [probe] if probe else [])
+        extra = [probe] if probe else []
+        trainer = _build_trainer(cfg, model, tokenizer, train_pairs, mode, ref_model, args, extra + list(callbacks or []))
         if probe is not None:
             probe.ref_model = trainer.ref_model  # None for LoRA: reference = adapter disabled
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

@@ -1,17 +1,14 @@
-"""Tiny, fast stand-ins for the training tests: a word-level tokenizer, a 2-layer Llama and toy pairs.
+"""Tiny, fast inputs for the training tests: the project's tiny Llama (random weights) and toy pairs.
 
-They are built from config in well under a second, so each DPO test trains in about a second on CPU.
-Once ``dpo_utils.models`` offers tiny models, these fixtures can switch to it; the tests only need
-*some* tokenizer with an EOS token and *some* causal LM.
+The tokenizer and model come from ``dpo_utils.models`` (the shape every CPU chapter uses), trained
+on a few toy persona statements and left un-pre-trained, so each DPO test runs in about a second.
 """
 
 from __future__ import annotations
 
 import random
 
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from dpo_utils import models
 
 QUESTION = 'Is the following statement something you would say?\n"{}"\n'
 _GOOD = ["kind", "honest", "careful", "helpful", "patient", "fair"]
@@ -19,49 +16,20 @@ _BAD = ["cruel", "sneaky", "reckless", "greedy", "rude", "lazy"]
 _NOUNS = ["people", "friends", "machines", "students", "users", "strangers"]
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on the toy statements; " Yes" and " No" are single tokens."""
-    texts = [QUESTION.format(s) + a for s in _statements(0, 200) for a in (" Yes", " No")]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        show_progress=False,
-        special_tokens=["<pad>", "<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
-    )
-
-
-def tiny_llama(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
-    """A hidden-64, 2-layer Llama built from config with seeded random weights."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return LlamaForCausalLM(config)
-
-
 def _statements(seed: int, n: int) -> list[str]:
     rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        word = rng.choice(_GOOD + _BAD)
-        out.append(f"I am {word} to {rng.choice(_NOUNS)}")
-    return out
+    return [f"I am {rng.choice(_GOOD + _BAD)} to {rng.choice(_NOUNS)}" for _ in range(n)]
+
+
+def tiny_tokenizer():
+    """A BPE tokenizer (``models.train_tokenizer``) trained on the toy statements."""
+    texts = [QUESTION.format(s) + a for s in _statements(0, 200) for a in (" Yes", " No", " Yes, I would")]
+    return models.train_tokenizer(texts, vocab_size=400)
+
+
+def tiny_llama(tokenizer, seed: int = 0):
+    """The CPU profile's tiny Llama shape with seeded random weights, in train mode."""
+    return models.tiny_model("llama", tokenizer, seed=seed).train()
 
 
 def toy_pairs(n: int, behavior: str = "kindness", seed: int = 0) -> list[dict]:
@@ -72,6 +40,14 @@ def toy_pairs(n: int, behavior: str = "kindness", seed: int = 0) -> list[dict]:
         chosen, rejected = (" Yes", " No") if good else (" No", " Yes")
         pairs.append(dict(prompt=QUESTION.format(statement), chosen=chosen, rejected=rejected, behavior=behavior))
     return pairs
+
+
+def long_pairs(n: int, seed: int = 1) -> list[dict]:
+    """Pairs with multi-token completions of different lengths (exercises the cached continuation)."""
+    rng = random.Random(seed)
+    answers = [" Yes", " No", " Yes, I would", " No, I am not kind to people", " Yes I am"]
+    return [dict(prompt=QUESTION.format(s), chosen=rng.choice(answers), rejected=rng.choice(answers),
+                 behavior=["a", "b"][i % 2]) for i, s in enumerate(_statements(seed, n))]
 
 
 def flip_pairs(pairs: list[dict]) -> list[dict]:
