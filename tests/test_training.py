@@ -195,3 +195,15 @@ def test_bad_inputs_raise_clear_errors(tok):
         training.train_dpo(_cfg(), model, tok, pairs, mode="full", probe_sets={"test": []})
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         training.train_dpo(_cfg(), model, tok, pairs, mode="full", resume_from="/nonexistent/run")
+
+
+@pytest.mark.parametrize("name", ["single_gpu", "ddp", "fsdp"])
+def test_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(ROOT / "configs" / "accelerate" / f"{name}.yaml"))
+    assert cfg.mixed_precision == "bf16"
+    if name == "fsdp":
+        assert cfg.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD"
+        assert set(cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"].split(",")) == {
+            "LlamaDecoderLayer", "MistralDecoderLayer"}
