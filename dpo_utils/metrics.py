@@ -15,6 +15,7 @@ __all__ = [
     "covariance_trace",
     "priority_gap_matrix",
     "linear_probe_accuracy",
+    "properties_table",
     "best_linear_accuracy",
 ]
 
@@ -125,3 +126,31 @@ def best_linear_accuracy(difference: torch.Tensor, covariance: torch.Tensor | fl
         mahalanobis_sq = float(d @ torch.linalg.solve(cov, d))
     normal = torch.distributions.Normal(0.0, 1.0)
     return float(normal.cdf(torch.tensor(mahalanobis_sq ** 0.5 / 2.0, dtype=torch.float64)))
+
+
+def properties_table(groups, probe: bool = True, folds: int = 5):
+    """One row per behaviour: n, distinguishability, concentration, covariance_trace, mean_norm, snr,
+    and (if ``probe``) the cross-validated linear-probe accuracy of Yes vs No.
+
+    ``groups`` maps a behaviour name to its (features (n, d), signs (n,)). ``snr`` is
+    distinguishability divided by its size under random labels,
+    sqrt(mean class-covariance trace * (1/n_Yes + 1/n_No)), so about 1 means no signal.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    """
+    import pandas as pd
+
+    rows = []
+    for name, (features, signs) in groups.items():
+        features = features.double()
+        n_yes, n_no = int((signs > 0).sum()), int((signs < 0).sum())
+        dist = float(distinguishability(features, signs))
+        cov_yes, cov_no = _class_covariances(features, signs)
+        noise = (0.5 * float(torch.trace(cov_yes) + torch.trace(cov_no)) * (1 / n_yes + 1 / n_no)) ** 0.5
+        row = dict(behavior=name, n=len(signs), distinguishability=dist,
+                   concentration=concentration(features, signs), covariance_trace=covariance_trace(features, signs),
+                   mean_norm=float(features.norm(dim=-1).mean()), snr=dist / noise if noise > 0 else float("inf"))
+        if probe:
+            row["probe_accuracy"] = linear_probe_accuracy(features, signs, folds=folds)
+        rows.append(row)
+    return pd.DataFrame(rows)

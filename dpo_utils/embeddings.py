@@ -1,0 +1,224 @@
+"""Last-token, final-layer features of a causal LM: what the unembedding sees, per prompt.
+
+For a prompt x (tokenised with the tokenizer's own BOS), e(x) is the last layer's output at the last
+prompt token. Two variants, both computed in one forward pass:
+
+* ``final``: the model's true final hidden state, the input of ``lm_head``. In transformers 5.24 the
+  last entry of ``hidden_states`` (and the backbone's ``last_hidden_state``) is already the output of
+  the final RMSNorm; the tests check this, and that ``lm_head(e)`` reproduces the model's logits.
+* ``authors``: the authors' released code applies that RMSNorm once more to ``hidden_states[-1]``
+  (notes/paper.md 4.4), so its features are normalised twice. Kept to compare with the paper.
+
+Prompts are processed in length-sorted batches, right-padded, and gathered at position length - 1,
+which is exact: with right padding the real tokens' positions and attention are unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .results import atomic_directory, config_hash, results_dir
+
+__all__ = [
+    "VARIANTS",
+    "FeatureSet",
+    "prompt_texts",
+    "final_norm",
+    "last_token_features",
+    "persona_features",
+    "standardised_projections",
+    "survival_table",
+    "properties",
+]
+
+VARIANTS = ("final", "authors")
+_FORMAT_VERSION = 1
+
+
+def prompt_texts(rows: Sequence[Mapping]) -> list[str]:
+    """The DPO prompts question + "\\n" of persona rows (the feature is read at that newline).
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    """
+    return [row["question"] + "\n" for row in rows]
+
+
+def final_norm(model) -> torch.nn.Module:
+    """The final normalisation layer of a decoder-only model (``model.model.norm`` for Llama/Mistral)."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    norm = getattr(decoder, "norm", None)
+    if norm is None:
+        raise TypeError(f"{type(model).__name__} has no final norm at .get_decoder().norm; "
+                        "the authors' variant needs a Llama/Mistral-style model.")
+    return norm
+
+
+def _padded(encoded: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(ids) for ids in encoded])
+    ids = torch.full((len(encoded), int(lengths.max())), pad_id, dtype=torch.long)
+    for row, tokens in enumerate(encoded):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+    mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
+    return ids.to(device), mask.to(device), lengths.to(device)
+
+
+@torch.no_grad()
+def last_token_features(model, tokenizer, texts: Sequence[str], batch_size: int = 256,
+                        progress: bool | None = None) -> dict[str, torch.Tensor]:
+    """Features of each text at its last token, both variants: ``{"final": (n, d), "authors": (n, d)}``.
+
+    fp32 on the CPU whatever the model's dtype and device. ``progress=None`` shows a tqdm bar only on
+    a terminal. ``batch_size=1`` is the one-at-a-time reference (no padding at all).
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb, benchmarks/bench_embeddings.py.
+    """
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1.")
+    encoded = tokenizer(list(texts))["input_ids"]
+    if any(len(ids) == 0 for ids in encoded):
+        raise ValueError("every text must give at least one token.")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    backbone, norm = model.get_decoder(), final_norm(model)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # little padding per batch
+    dim = model.config.hidden_size
+    out = {v: torch.empty(len(encoded), dim, dtype=torch.float32) for v in VARIANTS}
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc="features", disable=(None if progress is None else not progress), leave=False):
+        index = order[start: start + batch_size]
+        ids, mask, lengths = _padded([encoded[i] for i in index], pad_id, device)
+        hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        last = hidden[torch.arange(len(index), device=device), lengths - 1]
+        out["final"][index] = last.float().cpu()
+        out["authors"][index] = norm(last).float().cpu()
+    return out
+
+
+@dataclass
+class FeatureSet:
+    """Features of persona prompts: per row its behaviour and sign (+1 when " Yes" matches)."""
+
+    behaviors: list[str]
+    signs: torch.Tensor  # (n,) float64, +1 / -1
+    features: dict[str, torch.Tensor]  # variant -> (n, d)
+    answer_margin: torch.Tensor  # (n,) logit(" Yes") - logit(" No") of the model itself
+
+    def select(self, behavior: str, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, signs) of one behaviour in one variant."""
+        if variant not in self.features:
+            raise ValueError(f"variant={variant!r} is not available; choose one of {list(self.features)}.")
+        mask = torch.tensor([b == behavior for b in self.behaviors])
+        if not mask.any():
+            raise ValueError(f"behaviour {behavior!r} is not in this feature set; it has {sorted(set(self.behaviors))}.")
+        return self.features[variant][mask].double(), self.signs[mask]
+
+    def groups(self, variant: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{behaviour: (features, signs)} in first-seen order, for metrics.properties_table."""
+        return {name: self.select(name, variant) for name in dict.fromkeys(self.behaviors)}
+
+    def answer_accuracy(self) -> dict[str, float]:
+        """Per behaviour, how often the model itself ranks the matching answer first (its LM accuracy)."""
+        correct = (torch.sign(self.answer_margin.double()) == self.signs).double()
+        return {name: float(correct[torch.tensor([b == name for b in self.behaviors])].mean())
+                for name in dict.fromkeys(self.behaviors)}
+
+
+def _answer_margin(model, tokenizer, final: torch.Tensor) -> torch.Tensor:
+    from .models import answer_token_ids
+
+    yes, no = answer_token_ids(tokenizer)
+    head = model.get_output_embeddings().weight
+    direction = (head[yes] - head[no]).detach().float().cpu()
+    return final @ direction
+
+
+def persona_features(model, tokenizer, persona: Mapping[str, Sequence[Mapping]], *, profile: str = "cpu",
+                     model_key: str | None = None, batch_size: int = 256, cache: bool = True) -> FeatureSet:
+    """Both feature variants of every persona prompt, cached under ``results/<profile>/features/``.
+
+    The cache key is the model (``model_key``, default its ``name_or_path``, which for a tiny model
+    is its config-keyed cache folder), its dtype and every prompt and label; a model without a name is
+    not cached.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb onwards.
+    """
+    names = [name for name, rows in persona.items() for _ in rows]
+    rows = [row for rows in persona.values() for row in rows]
+    texts = prompt_texts(rows)
+    signs = torch.tensor([1.0 if r["answer_matching_behavior"] == " Yes" else -1.0 for r in rows], dtype=torch.float64)
+    key_name = model_key or getattr(model, "name_or_path", "") or ""
+    folder = None
+    if cache and key_name:
+        key = dict(version=_FORMAT_VERSION, model=key_name, dtype=str(next(model.parameters()).dtype),
+                   texts=config_hash({"t": texts, "b": names, "s": signs.tolist()}))
+        folder = results_dir(profile) / "features" / config_hash(key)
+        if (folder / "features.pt").exists():
+            saved = torch.load(folder / "features.pt")
+            return FeatureSet(names, signs, saved["features"], saved["answer_margin"])
+    features = last_token_features(model, tokenizer, texts, batch_size=batch_size)
+    margin = _answer_margin(model, tokenizer, features["final"])
+    if folder is not None:
+        with atomic_directory(folder) as tmp:
+            torch.save(dict(features=features, answer_margin=margin, key=key), tmp / "features.pt")
+    return FeatureSet(names, signs, features, margin)
+
+
+def standardised_projections(features: torch.Tensor, signs: torch.Tensor) -> np.ndarray:
+    """1-D projections onto the unit mean-difference direction, centred per class, unit variance.
+
+    These are the coordinates the theory's tail assumption is about; compare their survival function
+    with the alpha-subexponential families of ``dpo_utils.synthetic``.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    """
+    positive = signs > 0
+    direction = features[positive].mean(0) - features[~positive].mean(0)
+    norm = direction.norm()
+    if norm == 0:
+        raise ValueError("the two classes have the same mean, so there is no direction to project on.")
+    values = features.double() @ (direction.double() / norm)
+    centred = torch.where(positive, values - values[positive].mean(), values - values[~positive].mean())
+    spread = centred.std()
+    return (centred / (spread if spread > 0 else 1.0)).numpy()
+
+
+def survival_table(samples: Mapping[str, np.ndarray], thresholds: np.ndarray) -> pd.DataFrame:
+    """Tidy empirical P(|X| > t): columns source, t, survival (one row per source and threshold).
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    """
+    rows = []
+    for source, values in samples.items():
+        magnitudes = np.sort(np.abs(np.asarray(values, dtype=float)))
+        above = len(magnitudes) - np.searchsorted(magnitudes, thresholds, side="right")
+        rows += [dict(source=source, t=float(t), survival=float(a) / len(magnitudes)) for t, a in zip(thresholds, above)]
+    return pd.DataFrame(rows)
+
+
+
+def properties(feature_set: FeatureSet, model_label: str, probe: bool = True) -> pd.DataFrame:
+    """The properties table for every behaviour and both variants, plus the model's own accuracy.
+
+    Columns: model, variant, behavior, n, distinguishability, concentration, covariance_trace,
+    mean_norm, snr, probe_accuracy (if ``probe``), lm_accuracy.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    """
+    from .metrics import properties_table
+
+    accuracy = feature_set.answer_accuracy()
+    tables = []
+    for variant in feature_set.features:
+        table = properties_table(feature_set.groups(variant), probe=probe)
+        table.insert(0, "variant", variant)
+        table.insert(0, "model", model_label)
+        table["lm_accuracy"] = table["behavior"].map(accuracy)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
