@@ -9,13 +9,15 @@ completion (EOS appended); the completion is what follows the common prefix of t
 sequence longer than ``max_length`` keeps its start. The log-probability of a completion is the sum
 over its tokens, EOS included.
 
-The forward pass is cheaper than trl's: a pair's chosen and rejected answers share the prompt, so the
-prompt runs once (left-padded, with a key/value cache) and only the completion tokens run twice, and
-the unembedding is applied only where a completion token is predicted.
+The forward pass is cheaper than trl's: the token prefix all probe prompts share runs once; a pair's
+chosen and rejected answers share the prompt, so the prompt runs once (left-padded, with a key/value
+cache) and only the completion tokens run twice; the unembedding is applied only where a completion
+token is predicted.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import pandas as pd
@@ -115,12 +117,30 @@ def _target_logps(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return F.log_softmax(head(hidden).float(), dim=-1).gather(-1, targets[:, None])[:, 0]
 
 
-def _chunk_logps(backbone, head, prompts, completions, device) -> torch.Tensor:
+def _shared_prefix(backbone, prompts, device):
+    """Run the token prefix that every prompt shares (persona prompts share ~half their tokens) once."""
+    width = min(len(p) for p in prompts) - 1  # keep at least one token of each prompt
+    n = 0
+    while n < width and all(p[n] == prompts[0][n] for p in prompts):
+        n += 1
+    if n < 2:
+        return 0, None
+    out = backbone(input_ids=torch.tensor([prompts[0][:n]], device=device), use_cache=True)
+    return n, out.cache
+
+
+def _chunk_logps(backbone, head, prompts, completions, device, prefix=(0, None)) -> torch.Tensor:
     """Summed log-probs, shape (len(prompts), K), of K completions per prompt; one prompt pass."""
-    k = len(completions[0])
-    ids, mask = _pad(prompts, 0, left=True)
+    k, (n_prefix, prefix_cache) = len(completions[0]), prefix
+    ids, mask = _pad([p[n_prefix:] for p in prompts], 0, left=True)
     ids, mask = ids.to(device), mask.to(device)
-    out = backbone(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+    position = n_prefix + (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = None
+    if prefix_cache is not None:  # a private copy of the shared prefix's cache, one row per prompt
+        cache = copy.deepcopy(prefix_cache)
+        cache.batch_repeat_interleave(len(prompts))
+        mask = torch.cat([torch.ones(len(prompts), n_prefix, dtype=mask.dtype, device=device), mask], dim=1)
+    out = backbone(input_ids=ids, attention_mask=mask, position_ids=position, cache=cache, use_cache=True)
     first = torch.tensor([c[0] for row in completions for c in row], device=device)
     total = _target_logps(head, out.last_hidden_state[:, -1].repeat_interleave(k, 0), first)
     rest = [c for row in completions for c in row]
@@ -150,18 +170,21 @@ def _chunk_logps(backbone, head, prompts, completions, device) -> torch.Tensor:
 def _completion_logps(model, prompts, completions, batch_size: int) -> torch.Tensor:
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} is not allowed; it must be an integer >= 1.")
+    if not prompts:
+        return torch.empty(0, len(completions[0]) if completions else 1)
     backbone, head = _backbone_and_head(model)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
+        prefix = _shared_prefix(backbone, prompts, device)
         chunks = [
-            _chunk_logps(backbone, head, prompts[s : s + batch_size], completions[s : s + batch_size], device)
+            _chunk_logps(backbone, head, prompts[s : s + batch_size], completions[s : s + batch_size], device, prefix)
             for s in range(0, len(prompts), batch_size)
         ]
     finally:
         model.train(was_training)
-    return torch.cat(chunks) if chunks else torch.empty(0, len(completions[0]) if completions else 1)
+    return torch.cat(chunks)
 
 
 def sequence_logps(model, tokenizer, prompts, completions, batch_size: int = 64, max_length: int | None = None):
