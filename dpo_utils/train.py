@@ -75,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="override the profile's seed")
     p.add_argument("--probe-every", type=int, default=1)
     p.add_argument("--resume-from", default=None, help="a folder written by an earlier run (continue it)")
+    p.add_argument("--no-checkpoint", action="store_true", help="skip checkpoint/ (optimizer state; large at 7B)")
     p.add_argument("--out", required=True, help="folder to write the run to")
     return p
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> DPORun:
     run = train_behaviors(cfg, behaviors, mode=args.mode, flip=args.flip, max_steps=args.max_steps,
                           seed=args.seed, probe_every=args.probe_every, resume_from=args.resume_from)
     if run.trainer is None or run.trainer.accelerator.is_main_process:
-        save_trained(run, Path(args.out))
+        save_trained(run, Path(args.out), checkpoint=not args.no_checkpoint)
         print(f"wrote {args.out}: {run.probes['step'].max()} steps, {len(run.probes)} table rows")
     return run
 
