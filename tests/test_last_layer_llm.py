@@ -1,0 +1,152 @@
+"""Experiment A on model features: the split, u0 from the head, batched == one by one, flipped labels,
+and the speed summary and rank correlations on synthetic behaviours of known distinguishability."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dpo_utils import corpus, data, last_layer_llm as L, linear, metrics, models
+
+ARGS = dict(lr=1.0, beta=0.01, steps=30, batch_size=32)
+
+
+def _behavior(n: int, dim: int, gap: float, seed: int, offset: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n rows (shuffled labels) with class means +-gap/2 along a random direction, around an uncentred mean."""
+    g = torch.Generator().manual_seed(seed)
+    signs = torch.where(torch.rand(n, generator=g) < 0.5, 1.0, -1.0).double()
+    direction = torch.randn(dim, generator=g, dtype=torch.float64)
+    direction /= direction.norm()
+    centre = offset * torch.randn(dim, generator=g, dtype=torch.float64) / math.sqrt(dim)
+    features = centre + 0.5 * gap * signs[:, None] * direction + torch.randn(n, dim, generator=g, dtype=torch.float64)
+    return features, signs
+
+
+@pytest.fixture(scope="module")
+def groups():
+    return {f"b{i}": _behavior(200, 16, gap, seed=i) for i, gap in enumerate([0.0, 1.0, 2.0, 4.0, 8.0])}
+
+
+@pytest.fixture(scope="module")
+def u0():
+    return 0.3 * torch.randn(16, generator=torch.Generator().manual_seed(99), dtype=torch.float64)
+
+
+def test_split_follows_the_authors_split_of_the_rows():
+    rows = [dict(question=f"q{i}", answer_matching_behavior=" Yes" if i % 3 else " No") for i in range(50)]
+    features = torch.arange(50, dtype=torch.float64)[:, None].repeat(1, 2)
+    signs = torch.tensor([1.0 if r["answer_matching_behavior"] == " Yes" else -1.0 for r in rows])
+    split = L.split_groups({"b": (features, signs)})["b"]
+    train_rows, test_rows = data.split_rows(rows)
+    assert [f"q{int(x)}" for x in split["train"][0][:, 0]] == [r["question"] for r in train_rows]
+    assert [f"q{int(x)}" for x in split["test"][0][:, 0]] == [r["question"] for r in test_rows]
+    assert len(split["train"][1]) == 45 and len(split["test"][1]) == 5
+    assert torch.equal(split["train"][1], torch.tensor([1.0 if r["answer_matching_behavior"] == " Yes" else -1.0
+                                                        for r in train_rows], dtype=torch.float64))
+
+
+def test_answer_direction_is_the_heads_yes_minus_no_row_and_gives_the_logit_gap():
+    tokenizer = models.train_tokenizer(corpus.lm_texts(n_per_behavior=50))
+    model = models.tiny_model("llama", tokenizer, seed=3)
+    u0 = L.answer_direction(model, tokenizer)
+    yes, no = models.answer_token_ids(tokenizer)
+    ids = torch.tensor([tokenizer("Is it?\n")["input_ids"]])
+    with torch.no_grad():
+        out = model(input_ids=ids, output_hidden_states=True)
+    e = out.hidden_states[-1][0, -1].double()
+    logits = out.logits[0, -1]
+    assert u0.dtype == torch.float64 and u0.shape == (model.config.hidden_size,)
+    assert abs(float(e @ u0) - float(logits[yes] - logits[no])) < 1e-4
+
+
+def test_batched_runs_equal_one_by_one(groups, u0):
+    table = L.last_layer_experiment(groups, u0, seeds=[0, 1], **ARGS)
+    for name in ["b1", "b4"]:
+        alone = L.last_layer_experiment({name: groups[name]}, u0, seeds=[1], **ARGS)
+        part = table[(table.behavior == name) & (table.seed == 1)].reset_index(drop=True)
+        assert len(part) == len(alone)
+        np.testing.assert_allclose(part["value"], alone["value"], rtol=1e-12, atol=1e-14)
+    # different seeds draw different batches
+    b = table[(table.behavior == "b3") & (table.metric == "batch_loss") & (table.step == 5)]
+    assert b["value"].nunique() == 2
+
+
+def test_labels_and_the_growth_bound(groups, u0):
+    table = L.last_layer_experiment(groups, u0, seeds=[0], **ARGS)
+    split = L.split_groups(groups)
+    for name, parts in split.items():
+        row = table[table.behavior == name].iloc[0]
+        assert row["distinguishability"] == pytest.approx(float(metrics.distinguishability(*parts["train"])))
+        assert row["max_feature_norm"] == pytest.approx(float(parts["train"][0].norm(dim=1).max()))
+    assert set(table.split) == {"train", "test"}
+    change = table[table.metric == "weight_change"]
+    bound = linear.weight_change_bound(change["step"].to_numpy(), ARGS["lr"], ARGS["beta"], change["max_feature_norm"].to_numpy())
+    assert (change["value"].to_numpy() <= bound + 1e-12).all()
+    start = table[(table.metric == "loss") & (table.step == 0)]
+    np.testing.assert_allclose(start["value"], math.log(2.0))
+
+
+def test_flipped_labels_give_the_same_loss_and_the_complementary_output_accuracy(groups, u0):
+    aligned = L.last_layer_experiment(groups, u0, seeds=[0], **ARGS)
+    flipped = L.last_layer_experiment(groups, u0, seeds=[0], flip=True, **ARGS)
+    assert set(flipped.direction) == {"flipped"} and set(aligned.direction) == {"aligned"}
+    for metric in ("loss", "weight_change"):
+        a = aligned[aligned.metric == metric]["value"].to_numpy()
+        f = flipped[flipped.metric == metric]["value"].to_numpy()
+        np.testing.assert_allclose(a, f, rtol=1e-10, atol=1e-13)
+    acc0 = lambda t: t[(t.metric == "output_accuracy") & (t.step == 0)]["value"].to_numpy()
+    np.testing.assert_allclose(acc0(aligned) + acc0(flipped), 1.0)  # no ties: u0.e != 0 a.s.
+
+
+def test_unequal_behaviour_sizes_are_trained_in_shape_groups(u0):
+    groups = {"small": _behavior(100, 16, 4.0, seed=7), "large": _behavior(300, 16, 4.0, seed=8)}
+    table = L.last_layer_experiment(groups, u0, seeds=[0], **ARGS)
+    alone = L.last_layer_experiment({"small": groups["small"]}, u0, seeds=[0], **ARGS)
+    part = table[table.behavior == "small"].reset_index(drop=True)
+    np.testing.assert_allclose(part["value"], alone["value"], rtol=1e-12)
+    assert set(table.behavior) == {"small", "large"}
+
+
+def test_speed_summary_values_and_positive_rank_correlation(groups, u0):
+    table = pd.concat([L.last_layer_experiment(groups, u0, seeds=[0, 1, 2], flip=flip, **ARGS)
+                       for flip in (False, True)], ignore_index=True)
+    summary = L.speed_summary(table, k=10)
+    assert len(summary) == 2 * len(groups)
+    one = table[(table.behavior == "b4") & (table.direction == "aligned")]
+    loss10 = one[(one.split == "train") & (one.metric == "loss") & (one.step == 10)]["value"].mean()
+    change10 = one[(one.metric == "weight_change") & (one.step == 10)]["value"].mean()
+    row = summary[(summary.behavior == "b4") & (summary.direction == "aligned")].iloc[0]
+    assert row["drop_early"] == pytest.approx(math.log(2.0) - loss10)
+    assert row["slope_early"] == pytest.approx(change10 / 10)
+    assert row["output_accuracy_start"] > 0 and row["reached"] == 1.0
+    rho = L.speed_correlations(summary)
+    assert set(rho.metric) == set(L.SPEED_METRICS) and (rho.n_behaviors == len(groups)).all()
+    assert (rho.rho > 0.8).all(), rho       # gaps 0..8: the more distinguishable, the faster
+
+
+def test_flipped_output_accuracy_reaches_one_half_sooner_when_more_distinguishable():
+    # every behaviour along one direction, and a reference head that already prefers the matching answer
+    direction = torch.zeros(16, dtype=torch.float64)
+    direction[0] = 1.0
+    g = torch.Generator().manual_seed(5)
+    groups = {}
+    for i, gap in enumerate([1.0, 2.0, 4.0, 8.0]):
+        signs = torch.tensor([1.0, -1.0] * 100, dtype=torch.float64)
+        noise = torch.randn(200, 16, generator=g, dtype=torch.float64)
+        groups[f"g{gap:g}"] = (2.0 + 0.5 * gap * signs[:, None] * direction + noise, signs)
+    table = L.last_layer_experiment(groups, 0.5 * direction, seeds=[0, 1], flip=True, **dict(ARGS, steps=200))
+    summary = L.speed_summary(table, k=10).sort_values("distinguishability")
+    assert (summary["output_accuracy_start"] < 0.5).all()
+    assert (summary["reached"] == 1.0).all()
+    assert summary["steps_to_threshold"].is_monotonic_decreasing
+    assert summary["steps_to_threshold"].iloc[0] > summary["steps_to_threshold"].iloc[-1]
+
+
+def test_speed_summary_rejects_a_step_that_was_not_recorded(groups, u0):
+    table = L.last_layer_experiment(groups, u0, seeds=[0], **dict(ARGS, steps=5))
+    with pytest.raises(ValueError, match="k=10"):
+        L.speed_summary(table, k=10)
