@@ -149,12 +149,17 @@ def _check_training_args(lr: float, beta: float, steps: int, batch_size: int | N
 
 
 def _evaluate(
-    delta: torch.Tensor, u0: torch.Tensor, feats: torch.Tensor, signs: torch.Tensor, beta: float
+    delta: torch.Tensor, u0: torch.Tensor, feats: torch.Tensor, signs: torch.Tensor, beta: float,
+    proj: torch.Tensor | None = None, base: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Loss, both accuracies and mean margin of every run on one evaluation set."""
-    proj = torch.einsum("rnd,rd->rn", feats, delta)  # Delta.e
+    """Loss, both accuracies and mean margin of every run on one evaluation set.
+
+    ``proj`` = Delta.e and ``base`` = u0.e (both (R, n)) may be passed in when already computed.
+    """
+    proj = torch.einsum("rnd,rd->rn", feats, delta) if proj is None else proj  # Delta.e
+    base = torch.einsum("rnd,rd->rn", feats, u0) if base is None else base  # u0.e, fixed during training
     margin = 2.0 * beta * signs * proj  # h = beta * s * (u - u0).e, computed without cancellation
-    policy_gap = signs * (torch.einsum("rnd,rd->rn", feats, u0) + 2.0 * proj)  # s * u_t.e
+    policy_gap = signs * (base + 2.0 * proj)  # s * u_t.e
     return {
         "loss": F.softplus(-margin).mean(1),
         "reward_accuracy": (margin > 0).to(feats.dtype).mean(1),
@@ -210,9 +215,17 @@ def train_last_layer(
     records: dict[tuple[str, str], list[torch.Tensor]] = {}
     kept = [delta.clone()] if keep_deltas else None
 
+    # u0.e never changes, and Delta.e on the training features serves both the evaluation of the
+    # training set and the next step's margins: each step then reads the features twice, not ~4 times
+    bases = {name: torch.einsum("rnd,rd->rn", f, u0) for name, (f, _) in evals.items()}
+    train_proj = torch.zeros(n_runs, n, dtype=features.dtype)
+
     def record(batch_loss: torch.Tensor) -> None:
+        nonlocal train_proj
+        train_proj = torch.einsum("rnd,rd->rn", features, delta)
         for name, (f, s) in evals.items():
-            for metric, value in _evaluate(delta, u0, f, s, beta).items():
+            proj = train_proj if f is features else None
+            for metric, value in _evaluate(delta, u0, f, s, beta, proj, bases[name]).items():
                 records.setdefault((name, metric), []).append(value)
         records.setdefault(("train", "weight_change"), []).append(math.sqrt(2.0) * delta.norm(dim=1))
         records.setdefault(("train", "batch_loss"), []).append(batch_loss)
@@ -224,8 +237,8 @@ def train_last_layer(
         else:
             parts = [batch_indices(g, signs[r : r + 1], batch_size, balanced) for r, g in enumerate(generators)]
             idx = None if parts[0] is None else torch.cat(parts)
-        feats_b, signs_b = _gather(features, idx), _gather(signs, idx)
-        margin = 2.0 * beta * signs_b * torch.einsum("rbd,rd->rb", feats_b, delta)
+        signs_b = _gather(signs, idx)
+        margin = 2.0 * beta * signs_b * _gather(train_proj, idx)  # train_proj = Delta.e at this step
         coef = torch.sigmoid(-margin) * signs_b  # -dloss/dh * s
         if weights is None:
             batch_loss = F.softplus(-margin).mean(1)
@@ -234,8 +247,11 @@ def train_last_layer(
             w_b = _gather(weights, idx)
             batch_loss = (F.softplus(-margin) * w_b).sum(1) / w_b.sum(1)
             coef = coef * w_b / w_b.sum(1, keepdim=True)
-        # dL/dw_Yes = -beta * sum_i coef_i e_i ; w_No gets the opposite gradient
-        delta = delta + lr * beta * torch.einsum("rb,rbd->rd", coef, feats_b)
+        # dL/dw_Yes = -beta * sum_i coef_i e_i ; w_No gets the opposite gradient. Scattering the batch
+        # coefficients into (R, n) avoids copying the batch's features (indices are distinct per run).
+        if idx is not None:
+            coef = torch.zeros(n_runs, n, dtype=features.dtype).scatter_(1, idx, coef)
+        delta = delta + lr * beta * torch.einsum("rn,rnd->rd", coef, features)
         if kept is not None:
             kept.append(delta.clone())
         record(batch_loss)
