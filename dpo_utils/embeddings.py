@@ -34,6 +34,9 @@ __all__ = [
     "standardised_projections",
     "survival_table",
     "properties",
+    "chapter_model_configs",
+    "priority_gaps",
+    "measure_models",
 ]
 
 VARIANTS = ("final", "authors")
@@ -222,3 +225,54 @@ def properties(feature_set: FeatureSet, model_label: str, probe: bool = True) ->
         table["lm_accuracy"] = table["behavior"].map(accuracy)
         tables.append(table)
     return pd.concat(tables, ignore_index=True)
+
+
+def chapter_model_configs(cfg) -> list:
+    """The models a measuring chapter covers: both tiny stand-ins on the CPU profile, else the profile's.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    """
+    from .models import TINY_MODELS
+
+    if cfg.model_name in TINY_MODELS:
+        return [cfg.replace(model_name=name, model_arch=arch) for name, arch in TINY_MODELS.items()]
+    return [cfg]
+
+
+def priority_gaps(feature_set: FeatureSet, variant: str = "final") -> pd.DataFrame:
+    """Tidy priority-gap matrix (behavior_i, behavior_j, gap) from each behaviour's d = mu_Yes - mu_No.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    """
+    from .metrics import class_means, priority_gap_matrix
+
+    groups = feature_set.groups(variant)
+    names = list(groups)
+    differences = torch.stack([torch.sub(*class_means(f, s)) for f, s in groups.values()])
+    gap = priority_gap_matrix(differences)
+    return pd.DataFrame([dict(behavior_i=a, behavior_j=b, gap=float(gap[i, j]))
+                         for i, a in enumerate(names) for j, b in enumerate(names)])
+
+
+def measure_models(cfg, persona: Mapping[str, Sequence[Mapping]], device: str = "cpu"):
+    """Properties of every behaviour for each model of :func:`chapter_model_configs`.
+
+    Returns ``(table, feature_sets)``: the tidy properties table (model, variant, behavior, ...) read
+    through ``results.load_or_run`` and ``{model_name: FeatureSet}`` (features are cached on disk).
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    """
+    from .models import load_model_and_tokenizer
+    from .results import load_or_run
+
+    tables, feature_sets = [], {}
+    fingerprint = config_hash({"persona": persona})
+    for model_cfg in chapter_model_configs(cfg):
+        model, tokenizer = load_model_and_tokenizer(model_cfg, device)
+        feature_sets[model_cfg.model_name] = persona_features(model, tokenizer, persona, profile=cfg.profile)
+        key = dict(model=model_cfg.model_name, weights=getattr(model, "name_or_path", ""),
+                   pretrain_steps=model_cfg.pretrain_steps, persona=fingerprint)
+        tables.append(load_or_run("properties", key, lambda: properties(feature_sets[model_cfg.model_name],
+                                                                         model_cfg.model_name), profile=cfg.profile))
+        del model
+    return pd.concat(tables, ignore_index=True), feature_sets

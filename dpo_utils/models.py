@@ -41,6 +41,7 @@ __all__ = [
     "load_saved_model",
     "clone_model",
     "lora_config",
+    "pretrain_record",
 ]
 
 #: CPU-profile model names -> architecture
@@ -313,3 +314,16 @@ def lora_config(cfg: ExperimentConfig):
 
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.lora_target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+def pretrain_record(cfg: ExperimentConfig) -> dict | None:
+    """The ``pretrain.json`` (key, seconds, loss log) of the profile's cached stand-in, or None.
+
+    None for a hub model or a stand-in not trained yet.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    """
+    if cfg.model_name not in TINY_MODELS:
+        return None
+    path = tiny_model_dir(cfg.model_arch, cfg.profile, cfg.pretrain_steps, cfg.seed) / "pretrain.json"
+    return json.loads(path.read_text()) if path.is_file() else None
