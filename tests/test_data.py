@@ -178,3 +178,13 @@ def test_config_source_names_the_project_corpus():
     cfg = config.get_config("cpu")
     assert data.load_persona(cfg.persona_source, 0).keys() == data.load_persona(data.corpus_dir(), 0).keys()
     assert config.get_config("mistral-7b").persona_source == data.HUB_PERSONA_ID
+
+
+def test_data_card_table_matches_the_corpus():
+    card = (Path(__file__).resolve().parents[1] / "book" / "data_card.md").read_text()
+    persona = data.load_persona(data.corpus_dir())
+    design = {r["behavior"]: r for r in corpus.design_rows()}
+    for name, rows in persona.items():
+        ambiguous = sum(r["label_confidence"] == 0.5 for r in rows)
+        expected = f"| {name} | {design[name]['shared_words']} | {ambiguous} of {len(rows)} | {design[name]['bayes_accuracy']:.3f}"
+        assert expected in card, expected
