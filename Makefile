@@ -14,6 +14,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export PYDEVD_DISABLE_FILE_VALIDATION ?= 1
 
 .PHONY: setup test test-unit test-notebooks book chapters bench clean clean-results help
+.PHONY: student pdf test-browser
 
 help:
 	@echo "make book      execute every chapter on the CPU profile and build _build/html"
@@ -21,6 +22,9 @@ help:
 	@echo "make bench     speed benchmarks (not part of make test)"
 	@echo "make chapters PROFILE=llama2-7b   run every chapter with papermill into runs/<profile>/"
 	@echo "make clean     remove _build (keeps .venv and results/)"
+	@echo "make student   copies of the notebooks without exercise solutions, in student/notebooks/"
+	@echo "make pdf       the whole book as one PDF, _build/book.pdf (headless chromium)"
+	@echo "make test-browser   open every page of _build/html in headless chromium (after make book)"
 
 setup: $(STAMP)
 
@@ -59,3 +63,19 @@ clean:
 
 clean-results:
 	rm -rf results runs
+
+# ---- teaching, other formats, browser checks (book/instructors.md, book/setup.md) -----------------
+
+student: $(STAMP)
+	$(BIN)/python -m dpo_utils.teaching notebooks student/notebooks
+
+pdf: $(STAMP)
+	DPO_PROFILE=$(PROFILE) $(BIN)/jupyter-book build . --builder singlehtml -n --keep-going
+	PY=$(BIN)/python bash browser_tests/ensure_tools.sh
+	$(BIN)/python browser_tests/print_pdf.py _build/singlehtml/index.html _build/book.pdf
+
+test-browser: $(STAMP)
+	@test -f _build/html/index.html || { echo "error: no built book in _build/html; run 'make book' first." >&2; exit 1; }
+	PY=$(BIN)/python bash browser_tests/ensure_tools.sh
+	$(BIN)/python -m pytest browser_tests -p no:cacheprovider -q
+	@echo "screenshots: _build/screenshots/"
