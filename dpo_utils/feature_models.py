@@ -34,7 +34,10 @@ __all__ = ["FeatureModel", "init_feature_model", "features", "train_dpo", "misal
 
 @dataclass
 class FeatureModel:
-    """Parameters of S independent two-layer models: A (S, hidden, d_in) and u (S, hidden)."""
+    """Parameters of S independent two-layer models: A (S, hidden, d_in) and u (S, hidden).
+
+    Used in: notebooks/05_misalignment.ipynb.
+    """
 
     A: torch.Tensor
     u: torch.Tensor
@@ -59,7 +62,10 @@ def init_feature_model(n_seeds: int, d_in: int, hidden: int, seeds: Sequence[int
 
 
 def features(model: FeatureModel, x: torch.Tensor) -> torch.Tensor:
-    """e(x) = tanh(A x) for every seed: x (S, n, d_in) -> (S, n, hidden)."""
+    """e(x) = tanh(A x) for every seed: x (S, n, d_in) -> (S, n, hidden).
+
+    Used in: notebooks/05_misalignment.ipynb.
+    """
     return torch.tanh(torch.einsum("snd,shd->snh", x, model.A))
 
 

@@ -49,6 +49,8 @@ def single_threaded(func: _F) -> _F:
 
     These experiments are many small tensor operations; on a shared two-core machine a second thread
     only adds contention (measured: 10x slower under load), never speed.
+
+    Used in: notebooks/02_update_rate.ipynb to notebooks/05_misalignment.ipynb (through this module).
     """
 
     @functools.wraps(func)
@@ -64,12 +66,18 @@ def single_threaded(func: _F) -> _F:
 
 
 def run_seed(*labels: object) -> int:
-    """A stable 31-bit seed from a run's labels (the same labels always give the same seed)."""
+    """A stable 31-bit seed from a run's labels (the same labels always give the same seed).
+
+    Used in: notebooks/02_update_rate.ipynb to notebooks/05_misalignment.ipynb (through this module).
+    """
     return zlib.crc32(repr(labels).encode()) & 0x7FFFFFFF
 
 
 def random_direction(dim: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """A unit vector drawn uniformly from the sphere in R^dim."""
+    """A unit vector drawn uniformly from the sphere in R^dim.
+
+    Used in: notebooks/02_update_rate.ipynb to notebooks/05_misalignment.ipynb (through this module).
+    """
     v = torch.randn(dim, generator=torch.Generator().manual_seed(int(seed)), dtype=dtype)
     return v / v.norm()
 
