@@ -162,10 +162,9 @@ def resolve_behaviors(selection: Iterable[str | int] | str | int | None, availab
     Used in: notebooks/06_measuring_distinguishability.ipynb onwards.
     """
     available = list(PERSONA_BEHAVIORS if available is None else available)
-    if selection is None or (not isinstance(selection, (str, int)) and len(list(selection)) == 0):
+    selection = [selection] if isinstance(selection, (str, int)) else list(selection or [])
+    if not selection:
         return sorted(available)
-    if isinstance(selection, (str, int)):
-        selection = [selection]
     numbering = _numbering(available)
     names = []
     for item in selection:

@@ -189,8 +189,11 @@ def tiny_model_dir(arch: str, profile: str = "cpu", steps: int = 300, seed: int 
 
     Used in: notebooks/06_measuring_distinguishability.ipynb.
     """
-    key = _cache_key(arch, steps, seed, vocab_size, corpus.lm_texts())
-    return results_dir(profile) / "models" / f"tiny-{arch}-{config_hash(key)}"
+    return _cache_folder(_cache_key(arch, steps, seed, vocab_size, corpus.lm_texts()), profile)
+
+
+def _cache_folder(key: dict, profile: str) -> Path:
+    return results_dir(profile) / "models" / f"tiny-{key['arch']}-{config_hash(key)}"
 
 
 def pretrained_tiny_model(arch: str, profile: str = "cpu", steps: int = 300, seed: int = 1234,
@@ -205,7 +208,7 @@ def pretrained_tiny_model(arch: str, profile: str = "cpu", steps: int = 300, see
     """
     texts = corpus.lm_texts()
     key = _cache_key(arch, steps, seed, vocab_size, texts)
-    folder = results_dir(profile) / "models" / f"tiny-{arch}-{config_hash(key)}"
+    folder = _cache_folder(key, profile)
     if force or not (folder / "pretrain.json").exists():
         start = time.perf_counter()
         tokenizer = train_tokenizer(texts, vocab_size)
