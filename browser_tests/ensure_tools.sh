@@ -20,7 +20,9 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+if [ -n "${CHROMIUM:-}" ]; then
+  command -v "$CHROMIUM" >/dev/null || { echo "error: CHROMIUM=$CHROMIUM is not an executable" >&2; exit 1; }
+elif ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
   echo "== installing Debian's chromium (apt-get install chromium)"
   apt_install chromium || {
     echo "error: chromium is missing and could not be installed; as root run: apt-get install -y chromium" >&2
