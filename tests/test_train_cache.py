@@ -1,0 +1,106 @@
+"""train.load_or_train: a saved run is loaded, not retrained; any changed setting retrains."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dpo_utils import config, train
+
+pytestmark = pytest.mark.slow
+BEHAVIOR = "enjoys-classical-music"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def counted(monkeypatch, tmp_path):
+    """Runs go to tmp_path (the pre-trained tiny model still comes from the project's cache);
+    every real training call is counted."""
+    calls = []
+    real = train.train_behaviors
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_behaviors", counting)
+    monkeypatch.setattr(train, "results_dir", lambda profile: tmp_path / profile)
+    monkeypatch.delenv("DPO_FORCE_RERUN", raising=False)
+    return calls
+
+
+def _cfg(**overrides):
+    return config.get_config("cpu", dpo_max_steps=2, **overrides)
+
+
+def test_second_call_loads_and_returns_equal_tables(counted, tmp_path):
+    first = train.load_or_train(_cfg(), [BEHAVIOR], mode="lora", probe_train=4)
+    second = train.load_or_train(_cfg(), [BEHAVIOR], mode="lora", probe_train=4)
+    assert len(counted) == 1
+    assert first.probes.attrs["from_cache"] is False and second.probes.attrs["from_cache"] is True
+    assert first.probes.attrs["path"] == second.probes.attrs["path"]
+    assert str(tmp_path) in second.probes.attrs["path"]
+    for name in ("probes", "pairs"):
+        a, b = getattr(first, name), getattr(second, name)
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert first.probes["step"].max() == 2
+    # the loaded model is the merged LoRA model: its logits equal the trained PeftModel's
+    ids = torch.tensor([[1, 5, 9, 13]])
+    with torch.no_grad():
+        expect = first.model.eval()(input_ids=ids).logits
+        got = second.model.eval()(input_ids=ids).logits
+    assert torch.allclose(expect, got, atol=1e-5)
+
+
+@pytest.mark.parametrize("change", [dict(seed=7), dict(flip=True), dict(max_steps=1), dict(mode="full"),
+                                    dict(probe_train=5), dict(cfg=dict(dpo_beta=0.2))])
+def test_a_changed_setting_retrains(counted, change):
+    base = dict(mode="lora", probe_train=4)
+    first = train.load_or_train(_cfg(), [BEHAVIOR], **base)
+    kwargs = {**base, **{k: v for k, v in change.items() if k != "cfg"}}
+    other = train.load_or_train(_cfg(**change.get("cfg", {})), [BEHAVIOR], **kwargs)
+    assert len(counted) == 2
+    assert other.probes.attrs["path"] != first.probes.attrs["path"]
+    assert other.probes.attrs["from_cache"] is False
+
+
+def test_start_from_a_saved_run_and_force(counted):
+    aligned = train.load_or_train(_cfg(), [BEHAVIOR], mode="lora", probe_train=4)
+    flipped = train.load_or_train(_cfg(), [BEHAVIOR], mode="lora", flip=True, start=aligned.probes.attrs["path"],
+                                  probe_train=4)
+    assert len(counted) == 2 and counted[1]["model"] is not None  # started from the aligned model
+    ref = flipped.probes[(flipped.probes["metric"] == "ref_logp_chosen") & (flipped.probes["split"] == "train")]
+    pol = aligned.probes[(aligned.probes["metric"] == "logp_rejected") & (aligned.probes["split"] == "train")]
+    # the flipped run's reference is the aligned model: its "chosen" is the aligned run's rejected answer
+    assert np.isclose(ref["value"].iloc[0], pol[pol["step"] == 2]["value"].iloc[0], atol=1e-4)
+    train.load_or_train(_cfg(), [BEHAVIOR], mode="lora", probe_train=4, force=True)
+    assert len(counted) == 3
+    with pytest.raises(FileNotFoundError, match="not a saved run"):
+        train.load_or_train(_cfg(), [BEHAVIOR], mode="lora", start="/nonexistent/run", probe_train=4)
+
+
+def test_probe_subsample_and_partial_flip():
+    cfg = config.get_config("cpu")
+    pairs, sets = train.behavior_pairs(cfg, [BEHAVIOR, "interest-in-astronomy"], flip=["interest-in-astronomy"])
+    sub = train.probe_subsample(sets, 3)
+    assert [p["behavior"] for p in sub["train"]] == [BEHAVIOR] * 3 + ["interest-in-astronomy"] * 3
+    assert sub["train"] == [p for p in sets["train"] if p["behavior"] == BEHAVIOR][:3] + \
+        [p for p in sets["train"] if p["behavior"] != BEHAVIOR][:3]
+    assert sub["test"] == sets["test"]
+    aligned, _ = train.behavior_pairs(cfg, [BEHAVIOR, "interest-in-astronomy"])
+    for a, p in zip(aligned, pairs):
+        flipped = p["behavior"] == "interest-in-astronomy"
+        assert (p["chosen"], p["rejected"]) == ((a["rejected"], a["chosen"]) if flipped else (a["chosen"], a["rejected"]))
+    with pytest.raises(ValueError, match="not trained"):
+        train.behavior_pairs(cfg, [BEHAVIOR], flip=["interest-in-astronomy"])
+    with pytest.raises(ValueError, match="probe_train"):
+        train.probe_subsample(sets, 0)
