@@ -1,0 +1,251 @@
+"""Chapter-level experiments of the LLM part (chapters 08-11): each returns a tidy table.
+
+Every trained model comes from :func:`dpo_utils.train.load_or_train`, so the chapters share their runs:
+chapter 08 trains one model per behaviour and mode, chapter 09 compares its joint runs with those solo
+runs, chapter 10 starts flipped-label training from chapter 08's aligned models, and chapter 11 measures
+their features. Nothing here plots.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import data, embeddings, metrics, models
+from .config import ExperimentConfig
+from .train import load_or_train
+
+__all__ = [
+    "persona_rows", "base_features", "behavior_properties", "per_behavior_curves", "loss_drops",
+    "rank_correlations", "pair_curves", "misalignment_curves", "overtake_steps", "reference_floor",
+    "trained_features", "geometry_table", "projection_table",
+]
+
+#: train pairs probed per behaviour in chapters 08-11 (plus every test pair): keeps the probe < 20 % of a step
+PROBE_TRAIN = 48
+#: probe after every PROBE_EVERY-th optimizer step (and the last): ~10 % of the training time on CPU
+PROBE_EVERY = 2
+
+
+def persona_rows(cfg: ExperimentConfig, behaviors: Iterable | None = None) -> dict[str, list[dict]]:
+    """The profile's persona statements per behaviour (all of them when ``behaviors`` is None or empty).
+
+    Used in: notebooks/08_full_and_lora_dpo.ipynb onwards.
+    """
+    source = data.corpus_dir() if cfg.persona_source == "corpus" else cfg.persona_source
+    chosen = list(behaviors) if behaviors else (list(cfg.behaviors) or None)
+    return data.load_persona(source, chosen)
+
+
+def base_features(cfg: ExperimentConfig, persona: dict, device: str = "cpu") -> embeddings.FeatureSet:
+    """Last-token features of the profile's (un-aligned) model for every statement, cached on disk.
+
+    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb.
+    """
+    model, tokenizer = models.load_model_and_tokenizer(cfg, device)
+    return embeddings.persona_features(model.eval(), tokenizer, persona, profile=cfg.profile)
+
+
+def behavior_properties(feature_set: embeddings.FeatureSet) -> pd.DataFrame:
+    """behavior, distinguishability, snr, probe_accuracy on the "final" features, most distinguishable first.
+
+    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb.
+    """
+    table = metrics.properties_table(feature_set.groups("final"), probe=True)
+    return table.sort_values("distinguishability", ascending=False, ignore_index=True)
+
+
+def per_behavior_curves(cfg: ExperimentConfig, behaviors: Sequence[str], modes: Sequence[str] = ("full", "lora"),
+                        probe_train: int | None = PROBE_TRAIN) -> pd.DataFrame:
+    """One DPO run per behaviour and mode (cached); their probe tables stacked (tidy, with ``mode``).
+
+    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/11_embedding_geometry.ipynb.
+    """
+    tables = []
+    for mode in modes:
+        for behavior in behaviors:
+            run = _run(cfg, [behavior], mode=mode, probe_train=probe_train, with_model=False)
+            tables.append(run.probes.assign(mode=mode))
+    return pd.concat(tables, ignore_index=True)
+
+
+def _run(cfg, behaviors, **kwargs):
+    """Every chapter's runs share one probe setting, so they share the cache of load_or_train."""
+    return load_or_train(cfg, behaviors, probe_every=PROBE_EVERY, **kwargs)
+
+
+def _metric(curves: pd.DataFrame, metric: str) -> pd.DataFrame:
+    return curves[curves["metric"] == metric]
+
+
+def loss_drops(curves: pd.DataFrame, step: int | None = None, by: Sequence[str] = ("mode",)) -> pd.DataFrame:
+    """Loss at step 0 minus loss at ``step`` (default: each run's last step), per ``by``, behaviour and split.
+
+    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb.
+    """
+    loss = _metric(curves, "loss")
+    keys = [*by, "behavior", "split"]
+    rows = []
+    for key, g in loss.groupby(keys):
+        g = g.set_index("step")["value"]
+        at = g.index.max() if step is None else step
+        if at not in g.index:
+            raise ValueError(f"step={at} was not probed for {dict(zip(keys, key))}; probed steps: {list(g.index)}.")
+        rows.append({**dict(zip(keys, key)), "step": int(at), "loss_start": g.loc[0], "loss_end": g.loc[at],
+                     "drop": g.loc[0] - g.loc[at]})
+    return pd.DataFrame(rows)
+
+
+def rank_correlations(drops: pd.DataFrame, properties: pd.DataFrame) -> pd.DataFrame:
+    """Spearman rho(distinguishability, loss drop) per mode and split.
+
+    Used in: notebooks/08_full_and_lora_dpo.ipynb.
+    """
+    from scipy.stats import spearmanr
+
+    merged = drops.merge(properties[["behavior", "distinguishability"]], on="behavior")
+    rows = [dict(mode=mode, split=split, step=int(g["step"].max()), n=len(g),
+                 rho=float(spearmanr(g["distinguishability"], g["drop"]).statistic))
+            for (mode, split), g in merged.groupby(["mode", "split"])]
+    return pd.DataFrame(rows)
+
+
+def pair_curves(cfg: ExperimentConfig, first: str, second: str, *, mode: str = "full",
+                pair_batch_size: int | None = None, probe_train: int | None = PROBE_TRAIN) -> pd.DataFrame:
+    """Joint DPO on two behaviours, compatible and conflicting (``second`` flipped), plus each solo run.
+
+    Solo runs are chapter 08's (``cfg``); joint runs use ``pair_batch_size`` (default twice the solo
+    batch, so each behaviour sees as many pairs per step as alone). Column ``run`` is "solo",
+    "joint" or "conflicting" (in which the second behaviour's labels, and so its loss, are flipped).
+
+    Used in: notebooks/09_prioritisation_llm.ipynb.
+    """
+    joint_cfg = cfg.replace(dpo_batch_size=pair_batch_size or 2 * cfg.dpo_batch_size)
+    tables = [_run(cfg, [b], mode=mode, probe_train=probe_train, with_model=False).probes.assign(run="solo")
+              for b in (first, second)]
+    for run, flip in (("joint", False), ("conflicting", [second])):
+        probes = _run(joint_cfg, [first, second], mode=mode, flip=flip, probe_train=probe_train,
+                      with_model=False).probes
+        tables.append(probes.assign(run=run))
+    return pd.concat(tables, ignore_index=True).assign(mode=mode)
+
+
+def misalignment_curves(cfg: ExperimentConfig, behaviors: Sequence[str], *, mode: str = "lora",
+                        steps: int = 24, flip_batch_size: int | None = None,
+                        probe_train: int | None = PROBE_TRAIN) -> pd.DataFrame:
+    """Flipped-label DPO from the base model and from chapter 08's aligned model (column ``start``).
+
+    The aligned model is the run ``load_or_train(cfg, [b], mode=mode)`` of chapter 08 (reused from its
+    cache), merged; for the aligned start it is also the reference. Both flipped runs use
+    ``flip_batch_size`` (default the profile's) and ``steps`` steps.
+
+    Used in: notebooks/10_misalignment_llm.ipynb.
+    """
+    flip_cfg = cfg.replace(dpo_batch_size=flip_batch_size) if flip_batch_size else cfg
+    tables = []
+    for behavior in behaviors:
+        aligned = _run(cfg, [behavior], mode=mode, probe_train=probe_train, with_model=False)
+        for start, path in (("base", None), ("aligned", aligned.probes.attrs["path"])):
+            run = _run(flip_cfg, [behavior], mode=mode, flip=True, start=path, max_steps=steps,
+                       probe_train=probe_train, with_model=False)
+            tables.append(run.probes.assign(start=start))
+    return pd.concat(tables, ignore_index=True)
+
+
+def overtake_steps(curves: pd.DataFrame, split: str = "train") -> pd.DataFrame:
+    """Per behaviour: the flipped loss of each start at every step and the first step from which the
+    aligned start's loss stays below the base start's (NaN if it never does).
+
+    Used in: notebooks/10_misalignment_llm.ipynb.
+    """
+    loss = _metric(curves, "loss")
+    loss = loss[loss["split"] == split].pivot_table(index=["behavior", "step"], columns="start", values="value")
+    rows = []
+    for behavior, g in loss.groupby(level="behavior"):
+        below = (g["aligned"] < g["base"]).droplevel("behavior")
+        after = [s for s in below.index if s > 0 and below.loc[s:].all()]
+        rows.append(dict(behavior=behavior, overtake_step=min(after) if after else math.nan))
+    return pd.DataFrame(rows)
+
+
+def reference_floor(curves: pd.DataFrame, beta: float) -> pd.DataFrame:
+    """-log sigma(beta |m0|): the flipped loss of a policy that has only *erased* its preference
+    (own margin 0) against a reference whose mean log-ratio margin is m0, per start and behaviour.
+
+    Used in: notebooks/10_misalignment_llm.ipynb.
+    """
+    ref = curves[(curves["step"] == 0) & (curves["split"] == "train")
+                 & curves["metric"].isin(["ref_logp_chosen", "ref_logp_rejected"])]
+    wide = ref.pivot_table(index=["start", "behavior"], columns="metric", values="value")
+    m0 = (wide["ref_logp_chosen"] - wide["ref_logp_rejected"]).abs()
+    floor = -torch.nn.functional.logsigmoid(torch.tensor(beta * m0.to_numpy()))
+    return pd.DataFrame({"m0_abs": m0, "erased_loss": floor.numpy()}).reset_index()
+
+
+def trained_features(run_path: str, persona: dict, profile: str) -> embeddings.FeatureSet:
+    """Features of a saved run's merged model (cached, keyed by the run's folder).
+
+    Used in: notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
+    """
+    from .training import load_trained
+
+    run = load_trained(run_path)
+    return embeddings.persona_features(run.model.eval(), run.tokenizer, persona, profile=profile,
+                                       model_key=f"run:{run_path.rstrip('/').split('/')[-1]}")
+
+
+def geometry_table(cfg: ExperimentConfig, persona: dict, base: embeddings.FeatureSet,
+                   modes: Sequence[str] = ("full", "lora"), probe_train: int | None = PROBE_TRAIN) -> pd.DataFrame:
+    """Per behaviour and mode: distinguishability, linear-probe accuracy and mean feature norm of the
+    behaviour's statements before (``base``) and after its own chapter 08 DPO run; ``dist_ratio``.
+
+    Used in: notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
+    """
+    rows = []
+    for mode in modes:
+        for behavior, statements in persona.items():
+            run = _run(cfg, [behavior], mode=mode, probe_train=probe_train, with_model=False)
+            after = trained_features(run.probes.attrs["path"], {behavior: statements}, cfg.profile)
+            row = dict(mode=mode, behavior=behavior)
+            for stage, fs in (("before", base), ("after", after)):
+                x, s = fs.select(behavior, "final")
+                row[f"dist_{stage}"] = float(metrics.distinguishability(x.double(), s))
+                row[f"probe_{stage}"] = metrics.linear_probe_accuracy(x, s)
+                row[f"norm_{stage}"] = float(x.double().norm(dim=-1).mean())
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    return table.assign(dist_ratio=table["dist_after"] / table["dist_before"],
+                        probe_change=table["probe_after"] - table["probe_before"])
+
+
+def projection_table(features: dict[str, tuple[torch.Tensor, torch.Tensor]], method: str = "pca",
+                     seed: int = 1234) -> pd.DataFrame:
+    """2-D projection of each stage's features ({stage: (features, signs)}), fitted per stage.
+
+    ``method`` "pca" (torch.pca_lowrank; axis 1 oriented so the Yes class mean is positive) or "umap"
+    (umap-learn, ``random_state=seed``, as the authors' plots). Columns: stage, x, y, answer.
+
+    Used in: notebooks/11_embedding_geometry.ipynb.
+    """
+    if method not in ("pca", "umap"):
+        raise ValueError(f"method={method!r} is not allowed; choose 'pca' or 'umap'.")
+    tables = []
+    for stage, (x, signs) in features.items():
+        x = x.double()
+        if method == "pca":
+            centred = x - x.mean(0)
+            _, _, v = torch.pca_lowrank(centred, q=2, center=False)
+            xy = (centred @ v[:, :2]).numpy()
+            if xy[signs.numpy() > 0, 0].mean() < 0:
+                xy[:, 0] = -xy[:, 0]
+        else:
+            import umap
+
+            xy = umap.UMAP(random_state=seed).fit_transform(x.numpy())
+        tables.append(pd.DataFrame(dict(stage=stage, x=xy[:, 0], y=xy[:, 1],
+                                        answer=np.where(signs.numpy() > 0, "Yes", "No"))))
+    return pd.concat(tables, ignore_index=True)
