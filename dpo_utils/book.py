@@ -48,6 +48,11 @@ def start_chapter(cfg: ExperimentConfig, show: bool = True, **provenance: Any) -
 
     from .plotting import set_theme
 
+    import numpy as np
+
+    # numpy 2 writes scalars as 'np.float64(0.5)'; myst-nb's {glue:text} formats the plain-text
+    # repr, so keep numpy 1.x reprs ('0.5') for numbers glued into the prose
+    np.set_printoptions(legacy="1.25")
     torch.manual_seed(cfg.seed)
     set_theme()
     quiet_libraries()
