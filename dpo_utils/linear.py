@@ -182,6 +182,7 @@ def train_last_layer(
     eval_sets: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     sample_weights: torch.Tensor | None = None,
     keep_deltas: bool = False,
+    chunk_bytes: int | None = 8 * 2**20,
 ) -> LastLayerHistory:
     """Exact two-row SGD for last-layer single-token DPO, for R runs at once.
 
@@ -194,12 +195,24 @@ def train_last_layer(
     Records, per split: ``loss``, ``reward_accuracy``, ``output_accuracy``, ``mean_margin``; and
     ``weight_change`` = ||W(t) - W(0)||_F and ``batch_loss`` (the loss of the batch used at step t).
 
+    Large sweeps are memory-bound: every step reads all features twice. With ``chunk_bytes`` set, runs
+    are trained in consecutive groups whose training features fit in that many bytes (default 8 MiB,
+    a share of a typical L3 cache), so each group stays in cache for all its steps. With per-run seeds
+    the result does not depend on the grouping; with one shared seed, each group draws its own batches.
+
     Used in: notebooks/01_dpo_single_token.ipynb to notebooks/05_misalignment.ipynb,
     notebooks/07_last_layer_dpo.ipynb.
     """
     beta = _check_training_args(lr, beta, steps, batch_size)
     features, signs = _as_runs(features, signs, "train")
     n_runs, n, dim = features.shape
+    per_run = features[0].numel() * features.element_size()
+    if chunk_bytes is not None and n_runs > 1 and n_runs * per_run > chunk_bytes:
+        return _train_in_chunks(
+            features, signs, u0, max(1, chunk_bytes // per_run),
+            dict(lr=lr, beta=beta, steps=steps, batch_size=batch_size, seed=seed, balanced=balanced,
+                 eval_sets=eval_sets, sample_weights=sample_weights, keep_deltas=keep_deltas),
+        )
     u0 = torch.zeros(n_runs, dim, dtype=features.dtype) if u0 is None else u0.to(features.dtype)
     u0 = u0.expand(n_runs, dim) if u0.dim() == 1 else u0
     eval_sets = {"train": (features, signs)} if eval_sets is None else dict(eval_sets)
@@ -263,6 +276,32 @@ def train_last_layer(
         delta=delta,
         deltas=None if kept is None else torch.stack(kept, dim=1),
         info=dict(lr=lr, beta=beta, steps=steps, batch_size=batch_size, balanced=balanced),
+    )
+
+
+def _train_in_chunks(features, signs, u0, size: int, kwargs: dict) -> LastLayerHistory:
+    """Run :func:`train_last_layer` on consecutive groups of ``size`` runs and join the histories."""
+    n_runs = features.shape[0]
+
+    def rows(x, part: slice):
+        return x[part] if x is not None and x.dim() > 1 and x.shape[0] == n_runs else x
+
+    parts = []
+    for start in range(0, n_runs, size):
+        part = slice(start, start + size)
+        kw = dict(kwargs, chunk_bytes=None)
+        if not isinstance(kwargs["seed"], int):
+            kw["seed"] = list(kwargs["seed"])[part] if len(kwargs["seed"]) > 1 else kwargs["seed"]
+        if kwargs["eval_sets"] is not None:
+            kw["eval_sets"] = {k: (rows(f, part), rows(s, part)) for k, (f, s) in kwargs["eval_sets"].items()}
+        kw["sample_weights"] = rows(kwargs["sample_weights"], part)
+        parts.append(train_last_layer(features[part], signs[part], rows(u0, part), **kw))
+    return LastLayerHistory(
+        steps=parts[0].steps,
+        metrics={key: np.concatenate([p.metrics[key] for p in parts]) for key in parts[0].metrics},
+        delta=torch.cat([p.delta for p in parts]),
+        deltas=None if parts[0].deltas is None else torch.cat([p.deltas for p in parts]),
+        info=parts[0].info,
     )
 
 
