@@ -125,3 +125,18 @@ def test_bad_signs_are_rejected():
     feats, signs, _ = _problem(n_per_class=5, dim=3)
     with pytest.raises(ValueError, match=r"signs must be \+1"):
         linear.train_last_layer(feats, signs * 2, lr=1.0, beta=0.1, steps=1)
+
+
+def test_training_in_cache_sized_groups_gives_the_same_runs():
+    behaviours = [synthetic.sample_behavior(30, 6, g, seed=i) for i, g in enumerate([0.5, 1.0, 2.0, 3.0, 4.0])]
+    feats, signs = synthetic.stack_behaviors(behaviours)
+    test_sets = {"train": (feats, signs), "test": (feats.flip(1), signs.flip(1))}
+    common = dict(lr=2.0, beta=0.1, steps=8, batch_size=16, seed=[7, 8, 9, 10, 11], eval_sets=test_sets,
+                  keep_deltas=True)
+    whole = linear.train_last_layer(feats, signs, chunk_bytes=None, **common)
+    per_run_bytes = feats[0].numel() * feats.element_size()
+    grouped = linear.train_last_layer(feats, signs, chunk_bytes=2 * per_run_bytes, **common)  # groups of 2
+    assert torch.equal(whole.delta, grouped.delta) and torch.equal(whole.deltas, grouped.deltas)
+    assert whole.metrics.keys() == grouped.metrics.keys()
+    for key in whole.metrics:
+        assert np.array_equal(whole.metrics[key], grouped.metrics[key]), key
