@@ -249,3 +249,37 @@ def projection_table(features: dict[str, tuple[torch.Tensor, torch.Tensor]], met
         tables.append(pd.DataFrame(dict(stage=stage, x=xy[:, 0], y=xy[:, 1],
                                         answer=np.where(signs.numpy() > 0, "Yes", "No"))))
     return pd.concat(tables, ignore_index=True)
+
+
+def hh_misalignment_curves(cfg: ExperimentConfig, *, steps: int = 5, aligned_steps: int | None = None,
+                           n_train: int | None = None, n_probe: int = 256, mode: str = "lora",
+                           pairs: tuple[list[dict], list[dict]] | None = None, device: str = "cpu") -> pd.DataFrame:
+    """Experiment D: flipped-label DPO on HH-RLHF from the base model and from a model aligned on HH-RLHF.
+
+    The aligned model is ``aligned_steps`` (default: the profile's) steps of ordinary DPO on the train
+    pairs, merged; the flipped runs last ``steps`` steps (the authors' ``--early`` runs: 5) and are
+    probed on ``n_probe`` flipped test pairs. ``pairs`` = (train, test) replaces the hub download (tests).
+    Column ``start`` is "base" or "aligned"; metric "margin" is the log-prob difference's beta-scaled
+    reward margin. Meant for GPU profiles: HH-RLHF transcripts are far longer than the CPU profile's.
+
+    Used in: notebooks/10_misalignment_llm.ipynb.
+    """
+    import tempfile
+
+    from .training import load_trained, save_trained, train_dpo
+
+    train_pairs, test_pairs = pairs or (data.load_hh_rlhf("train", limit=n_train), data.load_hh_rlhf("test", limit=n_probe))
+    tag = [dict(p, behavior="hh-rlhf") for p in train_pairs]
+    flipped = [dict(p, chosen=p["rejected"], rejected=p["chosen"]) for p in tag]
+    probe = {"test": [dict(p, behavior="hh-rlhf", chosen=p["rejected"], rejected=p["chosen"]) for p in test_pairs[:n_probe]]}
+    tables = []
+    with tempfile.TemporaryDirectory(prefix="hh-aligned-") as folder:
+        model, tokenizer = models.load_model_and_tokenizer(cfg, device)
+        save_trained(train_dpo(cfg, model.train(), tokenizer, tag, mode=mode, max_steps=aligned_steps), folder,
+                     checkpoint=False)
+        for start in ("base", "aligned"):
+            model = (models.load_model_and_tokenizer(cfg, device)[0] if start == "base"
+                     else load_trained(folder, device=device).model)
+            run = train_dpo(cfg, model.train(), tokenizer, flipped, mode=mode, max_steps=steps, probe_sets=probe)
+            tables.append(run.probes.assign(start=start))
+    return pd.concat(tables, ignore_index=True)
