@@ -3,7 +3,7 @@
 The book's HTML loads MathJax 3 from a CDN, which is right for readers but cannot load on a machine
 without network. Instead of changing the HTML, every request for the CDN's MathJax is answered from a
 local copy of the npm package ``mathjax@3`` (``make test-browser`` puts it in
-``.cache/mathjax``), and every other request that leaves the local server is blocked and recorded.
+``~/.cache/dpo-companion/mathjax``, outside the book's sources), and every other request that leaves the local server is blocked and recorded.
 
 Used by browser_tests/test_pages.py (``make test-browser``) and browser_tests/print_pdf.py
 (``make pdf``).
@@ -67,11 +67,16 @@ def find_chromium() -> str:
                      "(make test-browser does this) or set CHROMIUM=/path/to/chromium.")
 
 
+# Outside the repository on purpose: the book's root is the repository's, and Sphinx would build
+# every README.md of an npm package that sat inside it into a page of the book.
+MATHJAX_PREFIX = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dpo-companion" / "mathjax"
+
+
 def find_mathjax() -> Path:
     """Folder of the npm package mathjax@3 (holding es5/tex-mml-chtml.js); $MATHJAX_DIR overrides."""
-    folder = Path(os.environ.get("MATHJAX_DIR", ROOT / ".cache" / "mathjax" / "node_modules" / "mathjax"))
+    folder = Path(os.environ.get("MATHJAX_DIR") or MATHJAX_PREFIX / "node_modules" / "mathjax")
     if not (folder / "es5" / "tex-mml-chtml.js").is_file():
-        raise SetupError(f"no local MathJax 3 in {folder}: run `npm install --prefix .cache/mathjax mathjax@3` "
+        raise SetupError(f"no local MathJax 3 in {folder}: run `bash browser_tests/ensure_tools.sh` "
                          "(make test-browser does this) or set MATHJAX_DIR to a folder with es5/tex-mml-chtml.js.")
     return folder
 

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what `make test-browser` and `make pdf` need, when it is missing:
 #   Debian's chromium (apt-get), the Python playwright client (the [browser] extra; it drives the
-#   system chromium, never a downloaded one) and MathJax 3 from npm into .cache/mathjax.
+#   system chromium, never a downloaded one) and MathJax 3 from npm
+#   (into ~/.cache/dpo-companion/mathjax, or use a copy of your own: MATHJAX_DIR=<folder with es5/>).
 # Exits non-zero, saying what to do, when something cannot be installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 MATHJAX_VERSION=3.2.2
-MATHJAX_DIR=.cache/mathjax
+# outside the repository: Sphinx would turn the package's README.md files into pages of the book
+MATHJAX_PREFIX=${XDG_CACHE_HOME:-$HOME/.cache}/dpo-companion/mathjax
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
@@ -38,19 +40,21 @@ if ! "$PY" -c "import playwright" 2>/dev/null; then
   }
 fi
 
-if [ ! -f "$MATHJAX_DIR/node_modules/mathjax/es5/tex-mml-chtml.js" ]; then
+if [ -n "${MATHJAX_DIR:-}" ]; then
+  [ -f "$MATHJAX_DIR/es5/tex-mml-chtml.js" ] || { echo "error: MATHJAX_DIR=$MATHJAX_DIR has no es5/tex-mml-chtml.js" >&2; exit 1; }
+elif [ ! -f "$MATHJAX_PREFIX/node_modules/mathjax/es5/tex-mml-chtml.js" ]; then
   if ! command -v npm >/dev/null; then
     echo "== npm not found; installing Debian's npm to fetch MathJax"
     apt_install npm || {
       echo "error: MathJax 3 is needed to check math offline, and npm is missing; install Node.js/npm," \
-           "or put a MathJax 3 copy (with es5/tex-mml-chtml.js) somewhere and set MATHJAX_DIR" >&2
+           "or put a MathJax 3 copy (with es5/tex-mml-chtml.js) somewhere and set MATHJAX_DIR to it" >&2
       exit 1
     }
   fi
-  echo "== installing mathjax@$MATHJAX_VERSION from npm into $MATHJAX_DIR"
-  mkdir -p "$MATHJAX_DIR"
-  npm install --prefix "$MATHJAX_DIR" --no-audit --no-fund --silent "mathjax@$MATHJAX_VERSION" || {
-    echo "error: npm could not install mathjax@$MATHJAX_VERSION into $MATHJAX_DIR" >&2
+  echo "== installing mathjax@$MATHJAX_VERSION from npm into $MATHJAX_PREFIX"
+  mkdir -p "$MATHJAX_PREFIX"
+  npm install --prefix "$MATHJAX_PREFIX" --no-audit --no-fund --silent "mathjax@$MATHJAX_VERSION" || {
+    echo "error: npm could not install mathjax@$MATHJAX_VERSION into $MATHJAX_PREFIX" >&2
     exit 1
   }
 fi

@@ -68,9 +68,19 @@ RAW_MATH_JS = r"""
       return NodeFilter.FILTER_ACCEPT;
     }
   });
-  const raw = /\\\(|\\\[|\\begin\{|\$\$|\$\\[A-Za-z]/;
+  // TeX delimiters left in the text, "$$", a "$...$" pair around TeX-looking content
+  const raw = /\\\(|\\\[|\\begin\{|\$\$|\$[^$\s][^$]*[\\^_{][^$]*\$/;
   for (let n = walker.nextNode(); n; n = walker.nextNode()) {
     if (raw.test(n.textContent)) found.push(n.textContent.trim().slice(0, 80));
+  }
+  // a stray "$" right beside typeset math: the markdown parser missed the math, MathJax caught part
+  for (const m of document.querySelectorAll('mjx-container')) {
+    const host = m.parentElement && m.parentElement.classList.contains('math') ? m.parentElement : m;
+    const before = host.previousSibling, after = host.nextSibling;
+    if ((before && before.nodeType === 3 && /\$\s*$/.test(before.textContent)) ||
+        (after && after.nodeType === 3 && /^\s*\$/.test(after.textContent))) {
+      found.push('stray $ beside: ' + (host.parentElement.textContent || '').trim().slice(0, 80));
+    }
   }
   const unrendered = Array.from(document.querySelectorAll('.math'))
       .filter(el => !el.querySelector('mjx-container')).map(el => el.textContent.trim().slice(0, 80));
@@ -124,20 +134,24 @@ def broken_internal_links(hrefs: list[str], base_url: str) -> list[str]:
 
 
 def launch_link_problems(page_rel: str, hrefs: list[str]) -> list[str]:
-    """For a page built from a notebook: its Colab and Binder links must name that notebook."""
-    source = HTML_DIR / "_sources" / (page_rel[: -len(".html")] + ".ipynb")
-    if not source.is_file():
-        return []
-    notebook = page_rel[: -len(".html")] + ".ipynb"
+    """For an executable page: its Colab link must open a notebook (.ipynb) that is in the repository,
+    and its Binder link must name the page's source file."""
+    stem = page_rel[: -len(".html")]
+    if not (HTML_DIR / "_sources" / (stem + ".ipynb")).is_file():
+        return []  # not executable: the theme shows no launch buttons
+    source = next((stem + ext for ext in (".ipynb", ".md") if (ROOT / (stem + ext)).is_file()), None)
+    colab = [unquote(h) for h in hrefs if h.startswith("https://colab.research.google.com/github/")]
+    binder = [unquote(h) for h in hrefs if "mybinder.org/v2/gh/" in h]
     problems = []
-    colab = [h for h in hrefs if h.startswith("https://colab.research.google.com/github/")]
-    binder = [h for h in hrefs if "mybinder.org/v2/gh/" in h]
-    if not any(unquote(h).endswith("/" + notebook) for h in colab):
-        problems.append(f"no Colab launch link to {notebook} (found {colab or 'none'})")
-    if not any(notebook in unquote(h) for h in binder):
-        problems.append(f"no Binder launch link to {notebook} (found {binder or 'none'})")
-    if not (ROOT / notebook).is_file():
-        problems.append(f"the launch links point at {notebook}, which is not in the repository")
+    if source is None:
+        problems.append(f"no {stem}.ipynb or {stem}.md in the repository for the launch buttons to open")
+    elif source.endswith(".md"):
+        problems.append(f"{source} is a MyST-markdown notebook: its Colab button opens the .md file, which "
+                        "Colab cannot open; make the page an .ipynb, or move its code out of the page")
+    elif not any(h.endswith("/" + source) for h in colab):
+        problems.append(f"no Colab launch link to {source} (found {colab or 'none'})")
+    if source and not any(source in h for h in binder):
+        problems.append(f"no Binder launch link to {source} (found {binder or 'none'})")
     return problems
 
 
