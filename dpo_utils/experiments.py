@@ -21,7 +21,7 @@ from .train import load_or_train
 
 __all__ = [
     "persona_rows", "base_features", "behavior_properties", "per_behavior_curves", "loss_drops",
-    "rank_correlations", "pair_curves", "misalignment_curves", "overtake_steps", "reference_floor",
+    "rank_correlations", "pair_table", "pair_curves", "misalignment_curves", "overtake_steps", "reference_floor",
     "trained_features", "geometry_table", "projection_table",
 ]
 
@@ -112,6 +112,25 @@ def rank_correlations(drops: pd.DataFrame, properties: pd.DataFrame) -> pd.DataF
                  rho=float(spearmanr(g["distinguishability"], g["drop"]).statistic))
             for (mode, split), g in merged.groupby(["mode", "split"])]
     return pd.DataFrame(rows)
+
+
+def pair_table(feature_set: embeddings.FeatureSet, properties: pd.DataFrame) -> pd.DataFrame:
+    """Every ordered pair (i != j): priority gap on the "final" features (chapter 06), cosine of d_i and
+    d_j, both distinguishabilities and the smaller SNR of the two, largest gap first.
+
+    Used in: notebooks/09_prioritisation_llm.ipynb.
+    """
+    groups = feature_set.groups("final")
+    d = {b: torch.sub(*metrics.class_means(x.double(), s)) for b, (x, s) in groups.items()}
+    props = properties.set_index("behavior")
+    table = embeddings.priority_gaps(feature_set, "final")
+    table = table[table["behavior_i"] != table["behavior_j"]].copy()
+    table["cosine"] = [float(torch.nn.functional.cosine_similarity(d[i], d[j], dim=0))
+                       for i, j in zip(table["behavior_i"], table["behavior_j"])]
+    for side in ("i", "j"):
+        table[f"dist_{side}"] = table[f"behavior_{side}"].map(props["distinguishability"])
+    table["min_snr"] = np.minimum(table["behavior_i"].map(props["snr"]), table["behavior_j"].map(props["snr"]))
+    return table.sort_values("gap", ascending=False, ignore_index=True)
 
 
 def pair_curves(cfg: ExperimentConfig, first: str, second: str, *, mode: str = "full",
