@@ -26,7 +26,7 @@ from browser import ROOT, WAIT_FOR_PAGE_JS, SetupError, find_mathjax, launch, ro
 
 HTML_DIR = Path(os.environ.get("BOOK_HTML", ROOT / "_build" / "html")).resolve()
 SHOTS_DIR = Path(os.environ.get("SCREENSHOTS", ROOT / "_build" / "screenshots")).resolve()
-SKIP_DIRS = {"_static", "_sources", "_images", "_downloads", "reports", "_sphinx_design_static"}
+SKIP_DIRS = {"_static", "_sources", "_images", "_downloads", "reports", "_sphinx_design_static", "_print"}
 
 
 def book_pages() -> list[str]:
