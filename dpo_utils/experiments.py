@@ -22,7 +22,7 @@ from .train import load_or_train
 __all__ = [
     "persona_rows", "base_features", "behavior_properties", "per_behavior_curves", "loss_drops",
     "rank_correlations", "pair_table", "pair_curves", "misalignment_curves", "overtake_steps", "reference_floor",
-    "trained_features", "geometry_table", "projection_table",
+    "load_or_train_path", "trained_features", "geometry_table", "projection_table",
 ]
 
 #: train pairs probed per behaviour in chapters 08-11 (plus every test pair): keeps the probe < 20 % of a step
@@ -203,6 +203,15 @@ def reference_floor(curves: pd.DataFrame, beta: float) -> pd.DataFrame:
     m0 = (wide["ref_logp_chosen"] - wide["ref_logp_rejected"]).abs()
     floor = -torch.nn.functional.logsigmoid(torch.tensor(beta * m0.to_numpy()))
     return pd.DataFrame({"m0_abs": m0, "erased_loss": floor.numpy()}).reset_index()
+
+
+def load_or_train_path(cfg: ExperimentConfig, behavior: str, mode: str,
+                       probe_train: int | None = PROBE_TRAIN) -> str:
+    """The folder of chapter 08's run for one behaviour and mode (trained now if it is missing).
+
+    Used in: notebooks/11_embedding_geometry.ipynb.
+    """
+    return _run(cfg, [behavior], mode=mode, probe_train=probe_train, with_model=False).probes.attrs["path"]
 
 
 def trained_features(run_path: str, persona: dict, profile: str) -> embeddings.FeatureSet:
