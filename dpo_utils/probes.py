@@ -192,7 +192,7 @@ def sequence_logps(model, tokenizer, prompts, completions, batch_size: int = 64,
 
     Returns a float32 tensor with one entry per (prompt, completion).
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/10_misalignment.ipynb.
+    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/10_misalignment_llm.ipynb.
     """
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions; give one completion each.")
@@ -221,8 +221,8 @@ class ProbeCallback(TrainerCallback):
     itself at the start. Every process computes the whole probe (a forward pass under FSDP is
     collective); :meth:`table` aggregates per step, behaviour and split.
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritization.ipynb,
-    notebooks/10_misalignment.ipynb.
+    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb,
+    notebooks/10_misalignment_llm.ipynb.
     """
 
     def __init__(self, tokenizer, probe_sets: dict, beta: float, *, max_length=None, batch_size=64, every=1,

@@ -210,11 +210,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> DPORun:
     """Parse arguments, train, and write the run to ``--out`` (main process only)."""
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
-        os.environ.setdefault(name, "1")
     args = _parser().parse_args(argv)
-    behaviors = [int(b) if b.isdigit() else b for b in args.behaviors]
     cfg = config.get_config(args.profile)
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if not cfg.requires_gpu:  # the CPU profile never touches the network; GPU profiles load from the hub
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+            os.environ.setdefault(name, "1")
+    behaviors = [int(b) if b.isdigit() else b for b in args.behaviors]
     run = train_behaviors(cfg, behaviors, mode=args.mode, flip=args.flip, max_steps=args.max_steps,
                           seed=args.seed, probe_every=args.probe_every, probe_train=args.probe_train,
                           resume_from=args.resume_from)

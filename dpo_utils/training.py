@@ -143,8 +143,8 @@ def train_dpo(cfg: ExperimentConfig, model, tokenizer, train_pairs: list[dict], 
     its tables then cover the whole run. ``callbacks`` are extra ``TrainerCallback`` objects (e.g.
     timers). The model is trained in place.
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritization.ipynb,
-    notebooks/10_misalignment.ipynb, notebooks/11_geometry.ipynb.
+    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb,
+    notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
     """
     _check_mode(mode)
     _check_pairs(train_pairs, "train_pairs")
@@ -212,7 +212,7 @@ def save_trained(run: DPORun, path: str | Path, *, checkpoint: bool = True) -> P
 
     Under several processes, call it on the main process only (not supported under FSDP).
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/10_misalignment.ipynb.
+    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/10_misalignment_llm.ipynb.
     """
     path = Path(path)
     with atomic_directory(path) as tmp:
@@ -238,7 +238,7 @@ def load_trained(path: str | Path, *, merged: bool = True, base_model=None, devi
     merged, ready to be the starting point (and reference) of a new DPO run. ``merged=False`` (LoRA
     only) attaches the saved adapter to ``base_model`` and returns the ``PeftModel``.
 
-    Used in: notebooks/10_misalignment.ipynb, notebooks/11_geometry.ipynb.
+    Used in: notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
