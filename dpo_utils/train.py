@@ -164,7 +164,8 @@ def load_or_train(cfg: config.ExperimentConfig, behaviors, *, mode: str, flip=Fa
                 tokenizer = models.load_model_and_tokenizer(cfg, "cpu")[1]
         run = train_behaviors(cfg, behaviors, mode=mode, flip=flip, max_steps=max_steps, seed=seed, model=model,
                               tokenizer=tokenizer, probe_every=probe_every, probe_train=probe_train)
-        save_trained(run, path, checkpoint=False)
+        # at 7B a merged copy per LoRA run would fill the disk: keep the adapter, rebuild on load
+        save_trained(run, path, checkpoint=False, merged_model=not cfg.requires_gpu, start=start)
         for table in ("probes", "pairs", "log_history"):  # the same values and dtypes as a cached run's
             setattr(run, table, _read_table(path / f"{table}.csv"))
         from_cache = False

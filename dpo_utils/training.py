@@ -205,20 +205,29 @@ def _save_checkpoint(trainer, target: Path) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def save_trained(run: DPORun, path: str | Path, *, checkpoint: bool = True) -> Path:
+def save_trained(run: DPORun, path: str | Path, *, checkpoint: bool = True, merged_model: bool = True,
+                 start: str | Path | None = None) -> Path:
     """Write a run to ``path`` atomically: ``model/`` (full model, or LoRA merged into the base),
     ``adapter/`` (LoRA only), the tables as CSV, ``meta.json`` and, if ``checkpoint`` and the run still
     has its trainer, ``checkpoint/`` (optimizer and RNG state) for ``train_dpo(resume_from=path)``.
 
+    ``merged_model=False`` (LoRA only) skips ``model/``: a merged 7B model is 13-27 GB, the adapter a
+    few MB. :func:`load_trained` then rebuilds the merged model from the base, which is ``start`` (the
+    folder of the run this one started from) or else the base model's hub id or path, kept in meta.json.
     Under several processes, call it on the main process only (not supported under FSDP).
 
     Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/10_misalignment_llm.ipynb.
     """
     path = Path(path)
+    lora = run.mode == "lora"
+    base = run.model.get_base_model() if lora else run.model
+    meta = {"mode": run.mode, "seed": run.seed, "merged_model": bool(merged_model or not lora),
+            "base": str(getattr(base.config, "_name_or_path", "") or ""), "start": None if start is None else str(start)}
     with atomic_directory(path) as tmp:
-        if run.mode == "lora":
+        if lora:
             run.model.save_pretrained(str(tmp / "adapter"))
-            _merged_copy(run.model, tmp / "adapter").save_pretrained(str(tmp / "model"))
+            if merged_model:
+                _merged_copy(run.model, tmp / "adapter").save_pretrained(str(tmp / "model"))
         else:
             run.model.save_pretrained(str(tmp / "model"))
         if run.tokenizer is not None:
@@ -227,8 +236,22 @@ def save_trained(run: DPORun, path: str | Path, *, checkpoint: bool = True) -> P
             _save_checkpoint(run.trainer, tmp / "checkpoint")
         for name in ("probes", "pairs", "log_history"):
             getattr(run, name).to_csv(tmp / f"{name}.csv", index=False)
-        (tmp / "meta.json").write_text(json.dumps({"mode": run.mode, "seed": run.seed}))
+        (tmp / "meta.json").write_text(json.dumps(meta))
     return path
+
+
+def _rebuild_merged(path: Path, meta: dict):
+    """The merged model of an adapter-only LoRA run: its base (a start run, or a hub id / path) + adapter."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    if meta.get("start"):
+        base = load_trained(meta["start"]).model
+    elif meta.get("base"):
+        base = AutoModelForCausalLM.from_pretrained(meta["base"], dtype="auto")
+    else:
+        raise FileNotFoundError(f"{str(path)!r} holds only a LoRA adapter and names no base model to merge it into.")
+    return PeftModel.from_pretrained(base, str(path / "adapter")).merge_and_unload()
 
 
 def load_trained(path: str | Path, *, merged: bool = True, base_model=None, device: str | None = None) -> DPORun:
@@ -246,8 +269,10 @@ def load_trained(path: str | Path, *, merged: bool = True, base_model=None, devi
     if not (path / "meta.json").is_file():
         raise FileNotFoundError(f"{str(path)!r} is not a saved run (no meta.json); write one with save_trained().")
     meta = json.loads((path / "meta.json").read_text())
-    if merged:
+    if merged and (path / "model" / "config.json").is_file():
         model = AutoModelForCausalLM.from_pretrained(str(path / "model"), dtype="auto")
+    elif merged and meta["mode"] == "lora":
+        model = _rebuild_merged(path, meta)
     elif meta["mode"] != "lora" or base_model is None:
         raise ValueError(f"merged=False needs a LoRA run and base_model; this run is {meta['mode']!r}"
                          f"{'' if base_model is not None else ' and base_model is None'}.")

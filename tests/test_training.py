@@ -207,3 +207,31 @@ def test_accelerate_configs_load(name):
         assert cfg.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD"
         assert set(cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"].split(",")) == {
             "LlamaDecoderLayer", "MistralDecoderLayer"}
+
+
+def test_adapter_only_lora_run_rebuilds_the_same_merged_model(tok, tmp_path):
+    """At 7B a merged copy per run would fill the disk; an adapter-only save must load to the same model,
+    also for a run that started from another adapter-only run (the base is then rebuilt first)."""
+    pairs = toy_pairs(32)
+    base = tiny_llama(tok, seed=3)
+    base_dir = tmp_path / "base"
+    base.save_pretrained(str(base_dir))
+    tok.save_pretrained(str(base_dir))
+    from transformers import AutoModelForCausalLM
+
+    first = training.train_dpo(_cfg(dpo_max_steps=2), AutoModelForCausalLM.from_pretrained(str(base_dir)), tok,
+                               pairs, mode="lora")
+    training.save_trained(first, tmp_path / "full_save")
+    training.save_trained(first, tmp_path / "adapter_only", merged_model=False)
+    assert not (tmp_path / "adapter_only" / "model" / "config.json").exists()
+    enc = probes.encode_pairs(tok, pairs)
+    want = probes.pair_logps(training.load_trained(tmp_path / "full_save").model, enc)
+    got = probes.pair_logps(training.load_trained(tmp_path / "adapter_only").model, enc)
+    assert torch.allclose(want[0], got[0], atol=1e-5) and torch.allclose(want[1], got[1], atol=1e-5)
+
+    aligned = training.load_trained(tmp_path / "adapter_only").model.train()
+    second = training.train_dpo(_cfg(dpo_max_steps=2), aligned, tok, flip_pairs(pairs), mode="lora")
+    training.save_trained(second, tmp_path / "second", merged_model=False, start=tmp_path / "adapter_only")
+    chained = probes.pair_logps(training.load_trained(tmp_path / "second").model, enc)
+    assert torch.allclose(chained[0], probes.pair_logps(second.model, enc)[0], atol=1e-4)
+    assert not torch.allclose(chained[0], got[0], atol=1e-4)  # the second adapter really changed the model
