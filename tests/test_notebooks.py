@@ -40,3 +40,18 @@ def test_starts_chapter_and_ends_with_exercises(path):
     text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
     assert "start_chapter(" in code, f"{path.name} never calls book.start_chapter"
     assert "{exercise}" in text and "{solution}" in text, f"{path.name} has no exercises with solutions"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_figure_has_a_caption_and_alt_text(path):
+    """A cell that shows a figure carries myst-nb metadata: mystnb.figure.caption and mystnb.image.alt."""
+    missing = []
+    for index, cell in enumerate(_cells(path)):
+        if cell["cell_type"] != "code" or "plt.show()" not in "".join(cell["source"]):
+            continue
+        meta = cell.get("metadata", {}).get("mystnb", {})
+        caption = meta.get("figure", {}).get("caption", "")
+        alt = meta.get("image", {}).get("alt", "")
+        if len(caption) < 20 or len(alt) < 20:
+            missing.append(index)
+    assert not missing, f"{path.name}: figure cells {missing} lack a caption or alt text (mystnb metadata)"
