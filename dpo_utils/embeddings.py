@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .metrics import class_means
 from .results import atomic_directory, config_hash, results_dir
 
 __all__ = [
@@ -182,7 +183,8 @@ def standardised_projections(features: torch.Tensor, signs: torch.Tensor) -> np.
     Used in: notebooks/06_measuring_distinguishability.ipynb.
     """
     positive = signs > 0
-    direction = features[positive].mean(0) - features[~positive].mean(0)
+    mu_yes, mu_no = class_means(features, signs)
+    direction = mu_yes - mu_no
     norm = direction.norm()
     if norm == 0:
         raise ValueError("the two classes have the same mean, so there is no direction to project on.")

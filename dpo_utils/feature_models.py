@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from . import synthetic
 from .losses import check_beta
+from .metrics import distinguishability
 from .theory import single_threaded
 
 __all__ = ["FeatureModel", "init_feature_model", "features", "train_dpo", "misalignment_experiment"]
@@ -69,13 +70,6 @@ def features(model: FeatureModel, x: torch.Tensor) -> torch.Tensor:
     return torch.tanh(torch.einsum("snd,shd->snh", x, model.A))
 
 
-def _distinguishability(e: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
-    pos = (signs > 0).to(e.dtype).unsqueeze(-1)
-    mu_yes = (e * pos).sum(1) / pos.sum(1)
-    mu_no = (e * (1 - pos)).sum(1) / (1 - pos).sum(1)
-    return (mu_yes - mu_no).norm(dim=-1)
-
-
 def _measure(model: FeatureModel, ref: FeatureModel, x: torch.Tensor, signs: torch.Tensor,
              beta: float) -> dict[str, torch.Tensor]:
     e = features(model, x)
@@ -87,7 +81,7 @@ def _measure(model: FeatureModel, ref: FeatureModel, x: torch.Tensor, signs: tor
         "reward_accuracy": (margin > 0).to(e.dtype).mean(1),
         "output_accuracy": (signs * z > 0).to(e.dtype).mean(1),
         "mean_margin": margin.mean(1),
-        "distinguishability": _distinguishability(e, signs),
+        "distinguishability": distinguishability(e, signs),
     }
 
 
