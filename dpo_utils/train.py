@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import config, data, models
 from .results import config_hash, results_dir
-from .training import MODES, DPORun, load_trained, save_trained, train_dpo
+from .training import MODES, DPORun, load_trained, run_tables, save_trained, train_dpo
 
 __all__ = ["behavior_pairs", "probe_subsample", "train_behaviors", "run_dir", "load_or_train", "main"]
 
@@ -166,8 +166,8 @@ def load_or_train(cfg: config.ExperimentConfig, behaviors, *, mode: str, flip=Fa
                               tokenizer=tokenizer, probe_every=probe_every, probe_train=probe_train)
         # at 7B a merged copy per LoRA run would fill the disk: keep the adapter, rebuild on load
         save_trained(run, path, checkpoint=False, merged_model=not cfg.requires_gpu, start=start)
-        for table in ("probes", "pairs", "log_history"):  # the same values and dtypes as a cached run's
-            setattr(run, table, _read_table(path / f"{table}.csv"))
+        for table, frame in run_tables(path).items():  # the same values and dtypes as a cached run's
+            setattr(run, table, frame)
         from_cache = False
     run.probes.attrs.update(path=str(path), from_cache=from_cache)
     return run
@@ -177,14 +177,7 @@ def _tables_only(path: Path) -> DPORun:
     import json
 
     meta = json.loads((path / "meta.json").read_text())
-    tables = {n: _read_table(path / f"{n}.csv") for n in ("probes", "pairs", "log_history")}
-    return DPORun(model=None, mode=meta["mode"], seed=meta["seed"], **tables)
-
-
-def _read_table(path: Path):
-    import pandas as pd
-
-    return pd.read_csv(path) if path.stat().st_size > 1 else pd.DataFrame()
+    return DPORun(model=None, mode=meta["mode"], seed=meta["seed"], **run_tables(path))
 
 
 def _cuda() -> bool:

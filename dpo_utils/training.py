@@ -33,6 +33,7 @@ from .results import atomic_directory
 __all__ = ["MODES", "DPORun", "dpo_arguments", "train_dpo", "save_trained", "load_trained"]
 
 MODES = ("full", "lora")
+RUN_TABLES = ("probes", "pairs", "log_history")  # the CSV tables save_trained writes
 
 
 @dataclass
@@ -234,7 +235,7 @@ def save_trained(run: DPORun, path: str | Path, *, checkpoint: bool = True, merg
             run.tokenizer.save_pretrained(str(tmp / "model"))
         if checkpoint and run.trainer is not None:
             _save_checkpoint(run.trainer, tmp / "checkpoint")
-        for name in ("probes", "pairs", "log_history"):
+        for name in RUN_TABLES:
             getattr(run, name).to_csv(tmp / f"{name}.csv", index=False)
         (tmp / "meta.json").write_text(json.dumps(meta))
     return path
@@ -281,7 +282,15 @@ def load_trained(path: str | Path, *, merged: bool = True, base_model=None, devi
 
         model = PeftModel.from_pretrained(base_model, str(path / "adapter"))
     tokenizer = AutoTokenizer.from_pretrained(str(path / "model")) if (path / "model" / "tokenizer.json").exists() else None
-    tables = {n: pd.read_csv(path / f"{n}.csv") if (path / f"{n}.csv").stat().st_size > 1 else pd.DataFrame()
-              for n in ("probes", "pairs", "log_history")}
     return DPORun(model=model.to(device) if device else model, mode=meta["mode"], seed=meta["seed"],
-                  tokenizer=tokenizer, **tables)
+                  tokenizer=tokenizer, **run_tables(path))
+
+
+def run_tables(path: str | Path) -> dict[str, pd.DataFrame]:
+    """The tables of a run written by :func:`save_trained`, read back from CSV (empty file: empty table).
+
+    Used in: notebooks/08_full_and_lora_dpo.ipynb (through ``train.load_or_train``).
+    """
+    path = Path(path)
+    return {name: pd.read_csv(path / f"{name}.csv") if (path / f"{name}.csv").stat().st_size > 1 else pd.DataFrame()
+            for name in RUN_TABLES}
