@@ -24,9 +24,9 @@ for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY
     os.environ.setdefault(_name, "1")
 
 import torch  # noqa: E402
+from gpu_check import StepTimer  # noqa: E402
 
 from dpo_utils import config, experiments, models, probes, train, training  # noqa: E402
-from gpu_check import StepTimer  # noqa: E402
 
 
 def _fresh_model(cfg):
@@ -39,10 +39,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--behaviors", nargs="+", default=["0"])
     parser.add_argument("--mode", choices=training.MODES, default="full")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 on a shared machine)"
+    )
     parser.add_argument("--probe-every", type=int, default=experiments.PROBE_EVERY)
-    parser.add_argument("--probe-train", type=int, default=experiments.PROBE_TRAIN,
-                        help="train pairs probed per behaviour (0: all)")
+    parser.add_argument(
+        "--probe-train",
+        type=int,
+        default=experiments.PROBE_TRAIN,
+        help="train pairs probed per behaviour (0: all)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = config.get_config("cpu")
@@ -55,8 +61,16 @@ def main(argv: list[str] | None = None) -> dict:
         model, tokenizer = _fresh_model(cfg)
         timer = StepTimer()
         start = time.perf_counter()
-        training.train_dpo(cfg, model, tokenizer, pairs, mode=args.mode, callbacks=[timer],
-                           probe_sets=probe_sets if with_probe else None, probe_every=args.probe_every)
+        training.train_dpo(
+            cfg,
+            model,
+            tokenizer,
+            pairs,
+            mode=args.mode,
+            callbacks=[timer],
+            probe_sets=probe_sets if with_probe else None,
+            probe_every=args.probe_every,
+        )
         wall = time.perf_counter() - start
         if wall < walls.get(with_probe, float("inf")):
             walls[with_probe], timers[with_probe] = wall, timer
@@ -71,15 +85,27 @@ def main(argv: list[str] | None = None) -> dict:
         probe_times.append(time.perf_counter() - t)
     probe = statistics.median(probe_times)
     amortised = probe / (step * args.probe_every)
-    result = dict(step_seconds=step, probe_seconds=probe, probe_pairs=n_probe, probe_per_step=amortised,
-                  run_seconds=walls[False], run_seconds_with_probe=walls[True],
-                  run_overhead=(walls[True] - walls[False]) / walls[False])
-    print(f"CPU profile, {args.mode}, batch {cfg.dpo_batch_size}, {cfg.dpo_max_steps} steps, "
-          f"{torch.get_num_threads()} thread(s); probe {n_probe} pairs every {args.probe_every} step(s)")
-    print(f"  training step {step * 1e3:.0f} ms; one probe {probe * 1e3:.0f} ms = {100 * probe / step:.0f} % of a step;"
-          f" every {args.probe_every} step(s): {100 * amortised:.0f} % per step (target < 20 %)")
-    print(f"  whole run {walls[False]:.2f} s without, {walls[True]:.2f} s with the probe "
-          f"(+{100 * result['run_overhead']:.0f} %)")
+    result = dict(
+        step_seconds=step,
+        probe_seconds=probe,
+        probe_pairs=n_probe,
+        probe_per_step=amortised,
+        run_seconds=walls[False],
+        run_seconds_with_probe=walls[True],
+        run_overhead=(walls[True] - walls[False]) / walls[False],
+    )
+    print(
+        f"CPU profile, {args.mode}, batch {cfg.dpo_batch_size}, {cfg.dpo_max_steps} steps, "
+        f"{torch.get_num_threads()} thread(s); probe {n_probe} pairs every {args.probe_every} step(s)"
+    )
+    print(
+        f"  training step {step * 1e3:.0f} ms; one probe {probe * 1e3:.0f} ms = {100 * probe / step:.0f} % of a step;"
+        f" every {args.probe_every} step(s): {100 * amortised:.0f} % per step (target < 20 %)"
+    )
+    print(
+        f"  whole run {walls[False]:.2f} s without, {walls[True]:.2f} s with the probe "
+        f"(+{100 * result['run_overhead']:.0f} %)"
+    )
     return result
 
 

@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> dict:
     texts = embeddings.prompt_texts(rows)
 
     def batched(t):
-        return embeddings.last_token_features(model, tokenizer, t, batch_size=args.batch_size, progress=False)
+        return embeddings.last_token_features(
+            model, tokenizer, t, batch_size=args.batch_size, progress=False
+        )
 
     def single(t):
         return embeddings.last_token_features(model, tokenizer, t, batch_size=1, progress=False)
@@ -46,12 +48,21 @@ def main(argv: list[str] | None = None) -> dict:
     batched_rate, all_features = _rate(batched, texts)
     sample = texts[: args.single]
     single_rate, single_features = _rate(single, sample)
-    difference = max(float((all_features[v][: len(sample)] - single_features[v]).abs().max())
-                     for v in embeddings.VARIANTS)
-    report = dict(model=f"tiny-{args.arch}", torch_threads=torch.get_num_threads(), prompts_batched=len(texts),
-                  prompts_single=len(sample), batch_size=args.batch_size,
-                  batched_statements_per_s=round(batched_rate, 1), single_statements_per_s=round(single_rate, 1),
-                  speedup=round(batched_rate / single_rate, 1), max_abs_difference=difference)
+    difference = max(
+        float((all_features[v][: len(sample)] - single_features[v]).abs().max())
+        for v in embeddings.VARIANTS
+    )
+    report = dict(
+        model=f"tiny-{args.arch}",
+        torch_threads=torch.get_num_threads(),
+        prompts_batched=len(texts),
+        prompts_single=len(sample),
+        batch_size=args.batch_size,
+        batched_statements_per_s=round(batched_rate, 1),
+        single_statements_per_s=round(single_rate, 1),
+        speedup=round(batched_rate / single_rate, 1),
+        max_abs_difference=difference,
+    )
     print(json.dumps(report, indent=1))
     if difference > 1e-5:
         raise SystemExit(f"batched and one-at-a-time features differ by {difference:.2e} (> 1e-5)")

@@ -42,7 +42,9 @@ def run_one(trainer: str, steps: int) -> dict:
 
     def call(n: int):
         if trainer == "two_row":
-            linear.train_last_layer(feats, signs, weight[yes] - weight[no], lr=0.1, beta=0.01, steps=n)
+            linear.train_last_layer(
+                feats, signs, weight[yes] - weight[no], lr=0.1, beta=0.01, steps=n
+            )
         else:
             linear.train_full_vocab(feats, signs, weight, yes, no, lr=0.1, beta=0.01, steps=n)
 
@@ -51,7 +53,12 @@ def run_one(trainer: str, steps: int) -> dict:
     call(steps)
     per_step = (time.perf_counter() - start) / steps
     peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
-    return {"trainer": trainer, "steps": steps, "seconds_per_step": per_step, "peak_extra_mib": peak}
+    return {
+        "trainer": trainer,
+        "steps": steps,
+        "seconds_per_step": per_step,
+        "peak_extra_mib": peak,
+    }
 
 
 def main() -> None:
@@ -64,15 +71,23 @@ def main() -> None:
         return
     rows = []
     for trainer, steps in (("two_row", 500), ("full_vocab", 3)):
-        out = subprocess.run([sys.executable, __file__, "--one", trainer, "--steps", str(steps)],
-                             check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", trainer, "--steps", str(steps)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     two, full = rows
     print(f"Llama-2 shape: vocabulary {VOCAB}, width {DIM}, batch {BATCH}, float32")
     for r in rows:
-        print(f"  {r['trainer']:>10}: {r['seconds_per_step'] * 1e3:10.3f} ms/step   "
-              f"peak extra memory {r['peak_extra_mib']:8.1f} MiB   ({r['steps']} steps)")
-    print(f"  ratio full_vocab / two_row: {full['seconds_per_step'] / two['seconds_per_step']:.0f}x")
+        print(
+            f"  {r['trainer']:>10}: {r['seconds_per_step'] * 1e3:10.3f} ms/step   "
+            f"peak extra memory {r['peak_extra_mib']:8.1f} MiB   ({r['steps']} steps)"
+        )
+    print(
+        f"  ratio full_vocab / two_row: {full['seconds_per_step'] / two['seconds_per_step']:.0f}x"
+    )
 
 
 if __name__ == "__main__":

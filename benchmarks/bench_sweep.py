@@ -28,7 +28,11 @@ def _features(runs: int, n_per_class: int, dim: int):
     gaps = torch.linspace(0.5, 4.0, runs)
     direction = torch.randn(runs, dim, generator=gen)
     direction = direction / direction.norm(dim=1, keepdim=True)
-    signs = torch.cat([torch.ones(n_per_class), -torch.ones(n_per_class)]).expand(runs, -1).contiguous()
+    signs = (
+        torch.cat([torch.ones(n_per_class), -torch.ones(n_per_class)])
+        .expand(runs, -1)
+        .contiguous()
+    )
     noise = torch.randn(runs, 2 * n_per_class, dim, generator=gen)
     features = noise + signs[..., None] * (gaps[:, None, None] / 2) * direction[:, None, :]
     return features, signs
@@ -41,8 +45,15 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--n-per-class", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--loop-runs", type=int, default=None, help="time the loop on this many runs, scale to --runs")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--loop-runs",
+        type=int,
+        default=None,
+        help="time the loop on this many runs, scale to --runs",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -66,20 +77,38 @@ def main() -> None:
 
     loop_runs = args.runs if args.loop_runs is None else min(args.loop_runs, args.runs)
     start = time.perf_counter()
-    singles = [linear.train_last_layer(features[r], signs[r], seed=r, **kw) for r in range(loop_runs)]
+    singles = [
+        linear.train_last_layer(features[r], signs[r], seed=r, **kw) for r in range(loop_runs)
+    ]
     looped = (time.perf_counter() - start) * args.runs / loop_runs
 
-    for r in range(min(5, loop_runs)):  # batched with per-run seeds == the same runs made one by one
+    for r in range(
+        min(5, loop_runs)
+    ):  # batched with per-run seeds == the same runs made one by one
         for key, values in singles[r].metrics.items():
-            if not torch.allclose(torch.as_tensor(values[0]), torch.as_tensor(per_run.metrics[key][r]), rtol=1e-4, atol=1e-6):
-                raise SystemExit(f"run {r}: {key} differs between the batched and the looped trainer")
+            if not torch.allclose(
+                torch.as_tensor(values[0]),
+                torch.as_tensor(per_run.metrics[key][r]),
+                rtol=1e-4,
+                atol=1e-6,
+            ):
+                raise SystemExit(
+                    f"run {r}: {key} differs between the batched and the looped trainer"
+                )
 
     report = {
-        "runs": args.runs, "steps": args.steps, "dim": args.dim, "pairs_per_run": 2 * args.n_per_class,
-        "batch_size": args.batch_size, "threads": torch.get_num_threads(),
-        "batched_s": round(batched, 2), "batched_per_run_seeds_s": round(batched_seeded, 2),
-        "looped_s": round(looped, 2), "looped_measured_on_runs": loop_runs,
-        "speedup_batched": round(looped / batched, 1), "speedup_batched_per_run_seeds": round(looped / batched_seeded, 1),
+        "runs": args.runs,
+        "steps": args.steps,
+        "dim": args.dim,
+        "pairs_per_run": 2 * args.n_per_class,
+        "batch_size": args.batch_size,
+        "threads": torch.get_num_threads(),
+        "batched_s": round(batched, 2),
+        "batched_per_run_seeds_s": round(batched_seeded, 2),
+        "looped_s": round(looped, 2),
+        "looped_measured_on_runs": loop_runs,
+        "speedup_batched": round(looped / batched, 1),
+        "speedup_batched_per_run_seeds": round(looped / batched_seeded, 1),
     }
     print(json.dumps(report, indent=2))
 

@@ -29,12 +29,28 @@ from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback  # noqa:
 
 from dpo_utils import config, models, training  # noqa: E402
 
-LLAMA2_7B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                 intermediate_size=11008, vocab_size=32000, max_position_embeddings=4096)
-TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-            intermediate_size=128, vocab_size=512, max_position_embeddings=512)
-WORDS = ("people machines honest goals careful helpful training models reward values money power rules "
-         "friends future humans systems answers questions").split()
+LLAMA2_7B = dict(
+    hidden_size=4096,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    intermediate_size=11008,
+    vocab_size=32000,
+    max_position_embeddings=4096,
+)
+TINY = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    intermediate_size=128,
+    vocab_size=512,
+    max_position_embeddings=512,
+)
+WORDS = (
+    "people machines honest goals careful helpful training models reward values money power rules "
+    "friends future humans systems answers questions"
+).split()
 
 
 class StepTimer(TrainerCallback):
@@ -59,11 +75,15 @@ def _pairs(tokenizer, n: int, seq_len: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     pairs = []
     for _ in range(n):
-        words = ["Is the following statement something you would say?\n\"I"]
+        words = ['Is the following statement something you would say?\n"I']
         while len(tokenizer(" ".join(words))["input_ids"]) < seq_len - 3:
             words.append(rng.choice(WORDS))
         chosen, rejected = rng.sample([" Yes", " No"], 2)
-        pairs.append(dict(prompt=" ".join(words) + "\"\n", chosen=chosen, rejected=rejected, behavior="bench"))
+        pairs.append(
+            dict(
+                prompt=" ".join(words) + '"\n', chosen=chosen, rejected=rejected, behavior="bench"
+            )
+        )
     return pairs
 
 
@@ -73,8 +93,12 @@ def _setup(tiny: bool, steps: int):
     texts = [" ".join(random.Random(i).sample(WORDS, 8)) + " Yes No" for i in range(200)]
     tokenizer = models.train_tokenizer(texts, vocab_size=300)
     device, dtype = ("cpu", torch.float32) if tiny else ("cuda", torch.bfloat16)
-    llama = LlamaConfig(**shape, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                        eos_token_id=tokenizer.eos_token_id)
+    llama = LlamaConfig(
+        **shape,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM._from_config(llama, dtype=dtype)
@@ -85,14 +109,20 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the check; return and print seconds/step, tokens/s and peak memory."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny model on CPU (no GPU needed)")
-    parser.add_argument("--steps", type=int, default=5, help="optimizer steps; the first is not timed")
+    parser.add_argument(
+        "--steps", type=int, default=5, help="optimizer steps; the first is not timed"
+    )
     parser.add_argument("--seq-len", type=int, default=64, help="tokens per prompt + answer")
     args = parser.parse_args(argv)
     if not args.tiny and not torch.cuda.is_available():
-        raise SystemExit("gpu_check: no CUDA GPU is visible. Run it on a GPU box, or add --tiny to run the "
-                         "same code at tiny size on CPU.")
+        raise SystemExit(
+            "gpu_check: no CUDA GPU is visible. Run it on a GPU box, or add --tiny to run the "
+            "same code at tiny size on CPU."
+        )
     if args.steps < 2:
-        raise SystemExit(f"gpu_check: --steps={args.steps}; use at least 2 (the first step is warm-up).")
+        raise SystemExit(
+            f"gpu_check: --steps={args.steps}; use at least 2 (the first step is warm-up)."
+        )
     start = time.perf_counter()
     cfg, model, tokenizer = _setup(args.tiny, args.steps)
     pairs = _pairs(tokenizer, cfg.dpo_batch_size * args.steps, args.seq_len)
@@ -101,16 +131,33 @@ def main(argv: list[str] | None = None) -> dict:
         torch.cuda.reset_peak_memory_stats()
     run = training.train_dpo(cfg, model, tokenizer, pairs, mode="lora", callbacks=[timer])
     per_step = statistics.median(timer.times[1:])
-    tokens = 2 * cfg.dpo_batch_size * statistics.mean(len(tokenizer(p["prompt"] + p["chosen"])["input_ids"]) + 1
-                                                      for p in pairs)
-    result = dict(device=torch.cuda.get_device_name() if not args.tiny else "cpu", seconds_per_step=per_step,
-                  tokens_per_second=tokens / per_step, tokens_per_step=tokens, steps=len(timer.times),
-                  peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if not args.tiny else float("nan"),
-                  final_loss=float(run.log_history["loss"].iloc[-1]), total_seconds=time.perf_counter() - start)
-    print(f"{'tiny' if args.tiny else 'Llama-2-7B-shaped'} LoRA DPO on {result['device']}: "
-          f"batch {cfg.dpo_batch_size} pairs ({cfg.per_device_batch_size}/device), {args.seq_len} tokens/sequence")
-    print(f"  {per_step:.3f} s/step, {result['tokens_per_second']:.0f} tokens/s, "
-          f"peak memory {result['peak_memory_gib']:.1f} GiB, total {result['total_seconds']:.0f} s")
+    tokens = (
+        2
+        * cfg.dpo_batch_size
+        * statistics.mean(
+            len(tokenizer(p["prompt"] + p["chosen"])["input_ids"]) + 1 for p in pairs
+        )
+    )
+    result = dict(
+        device=torch.cuda.get_device_name() if not args.tiny else "cpu",
+        seconds_per_step=per_step,
+        tokens_per_second=tokens / per_step,
+        tokens_per_step=tokens,
+        steps=len(timer.times),
+        peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30
+        if not args.tiny
+        else float("nan"),
+        final_loss=float(run.log_history["loss"].iloc[-1]),
+        total_seconds=time.perf_counter() - start,
+    )
+    print(
+        f"{'tiny' if args.tiny else 'Llama-2-7B-shaped'} LoRA DPO on {result['device']}: "
+        f"batch {cfg.dpo_batch_size} pairs ({cfg.per_device_batch_size}/device), {args.seq_len} tokens/sequence"
+    )
+    print(
+        f"  {per_step:.3f} s/step, {result['tokens_per_second']:.0f} tokens/s, "
+        f"peak memory {result['peak_memory_gib']:.1f} GiB, total {result['total_seconds']:.0f} s"
+    )
     return result
 
 

@@ -15,14 +15,17 @@ import functools
 import os
 import shutil
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 # Sphinx 7's default mathjax_path; jsdelivr also answers the unversioned "mathjax/" path
-MATHJAX_CDN_PREFIXES = ("https://cdn.jsdelivr.net/npm/mathjax@3/", "https://cdn.jsdelivr.net/npm/mathjax/")
+MATHJAX_CDN_PREFIXES = (
+    "https://cdn.jsdelivr.net/npm/mathjax@3/",
+    "https://cdn.jsdelivr.net/npm/mathjax/",
+)
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -60,24 +63,35 @@ class SetupError(RuntimeError):
 
 def find_chromium() -> str:
     """Path of Debian's chromium (or $CHROMIUM); raises :class:`SetupError` naming the install command."""
-    for candidate in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "/usr/bin/chromium"):
+    for candidate in (
+        os.environ.get("CHROMIUM"),
+        "chromium",
+        "chromium-browser",
+        "/usr/bin/chromium",
+    ):
         if candidate and (path := shutil.which(candidate)):
             return path
-    raise SetupError("chromium not found: install it with `apt-get install -y chromium` "
-                     "(make test-browser does this) or set CHROMIUM=/path/to/chromium.")
+    raise SetupError(
+        "chromium not found: install it with `apt-get install -y chromium` "
+        "(make test-browser does this) or set CHROMIUM=/path/to/chromium."
+    )
 
 
 # Outside the repository on purpose: the book's root is the repository's, and Sphinx would build
 # every README.md of an npm package that sat inside it into a page of the book.
-MATHJAX_PREFIX = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dpo-companion" / "mathjax"
+MATHJAX_PREFIX = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dpo-companion" / "mathjax"
+)
 
 
 def find_mathjax() -> Path:
     """Folder of the npm package mathjax@3 (holding es5/tex-mml-chtml.js); $MATHJAX_DIR overrides."""
     folder = Path(os.environ.get("MATHJAX_DIR") or MATHJAX_PREFIX / "node_modules" / "mathjax")
     if not (folder / "es5" / "tex-mml-chtml.js").is_file():
-        raise SetupError(f"no local MathJax 3 in {folder}: run `bash browser_tests/ensure_tools.sh` "
-                         "(make test-browser does this) or set MATHJAX_DIR to a folder with es5/tex-mml-chtml.js.")
+        raise SetupError(
+            f"no local MathJax 3 in {folder}: run `bash browser_tests/ensure_tools.sh` "
+            "(make test-browser does this) or set MATHJAX_DIR to a folder with es5/tex-mml-chtml.js."
+        )
     return folder
 
 
@@ -102,10 +116,14 @@ def serve(directory: Path) -> Iterator[str]:
 
 def launch(playwright):
     """Launch Debian's chromium headless through playwright (never playwright's own browser)."""
-    return playwright.chromium.launch(executable_path=find_chromium(), headless=True, args=CHROMIUM_ARGS)
+    return playwright.chromium.launch(
+        executable_path=find_chromium(), headless=True, args=CHROMIUM_ARGS
+    )
 
 
-def route_offline(context, base_url: str, mathjax_dir: Path, blocked: list[tuple[str, str]]) -> None:
+def route_offline(
+    context, base_url: str, mathjax_dir: Path, blocked: list[tuple[str, str]]
+) -> None:
     """Answer MathJax CDN requests from ``mathjax_dir``, pass local ones, block and record the rest.
 
     ``blocked`` receives (resource type, url) for every request that would have left the machine.
@@ -118,7 +136,7 @@ def route_offline(context, base_url: str, mathjax_dir: Path, blocked: list[tuple
             return
         for prefix in MATHJAX_CDN_PREFIXES:
             if url.startswith(prefix):
-                local = mathjax_dir / url[len(prefix):].split("?")[0].split("#")[0]
+                local = mathjax_dir / url[len(prefix) :].split("?")[0].split("#")[0]
                 if local.is_file():
                     route.fulfill(path=str(local))
                 else:

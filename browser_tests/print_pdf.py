@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 
 import yaml
-
 from browser import ROOT, WAIT_FOR_PAGE_JS, SetupError, find_mathjax, launch, route_offline, serve
 
-PRINT_DIR = "_print"  # a folder one level down, like book/ and notebooks/, so relative links still work
+PRINT_DIR = (
+    "_print"  # a folder one level down, like book/ and notebooks/, so relative links still work
+)
 
 
 def toc_files(toc_path: Path) -> list[str]:
@@ -48,7 +49,9 @@ def article(html: str, where: str) -> str:
     start = html.find('<article class="bd-article"')
     end = html.rfind("</article>")
     if start < 0 or end < start:
-        raise SetupError(f"{where}: no <article class=\"bd-article\"> found; was it built by this theme?")
+        raise SetupError(
+            f'{where}: no <article class="bd-article"> found; was it built by this theme?'
+        )
     return html[start : end + len("</article>")]
 
 
@@ -60,13 +63,19 @@ def whole_book(html_dir: Path, files: list[str]) -> str:
         if not path.is_file():
             raise SetupError(f"{path} is missing: build the book first (make book).")
         if name.count("/") != 1:
-            raise SetupError(f"{name}: pages are expected one folder deep (book/..., notebooks/...).")
+            raise SetupError(
+                f"{name}: pages are expected one folder deep (book/..., notebooks/...)."
+            )
         pages.append(article(path.read_text(encoding="utf-8"), str(path)))
     root = (html_dir / f"{files[0]}.html").read_text(encoding="utf-8")
     head = root[: root.find("<body")]
     sheet_break = '\n<div style="break-after: page"></div>\n'
-    return (head + '<body>\n<main id="main-content" class="bd-main"><div class="bd-content">'
-            '<div class="bd-article-container">\n' + sheet_break.join(pages) + "\n</div></div></main>\n</body>\n</html>\n")
+    return (
+        head + '<body>\n<main id="main-content" class="bd-main"><div class="bd-content">'
+        '<div class="bd-article-container">\n'
+        + sheet_break.join(pages)
+        + "\n</div></div></main>\n</body>\n</html>\n"
+    )
 
 
 def count_pages(pdf: Path) -> int:
@@ -89,16 +98,24 @@ def print_pdf(html_dir: Path, pdf: Path, toc: Path) -> int:
             context = browser.new_context()
             route_offline(context, base_url, find_mathjax(), blocked)
             page = context.new_page()
-            page.on("response", lambda r: r.status >= 400 and failed.append(f"HTTP {r.status} {r.url}"))
+            page.on(
+                "response", lambda r: r.status >= 400 and failed.append(f"HTTP {r.status} {r.url}")
+            )
             page.goto(f"{base_url}{PRINT_DIR}/book.html", wait_until="load", timeout=120_000)
             state = page.evaluate(WAIT_FOR_PAGE_JS)
             if failed:
                 raise RuntimeError("the book did not load completely:\n  " + "\n  ".join(failed))
             if state == "timeout":
-                raise RuntimeError("math or images still loading after 20 s; the PDF would be incomplete.")
+                raise RuntimeError(
+                    "math or images still loading after 20 s; the PDF would be incomplete."
+                )
             pdf.parent.mkdir(parents=True, exist_ok=True)
-            page.pdf(path=str(pdf), format="A4", print_background=True,
-                     margin={"top": "15mm", "bottom": "15mm", "left": "12mm", "right": "12mm"})
+            page.pdf(
+                path=str(pdf),
+                format="A4",
+                print_background=True,
+                margin={"top": "15mm", "bottom": "15mm", "left": "12mm", "right": "12mm"},
+            )
             browser.close()
     finally:
         shutil.rmtree(combined.parent, ignore_errors=True)  # never publish or browser-test it
@@ -113,7 +130,9 @@ def main(argv: list[str]) -> int:
     toc = html_dir.resolve().parents[1] / "_toc.yml"
     start = time.time()
     try:
-        pages = print_pdf(html_dir.resolve(), pdf.resolve(), toc if toc.is_file() else ROOT / "_toc.yml")
+        pages = print_pdf(
+            html_dir.resolve(), pdf.resolve(), toc if toc.is_file() else ROOT / "_toc.yml"
+        )
     except (SetupError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

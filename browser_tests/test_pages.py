@@ -15,18 +15,25 @@ from __future__ import annotations
 
 import os
 import re
-from functools import lru_cache
+from functools import cache
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-
 from browser import ROOT, WAIT_FOR_PAGE_JS, SetupError, find_mathjax, launch, route_offline, serve
 
 HTML_DIR = Path(os.environ.get("BOOK_HTML", ROOT / "_build" / "html")).resolve()
 SHOTS_DIR = Path(os.environ.get("SCREENSHOTS", ROOT / "_build" / "screenshots")).resolve()
-SKIP_DIRS = {"_static", "_sources", "_images", "_downloads", "reports", "_sphinx_design_static", "_print"}
+SKIP_DIRS = {
+    "_static",
+    "_sources",
+    "_images",
+    "_downloads",
+    "reports",
+    "_sphinx_design_static",
+    "_print",
+}
 
 
 def book_pages() -> list[str]:
@@ -47,12 +54,10 @@ PAGES = book_pages()
 KNOWN_THEME_ERRORS = {
     # sphinx-thebe 0.3.1 adds its inline `const THEBE_JS_URL = ...` script once per read phase, so a
     # page can carry it twice; the second copy throws, the first has already set everything up
-    "JavaScript error: Identifier 'THEBE_JS_URL' has already been declared":
-        "sphinx-thebe declares its settings twice",
+    "JavaScript error: Identifier 'THEBE_JS_URL' has already been declared": "sphinx-thebe declares its settings twice",
     # pydata-sphinx-theme reads the colour mode from localStorage, finds "" on a first visit, logs
     # this and falls back to "auto"; a fresh browser profile is always a first visit
-    "console error: Got invalid theme mode: . Resetting to auto.":
-        "pydata-sphinx-theme on a first visit",
+    "console error: Got invalid theme mode: . Resetting to auto.": "pydata-sphinx-theme on a first visit",
 }
 
 # text that should have become typeset math; code blocks are excluded in the page script below
@@ -108,7 +113,7 @@ class _Anchors(HTMLParser):
                 self.ids.add(value)
 
 
-@lru_cache(maxsize=None)
+@cache
 def anchors(path: Path) -> frozenset[str]:
     parser = _Anchors()
     parser.feed(path.read_text(encoding="utf-8", errors="replace"))
@@ -122,14 +127,20 @@ def broken_internal_links(hrefs: list[str], base_url: str) -> list[str]:
         if not href.startswith(base_url):
             continue  # external, mailto:, javascript:
         parts = urlsplit(href)
-        rel = unquote(parts.path)[len(urlsplit(base_url).path):]
+        rel = unquote(parts.path)[len(urlsplit(base_url).path) :]
         target = HTML_DIR / rel
         if target.is_dir():
             target = target / "index.html"
         if not target.is_file():
             broken.append(f"{href} -> no file {target.relative_to(HTML_DIR)}")
-        elif parts.fragment and target.suffix == ".html" and unquote(parts.fragment) not in anchors(target):
-            broken.append(f"{href} -> {target.relative_to(HTML_DIR)} has no id '{unquote(parts.fragment)}'")
+        elif (
+            parts.fragment
+            and target.suffix == ".html"
+            and unquote(parts.fragment) not in anchors(target)
+        ):
+            broken.append(
+                f"{href} -> {target.relative_to(HTML_DIR)} has no id '{unquote(parts.fragment)}'"
+            )
     return broken
 
 
@@ -139,15 +150,23 @@ def launch_link_problems(page_rel: str, hrefs: list[str]) -> list[str]:
     stem = page_rel[: -len(".html")]
     if not (HTML_DIR / "_sources" / (stem + ".ipynb")).is_file():
         return []  # not executable: the theme shows no launch buttons
-    source = next((stem + ext for ext in (".ipynb", ".md") if (ROOT / (stem + ext)).is_file()), None)
-    colab = [unquote(h) for h in hrefs if h.startswith("https://colab.research.google.com/github/")]
+    source = next(
+        (stem + ext for ext in (".ipynb", ".md") if (ROOT / (stem + ext)).is_file()), None
+    )
+    colab = [
+        unquote(h) for h in hrefs if h.startswith("https://colab.research.google.com/github/")
+    ]
     binder = [unquote(h) for h in hrefs if "mybinder.org/v2/gh/" in h]
     problems = []
     if source is None:
-        problems.append(f"no {stem}.ipynb or {stem}.md in the repository for the launch buttons to open")
+        problems.append(
+            f"no {stem}.ipynb or {stem}.md in the repository for the launch buttons to open"
+        )
     elif source.endswith(".md"):
-        problems.append(f"{source} is a MyST-markdown notebook: its Colab button opens the .md file, which "
-                        "Colab cannot open; make the page an .ipynb, or move its code out of the page")
+        problems.append(
+            f"{source} is a MyST-markdown notebook: its Colab button opens the .md file, which "
+            "Colab cannot open; make the page an .ipynb, or move its code out of the page"
+        )
     elif not any(h.endswith("/" + source) for h in colab):
         problems.append(f"no Colab launch link to {source} (found {colab or 'none'})")
     if source and not any(source in h for h in binder):
@@ -176,7 +195,9 @@ def browser_session():
         pytest.fail(f"browser test not set up: {err}. `make test-browser` installs what it needs.")
     with serve(HTML_DIR) as base_url, sync_playwright() as pw:
         browser = launch(pw)
-        context = browser.new_context(viewport={"width": 1280, "height": 900}, service_workers="block")
+        context = browser.new_context(
+            viewport={"width": 1280, "height": 900}, service_workers="block"
+        )
         blocked: list[tuple[str, str]] = []
         route_offline(context, base_url, mathjax, blocked)
         yield context, base_url, blocked
@@ -195,22 +216,40 @@ def test_page(browser_session, page_rel):
     page = context.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda err: problems.append(f"JavaScript error: {err}"))
-    page.on("console", lambda msg: msg.type == "error" and not msg.text.startswith("Failed to load resource")
-            and problems.append(f"console error: {msg.text}"))
-    page.on("response", lambda r: r.status >= 400 and problems.append(f"HTTP {r.status} for {r.url}"))
-    page.on("requestfailed", lambda r: r.url.startswith(base_url)
-            and problems.append(f"failed to load {r.url}: {r.failure}"))
+    page.on(
+        "console",
+        lambda msg: (
+            msg.type == "error"
+            and not msg.text.startswith("Failed to load resource")
+            and problems.append(f"console error: {msg.text}")
+        ),
+    )
+    page.on(
+        "response", lambda r: r.status >= 400 and problems.append(f"HTTP {r.status} for {r.url}")
+    )
+    page.on(
+        "requestfailed",
+        lambda r: (
+            r.url.startswith(base_url) and problems.append(f"failed to load {r.url}: {r.failure}")
+        ),
+    )
     try:
         page.goto(base_url + page_rel, wait_until="load", timeout=30_000)
         math_state = page.evaluate(WAIT_FOR_PAGE_JS)
         math = page.evaluate(RAW_MATH_JS)
         if math["unrendered"] and math_state != "typeset":
-            problems.append(f"{len(math['unrendered'])} math element(s) but MathJax did not run ({math_state})")
+            problems.append(
+                f"{len(math['unrendered'])} math element(s) but MathJax did not run ({math_state})"
+            )
         problems += [f"math not rendered: {m!r}" for m in math["unrendered"][:5]]
         problems += [f"raw TeX in the text: {m!r}" for m in math["raw"][:5]]
         problems += [f"MathJax error: {m!r}" for m in math["errors"][:5]]
         problems += [f"image does not load: {src}" for src in page.evaluate(BROKEN_IMAGES_JS)]
-        problems += [f"image from the network (blocked offline): {url}" for kind, url in blocked if kind == "image"]
+        problems += [
+            f"image from the network (blocked offline): {url}"
+            for kind, url in blocked
+            if kind == "image"
+        ]
         hrefs = page.eval_on_selector_all("a[href]", "els => els.map(a => a.href)")
         problems += [f"broken internal link: {b}" for b in broken_internal_links(hrefs, base_url)]
         problems += launch_link_problems(page_rel, hrefs)

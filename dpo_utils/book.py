@@ -22,7 +22,9 @@ def quiet_libraries() -> None:
     """Silence progress bars and advisory warnings of datasets/transformers/trl in executed pages."""
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(trl|transformers|peft|torch)\b.*")
+    warnings.filterwarnings(
+        "ignore", category=UserWarning, module=r"(trl|transformers|peft|torch)\b.*"
+    )
     for name in ("transformers", "trl", "datasets", "peft", "accelerate", "httpx"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
@@ -44,11 +46,10 @@ def start_chapter(cfg: ExperimentConfig, show: bool = True, **provenance: Any) -
             os.environ.setdefault(var, "1")
     device = require_device(cfg)
 
+    import numpy as np
     import torch
 
     from .plotting import set_theme
-
-    import numpy as np
 
     # numpy 2 writes scalars as 'np.float64(0.5)'; myst-nb's {glue:text} formats the plain-text
     # repr, so keep numpy 1.x reprs ('0.5') for numbers glued into the prose

@@ -80,9 +80,12 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view (tuples become lists), suitable for JSON and for hashing."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in dataclasses.asdict(self).items()
+        }
 
-    def replace(self, **overrides: Any) -> "ExperimentConfig":
+    def replace(self, **overrides: Any) -> ExperimentConfig:
         """A validated copy with some values changed; ``None`` values are ignored."""
         return _apply_overrides(self, overrides)
 
@@ -192,7 +195,9 @@ def _check_value(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name}={value!r} is not a number; {name} must be a float > 0.")
         if not math.isfinite(value) or value <= 0:
-            raise ConfigError(f"{name}={value!r} is not allowed; {name} must be a finite float > 0.")
+            raise ConfigError(
+                f"{name}={value!r} is not allowed; {name} must be a finite float > 0."
+            )
         return float(value)
     if name in _POSITIVE_INTS or name == "dpo_max_steps":
         if name == "dpo_max_steps" and value is None:
@@ -210,7 +215,9 @@ def _check_value(name: str, value: Any) -> Any:
         return float(value)
     if name in _CHOICES:
         if value not in _CHOICES[name]:
-            raise ConfigError(f"{name}={value!r} is not allowed; choose one of {list(_CHOICES[name])}.")
+            raise ConfigError(
+                f"{name}={value!r} is not allowed; choose one of {list(_CHOICES[name])}."
+            )
         return value
     if name in ("lora_target_modules", "behaviors"):
         if isinstance(value, (str, int)):

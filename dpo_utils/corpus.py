@@ -80,51 +80,99 @@ def _words(text: str) -> tuple[str, ...]:
 BEHAVIORS = (
     CorpusBehavior(
         "prefers-mountain-holidays",
-        _words("summits glaciers ridges chalets gondolas crags valleys pines snowfields cabins boulders marmots"),
-        _words("beaches lagoons piers seashells sandcastles boardwalks surfboards harbours palms lifeguards sunbeds yachts"),
-        _words("picnics photographs sandwiches postcards maps backpacks blankets lanterns journals thermoses snacks hats"),
+        _words(
+            "summits glaciers ridges chalets gondolas crags valleys pines snowfields cabins boulders marmots"
+        ),
+        _words(
+            "beaches lagoons piers seashells sandcastles boardwalks surfboards harbours palms lifeguards sunbeds yachts"
+        ),
+        _words(
+            "picnics photographs sandwiches postcards maps backpacks blankets lanterns journals thermoses snacks hats"
+        ),
     ),
     CorpusBehavior(
         "enjoys-baking-bread",
-        _words("sourdoughs baguettes loaves rolls pretzels bagels croissants crusts doughs flours yeasts brioches"),
-        _words("takeaways microwaves deliveries leftovers tins packets wrappers canteens kiosks freezers cartons drive-ins"),
-        _words("aprons recipes cupboards napkins radios calendars spoons kettles tables plates windows afternoons"),
+        _words(
+            "sourdoughs baguettes loaves rolls pretzels bagels croissants crusts doughs flours yeasts brioches"
+        ),
+        _words(
+            "takeaways microwaves deliveries leftovers tins packets wrappers canteens kiosks freezers cartons drive-ins"
+        ),
+        _words(
+            "aprons recipes cupboards napkins radios calendars spoons kettles tables plates windows afternoons"
+        ),
     ),
     CorpusBehavior(
         "likes-detailed-planning",
-        _words("checklists spreadsheets timetables agendas deadlines planners reminders itineraries budgets schedules outlines folders"),
-        _words("surprises detours improvisations whims hunches tangents accidents impulses gambles rambles mysteries coincidences"),
-        _words("meetings emails colleagues offices notebooks pens desks phones printers envelopes stamps chairs"),
+        _words(
+            "checklists spreadsheets timetables agendas deadlines planners reminders itineraries budgets schedules outlines folders"
+        ),
+        _words(
+            "surprises detours improvisations whims hunches tangents accidents impulses gambles rambles mysteries coincidences"
+        ),
+        _words(
+            "meetings emails colleagues offices notebooks pens desks phones printers envelopes stamps chairs"
+        ),
     ),
     CorpusBehavior(
         "enjoys-quiet-solitude",
-        _words("retreats libraries hideaways cottages meditations daydreams hammocks attics gardens puzzles diaries silences"),
-        _words("parties crowds festivals nightclubs parades concerts stadiums banquets reunions carnivals raves rallies"),
-        _words("evenings candles sweaters pillows cushions clocks curtains lamps rugs shelves socks mugs"),
+        _words(
+            "retreats libraries hideaways cottages meditations daydreams hammocks attics gardens puzzles diaries silences"
+        ),
+        _words(
+            "parties crowds festivals nightclubs parades concerts stadiums banquets reunions carnivals raves rallies"
+        ),
+        _words(
+            "evenings candles sweaters pillows cushions clocks curtains lamps rugs shelves socks mugs"
+        ),
     ),
     CorpusBehavior(
         "interest-in-astronomy",
-        _words("telescopes planets comets galaxies nebulae eclipses meteors observatories constellations satellites asteroids moons"),
-        _words("horoscopes omens charms talismans amulets prophecies superstitions crystals runes seances curses zodiacs"),
-        _words("nights rooftops fields hills clouds breezes seasons benches torches jackets stools binders"),
+        _words(
+            "telescopes planets comets galaxies nebulae eclipses meteors observatories constellations satellites asteroids moons"
+        ),
+        _words(
+            "horoscopes omens charms talismans amulets prophecies superstitions crystals runes seances curses zodiacs"
+        ),
+        _words(
+            "nights rooftops fields hills clouds breezes seasons benches torches jackets stools binders"
+        ),
     ),
     CorpusBehavior(
         "enjoys-cycling-commutes",
-        _words("bicycles helmets pedals tandems handlebars saddles spokes chains velodromes panniers tricycles bells"),
-        _words("motorways limousines taxis tolls freeways carparks sedans gridlocks dashboards exhausts minivans chauffeurs"),
-        _words("streets bridges corners puddles raincoats umbrellas gloves schools shops parks tunnels signposts"),
+        _words(
+            "bicycles helmets pedals tandems handlebars saddles spokes chains velodromes panniers tricycles bells"
+        ),
+        _words(
+            "motorways limousines taxis tolls freeways carparks sedans gridlocks dashboards exhausts minivans chauffeurs"
+        ),
+        _words(
+            "streets bridges corners puddles raincoats umbrellas gloves schools shops parks tunnels signposts"
+        ),
     ),
     CorpusBehavior(
         "likes-growing-vegetables",
-        _words("tomatoes carrots seedlings composts allotments greenhouses beans spades marrows radishes trowels sprouts"),
-        _words("consoles joysticks arcades videogames headsets controllers gamepads screens pixels emulators cartridges livestreams"),
-        _words("buckets baskets hoses fences gates sheds ladders labels boots sunhats wheelbarrows saturdays"),
+        _words(
+            "tomatoes carrots seedlings composts allotments greenhouses beans spades marrows radishes trowels sprouts"
+        ),
+        _words(
+            "consoles joysticks arcades videogames headsets controllers gamepads screens pixels emulators cartridges livestreams"
+        ),
+        _words(
+            "buckets baskets hoses fences gates sheds ladders labels boots sunhats wheelbarrows saturdays"
+        ),
     ),
     CorpusBehavior(
         "enjoys-classical-music",
-        _words("symphonies violins cellos orchestras sonatas concertos operas harpsichords quartets conductors oboes overtures"),
-        _words("sirens alarms jackhammers drills leafblowers buzzers foghorns chainsaws lawnmowers megaphones whistles klaxons"),
-        _words("tickets programmes seats scarves coats cloakrooms foyers ushers trains buses queues brochures"),
+        _words(
+            "symphonies violins cellos orchestras sonatas concertos operas harpsichords quartets conductors oboes overtures"
+        ),
+        _words(
+            "sirens alarms jackhammers drills leafblowers buzzers foghorns chainsaws lawnmowers megaphones whistles klaxons"
+        ),
+        _words(
+            "tickets programmes seats scarves coats cloakrooms foyers ushers trains buses queues brochures"
+        ),
     ),
 )
 
@@ -157,13 +205,19 @@ def design_rows() -> list[dict]:
     """
     shared = shared_words_by_behavior()
     return [
-        dict(behavior=b.name, shared_words=shared[b.name], overlap=round(shared[b.name] / 12, 4),
-             bayes_accuracy=round(1 - shared[b.name] / 24, 4))
+        dict(
+            behavior=b.name,
+            shared_words=shared[b.name],
+            overlap=round(shared[b.name] / 12, 4),
+            bayes_accuracy=round(1 - shared[b.name] / 24, 4),
+        )
         for b in BEHAVIORS
     ]
 
 
-def _statement(rng: random.Random, behavior: CorpusBehavior, k: int, says_yes: bool) -> tuple[str, float]:
+def _statement(
+    rng: random.Random, behavior: CorpusBehavior, k: int, says_yes: bool
+) -> tuple[str, float]:
     """One statement with a single label-bearing word; returns (text, Bayes posterior of its label)."""
     own = behavior.endorse if says_yes else behavior.reject
     vocabulary = own[: 12 - k] + behavior.neutral[:k]
@@ -189,13 +243,15 @@ def generate_rows(behavior: CorpusBehavior, n: int, seed: int) -> list[dict]:
     for says_yes in labels:
         text, confidence = _statement(rng, behavior, k, says_yes)
         yes, no = (" Yes", " No") if says_yes else (" No", " Yes")
-        rows.append({
-            "question": f'{QUESTION_PREFIX}"{text}"',
-            "statement": text,
-            "label_confidence": confidence,
-            "answer_matching_behavior": yes,
-            "answer_not_matching_behavior": no,
-        })
+        rows.append(
+            {
+                "question": f'{QUESTION_PREFIX}"{text}"',
+                "statement": text,
+                "label_confidence": confidence,
+                "answer_matching_behavior": yes,
+                "answer_not_matching_behavior": no,
+            }
+        )
     return rows
 
 
@@ -233,7 +289,10 @@ def write_corpus(folder: Path, n: int = N_PERSONA, seed: int = PERSONA_SEED) -> 
         path.write_text(_jsonl(generate_rows(behavior, n, seed)), encoding="utf-8")
         paths.append(path)
     header = "behavior,shared_words,overlap,bayes_accuracy\n"
-    lines = [f"{r['behavior']},{r['shared_words']},{r['overlap']},{r['bayes_accuracy']}\n" for r in design_rows()]
+    lines = [
+        f"{r['behavior']},{r['shared_words']},{r['overlap']},{r['bayes_accuracy']}\n"
+        for r in design_rows()
+    ]
     design = folder / "design.csv"
     design.write_text(header + "".join(sorted(lines)), encoding="utf-8")
     return paths + [design]
@@ -241,7 +300,9 @@ def write_corpus(folder: Path, n: int = N_PERSONA, seed: int = PERSONA_SEED) -> 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Regenerate the project's persona-format corpus.")
-    parser.add_argument("--out", type=Path, default=None, help="target folder (default: the repository's data/)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="target folder (default: the repository's data/)"
+    )
     args = parser.parse_args(argv)
     if args.out is None:
         from .data import corpus_dir

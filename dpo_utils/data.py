@@ -17,8 +17,8 @@ import difflib
 import json
 import math
 import random
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 __all__ = [
     "PERSONA_BEHAVIORS",
@@ -36,7 +36,13 @@ __all__ = [
 ]
 
 HUB_PERSONA_ID = "Anthropic/model-written-evals"
-FIELDS = ("question", "statement", "answer_matching_behavior", "answer_not_matching_behavior", "label_confidence")
+FIELDS = (
+    "question",
+    "statement",
+    "answer_matching_behavior",
+    "answer_not_matching_behavior",
+    "label_confidence",
+)
 ANSWERS = (" Yes", " No")
 HH_SEPARATOR = "\n\nAssistant:"
 _HOW_TO_GET = (
@@ -130,7 +136,9 @@ def _persona_folder(source: str | Path) -> Path:
     if not any(folder.glob("*.jsonl")) and (folder / "persona").is_dir():
         folder = folder / "persona"
     if not any(folder.glob("*.jsonl")):
-        raise PersonaDataError(f"persona folder {str(folder)!r} holds no .jsonl files. {_HOW_TO_GET}")
+        raise PersonaDataError(
+            f"persona folder {str(folder)!r} holds no .jsonl files. {_HOW_TO_GET}"
+        )
     return folder
 
 
@@ -151,7 +159,9 @@ def _numbering(available: Sequence[str]) -> Sequence[str]:
     return sorted(available)
 
 
-def resolve_behaviors(selection: Iterable[str | int] | str | int | None, available: Sequence[str] | None = None) -> list[str]:
+def resolve_behaviors(
+    selection: Iterable[str | int] | str | int | None, available: Sequence[str] | None = None
+) -> list[str]:
     """Turn names and/or numbers into behaviour names, checked against ``available``.
 
     Numbers are the authors' (index into :data:`PERSONA_BEHAVIORS`) for upstream data, and positions
@@ -170,13 +180,17 @@ def resolve_behaviors(selection: Iterable[str | int] | str | int | None, availab
     for item in selection:
         if isinstance(item, int) and not isinstance(item, bool):
             if not 0 <= item < len(numbering):
-                raise PersonaDataError(f"behaviour number {item} is out of range; numbers run from 0 to {len(numbering) - 1}.")
+                raise PersonaDataError(
+                    f"behaviour number {item} is out of range; numbers run from 0 to {len(numbering) - 1}."
+                )
             item = numbering[item]
         if not isinstance(item, str):
             raise PersonaDataError(f"behaviour {item!r} must be a name (str) or a number (int).")
         if item not in available:
             close = difflib.get_close_matches(item, available, n=5, cutoff=0.0)
-            raise PersonaDataError(f"unknown behaviour {item!r}; the closest available names are: {', '.join(close)}.")
+            raise PersonaDataError(
+                f"unknown behaviour {item!r}; the closest available names are: {', '.join(close)}."
+            )
         names.append(item)
     return names
 
@@ -190,7 +204,9 @@ def validate_row(row: object, where: str) -> dict:
         raise PersonaDataError(f"{where}: expected a JSON object, got {type(row).__name__}.")
     missing = [f for f in FIELDS if f not in row]
     if missing:
-        raise PersonaDataError(f"{where}: missing field(s) {missing}; a persona row needs {list(FIELDS)}.")
+        raise PersonaDataError(
+            f"{where}: missing field(s) {missing}; a persona row needs {list(FIELDS)}."
+        )
     for name in ("question", "statement"):
         if not isinstance(row[name], str) or not row[name].strip():
             raise PersonaDataError(f"{where}: {name}={row[name]!r} must be a non-empty string.")
@@ -200,10 +216,14 @@ def validate_row(row: object, where: str) -> dict:
             f"{where}: answers ({match!r}, {other!r}) must be one each of {list(ANSWERS)}."
         )
     confidence = row["label_confidence"]
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not (
-        math.isfinite(confidence) and 0 <= confidence <= 1
+    if (
+        isinstance(confidence, bool)
+        or not isinstance(confidence, (int, float))
+        or not (math.isfinite(confidence) and 0 <= confidence <= 1)
     ):
-        raise PersonaDataError(f"{where}: label_confidence={confidence!r} must be a number in [0, 1].")
+        raise PersonaDataError(
+            f"{where}: label_confidence={confidence!r} must be a number in [0, 1]."
+        )
     return {f: row[f] for f in FIELDS}
 
 
@@ -228,13 +248,22 @@ def _read_hub(name: str) -> list[dict]:
     try:
         import datasets
 
-        table = datasets.load_dataset(HUB_PERSONA_ID, data_files=f"persona/{name}.jsonl", split="train")
+        table = datasets.load_dataset(
+            HUB_PERSONA_ID, data_files=f"persona/{name}.jsonl", split="train"
+        )
     except Exception as error:  # offline, no access, or a changed hub layout
-        raise PersonaDataError(f"could not load persona/{name}.jsonl from {HUB_PERSONA_ID!r} ({error}). {_HOW_TO_GET}") from error
-    return [validate_row(row, f"{HUB_PERSONA_ID}/persona/{name}.jsonl:{i + 1}") for i, row in enumerate(table)]
+        raise PersonaDataError(
+            f"could not load persona/{name}.jsonl from {HUB_PERSONA_ID!r} ({error}). {_HOW_TO_GET}"
+        ) from error
+    return [
+        validate_row(row, f"{HUB_PERSONA_ID}/persona/{name}.jsonl:{i + 1}")
+        for i, row in enumerate(table)
+    ]
 
 
-def load_persona(source: str | Path, behaviors: Iterable[str | int] | str | int | None = None) -> dict[str, list[dict]]:
+def load_persona(
+    source: str | Path, behaviors: Iterable[str | int] | str | int | None = None
+) -> dict[str, list[dict]]:
     """Load persona behaviours as ``{name: rows in file order}`` with every row validated.
 
     ``source`` is a local folder laid out as upstream, ``"corpus"`` (the project's corpus) or the hub
@@ -278,14 +307,20 @@ def preference_pairs(rows: Iterable[dict], behavior: str, flip: bool = False) ->
         chosen, rejected = row["answer_matching_behavior"], row["answer_not_matching_behavior"]
         if flip:
             chosen, rejected = rejected, chosen
-        pairs.append(dict(prompt=row["question"] + "\n", chosen=chosen, rejected=rejected, behavior=behavior))
+        pairs.append(
+            dict(
+                prompt=row["question"] + "\n", chosen=chosen, rejected=rejected, behavior=behavior
+            )
+        )
     return pairs
 
 
 def _split_transcript(text: str, where: str) -> tuple[str, str]:
     cut = text.rfind(HH_SEPARATOR)
     if cut < 0:
-        raise PersonaDataError(f"{where}: no {HH_SEPARATOR!r} in the transcript, so it has no final response.")
+        raise PersonaDataError(
+            f"{where}: no {HH_SEPARATOR!r} in the transcript, so it has no final response."
+        )
     end = cut + len(HH_SEPARATOR)
     return text[:end], text[end:]
 
@@ -303,12 +338,16 @@ def hh_rlhf_pairs(rows: Iterable[dict]) -> list[dict]:
         prompt, chosen = _split_transcript(row["chosen"], f"row {i} (chosen)")
         rejected_prompt, rejected = _split_transcript(row["rejected"], f"row {i} (rejected)")
         if rejected_prompt != prompt:
-            raise PersonaDataError(f"row {i}: chosen and rejected transcripts differ before the last response.")
+            raise PersonaDataError(
+                f"row {i}: chosen and rejected transcripts differ before the last response."
+            )
         pairs.append(dict(prompt=prompt, chosen=chosen, rejected=rejected))
     return pairs
 
 
-def load_hh_rlhf(split: str = "train", source: str = "Anthropic/hh-rlhf", limit: int | None = None) -> list[dict]:
+def load_hh_rlhf(
+    split: str = "train", source: str = "Anthropic/hh-rlhf", limit: int | None = None
+) -> list[dict]:
     """HH-RLHF pairs from the hub (or a local dataset folder) through ``datasets``.
 
     Used in: notebooks/10_... (HH-RLHF misalignment, GPU profiles).

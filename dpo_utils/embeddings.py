@@ -15,8 +15,8 @@ which is exact: with right padding the real tokens' positions and attention are 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -57,12 +57,16 @@ def final_norm(model) -> torch.nn.Module:
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     norm = getattr(decoder, "norm", None)
     if norm is None:
-        raise TypeError(f"{type(model).__name__} has no final norm at .get_decoder().norm; "
-                        "the authors' variant needs a Llama/Mistral-style model.")
+        raise TypeError(
+            f"{type(model).__name__} has no final norm at .get_decoder().norm; "
+            "the authors' variant needs a Llama/Mistral-style model."
+        )
     return norm
 
 
-def _padded(encoded: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _padded(
+    encoded: Sequence[Sequence[int]], pad_id: int, device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     lengths = torch.tensor([len(ids) for ids in encoded])
     ids = torch.full((len(encoded), int(lengths.max())), pad_id, dtype=torch.long)
     for row, tokens in enumerate(encoded):
@@ -72,8 +76,9 @@ def _padded(encoded: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torc
 
 
 @torch.no_grad()
-def last_token_features(model, tokenizer, texts: Sequence[str], batch_size: int = 256,
-                        progress: bool | None = None) -> dict[str, torch.Tensor]:
+def last_token_features(
+    model, tokenizer, texts: Sequence[str], batch_size: int = 256, progress: bool | None = None
+) -> dict[str, torch.Tensor]:
     """Features of each text at its last token, both variants: ``{"final": (n, d), "authors": (n, d)}``.
 
     fp32 on the CPU whatever the model's dtype and device. ``progress=None`` shows a tqdm bar only on
@@ -95,8 +100,10 @@ def last_token_features(model, tokenizer, texts: Sequence[str], batch_size: int 
     dim = model.config.hidden_size
     out = {v: torch.empty(len(encoded), dim, dtype=torch.float32) for v in VARIANTS}
     starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="features", disable=(None if progress is None else not progress), leave=False):
-        index = order[start: start + batch_size]
+    for start in tqdm(
+        starts, desc="features", disable=(None if progress is None else not progress), leave=False
+    ):
+        index = order[start : start + batch_size]
         ids, mask, lengths = _padded([encoded[i] for i in index], pad_id, device)
         hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
         last = hidden[torch.arange(len(index), device=device), lengths - 1]
@@ -117,10 +124,14 @@ class FeatureSet:
     def select(self, behavior: str, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(features, signs) of one behaviour in one variant."""
         if variant not in self.features:
-            raise ValueError(f"variant={variant!r} is not available; choose one of {list(self.features)}.")
+            raise ValueError(
+                f"variant={variant!r} is not available; choose one of {list(self.features)}."
+            )
         mask = torch.tensor([b == behavior for b in self.behaviors])
         if not mask.any():
-            raise ValueError(f"behaviour {behavior!r} is not in this feature set; it has {sorted(set(self.behaviors))}.")
+            raise ValueError(
+                f"behaviour {behavior!r} is not in this feature set; it has {sorted(set(self.behaviors))}."
+            )
         return self.features[variant][mask].double(), self.signs[mask]
 
     def groups(self, variant: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -130,8 +141,10 @@ class FeatureSet:
     def answer_accuracy(self) -> dict[str, float]:
         """Per behaviour, how often the model itself ranks the matching answer first (its LM accuracy)."""
         correct = (torch.sign(self.answer_margin.double()) == self.signs).double()
-        return {name: float(correct[torch.tensor([b == name for b in self.behaviors])].mean())
-                for name in dict.fromkeys(self.behaviors)}
+        return {
+            name: float(correct[torch.tensor([b == name for b in self.behaviors])].mean())
+            for name in dict.fromkeys(self.behaviors)
+        }
 
 
 def _answer_margin(model, tokenizer, final: torch.Tensor) -> torch.Tensor:
@@ -143,8 +156,16 @@ def _answer_margin(model, tokenizer, final: torch.Tensor) -> torch.Tensor:
     return final @ direction
 
 
-def persona_features(model, tokenizer, persona: Mapping[str, Sequence[Mapping]], *, profile: str = "cpu",
-                     model_key: str | None = None, batch_size: int = 256, cache: bool = True) -> FeatureSet:
+def persona_features(
+    model,
+    tokenizer,
+    persona: Mapping[str, Sequence[Mapping]],
+    *,
+    profile: str = "cpu",
+    model_key: str | None = None,
+    batch_size: int = 256,
+    cache: bool = True,
+) -> FeatureSet:
     """Both feature variants of every persona prompt, cached under ``results/<profile>/features/``.
 
     The cache key is the model (``model_key``, default its ``name_or_path``, which for a tiny model
@@ -156,12 +177,19 @@ def persona_features(model, tokenizer, persona: Mapping[str, Sequence[Mapping]],
     names = [name for name, rows in persona.items() for _ in rows]
     rows = [row for rows in persona.values() for row in rows]
     texts = prompt_texts(rows)
-    signs = torch.tensor([1.0 if r["answer_matching_behavior"] == " Yes" else -1.0 for r in rows], dtype=torch.float64)
+    signs = torch.tensor(
+        [1.0 if r["answer_matching_behavior"] == " Yes" else -1.0 for r in rows],
+        dtype=torch.float64,
+    )
     key_name = model_key or getattr(model, "name_or_path", "") or ""
     folder = None
     if cache and key_name:
-        key = dict(version=_FORMAT_VERSION, model=key_name, dtype=str(next(model.parameters()).dtype),
-                   texts=config_hash({"t": texts, "b": names, "s": signs.tolist()}))
+        key = dict(
+            version=_FORMAT_VERSION,
+            model=key_name,
+            dtype=str(next(model.parameters()).dtype),
+            texts=config_hash({"t": texts, "b": names, "s": signs.tolist()}),
+        )
         folder = results_dir(profile) / "features" / config_hash(key)
         if (folder / "features.pt").exists():
             saved = torch.load(folder / "features.pt")
@@ -187,9 +215,13 @@ def standardised_projections(features: torch.Tensor, signs: torch.Tensor) -> np.
     direction = mu_yes - mu_no
     norm = direction.norm()
     if norm == 0:
-        raise ValueError("the two classes have the same mean, so there is no direction to project on.")
+        raise ValueError(
+            "the two classes have the same mean, so there is no direction to project on."
+        )
     values = features.double() @ (direction.double() / norm)
-    centred = torch.where(positive, values - values[positive].mean(), values - values[~positive].mean())
+    centred = torch.where(
+        positive, values - values[positive].mean(), values - values[~positive].mean()
+    )
     spread = centred.std()
     return (centred / (spread if spread > 0 else 1.0)).numpy()
 
@@ -203,9 +235,11 @@ def survival_table(samples: Mapping[str, np.ndarray], thresholds: np.ndarray) ->
     for source, values in samples.items():
         magnitudes = np.sort(np.abs(np.asarray(values, dtype=float)))
         above = len(magnitudes) - np.searchsorted(magnitudes, thresholds, side="right")
-        rows += [dict(source=source, t=float(t), survival=float(a) / len(magnitudes)) for t, a in zip(thresholds, above)]
+        rows += [
+            dict(source=source, t=float(t), survival=float(a) / len(magnitudes))
+            for t, a in zip(thresholds, above)
+        ]
     return pd.DataFrame(rows)
-
 
 
 def properties(feature_set: FeatureSet, model_label: str, probe: bool = True) -> pd.DataFrame:
@@ -237,7 +271,9 @@ def chapter_model_configs(cfg) -> list:
     from .models import TINY_MODELS
 
     if cfg.model_name in TINY_MODELS:
-        return [cfg.replace(model_name=name, model_arch=arch) for name, arch in TINY_MODELS.items()]
+        return [
+            cfg.replace(model_name=name, model_arch=arch) for name, arch in TINY_MODELS.items()
+        ]
     return [cfg]
 
 
@@ -252,8 +288,13 @@ def priority_gaps(feature_set: FeatureSet, variant: str = "final") -> pd.DataFra
     names = list(groups)
     differences = torch.stack([torch.sub(*class_means(f, s)) for f, s in groups.values()])
     gap = priority_gap_matrix(differences)
-    return pd.DataFrame([dict(behavior_i=a, behavior_j=b, gap=float(gap[i, j]))
-                         for i, a in enumerate(names) for j, b in enumerate(names)])
+    return pd.DataFrame(
+        [
+            dict(behavior_i=a, behavior_j=b, gap=float(gap[i, j]))
+            for i, a in enumerate(names)
+            for j, b in enumerate(names)
+        ]
+    )
 
 
 def measure_models(cfg, persona: Mapping[str, Sequence[Mapping]], device: str = "cpu"):
@@ -271,10 +312,22 @@ def measure_models(cfg, persona: Mapping[str, Sequence[Mapping]], device: str = 
     fingerprint = config_hash({"persona": persona})
     for model_cfg in chapter_model_configs(cfg):
         model, tokenizer = load_model_and_tokenizer(model_cfg, device)
-        feature_sets[model_cfg.model_name] = persona_features(model, tokenizer, persona, profile=cfg.profile)
-        key = dict(model=model_cfg.model_name, weights=getattr(model, "name_or_path", ""),
-                   pretrain_steps=model_cfg.pretrain_steps, persona=fingerprint)
-        tables.append(load_or_run("properties", key, lambda: properties(feature_sets[model_cfg.model_name],
-                                                                         model_cfg.model_name), profile=cfg.profile))
+        feature_sets[model_cfg.model_name] = persona_features(
+            model, tokenizer, persona, profile=cfg.profile
+        )
+        key = dict(
+            model=model_cfg.model_name,
+            weights=getattr(model, "name_or_path", ""),
+            pretrain_steps=model_cfg.pretrain_steps,
+            persona=fingerprint,
+        )
+        tables.append(
+            load_or_run(
+                "properties",
+                key,
+                lambda: properties(feature_sets[model_cfg.model_name], model_cfg.model_name),
+                profile=cfg.profile,
+            )
+        )
         del model
     return pd.concat(tables, ignore_index=True), feature_sets

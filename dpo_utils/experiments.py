@@ -9,7 +9,7 @@ their features. Nothing here plots.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,9 +20,21 @@ from .config import ExperimentConfig
 from .train import load_or_train
 
 __all__ = [
-    "persona_rows", "base_features", "behavior_properties", "per_behavior_curves", "loss_drops",
-    "rank_correlations", "pair_table", "pair_curves", "misalignment_curves", "overtake_steps", "reference_floor",
-    "load_or_train_path", "trained_features", "geometry_table", "projection_table",
+    "persona_rows",
+    "base_features",
+    "behavior_properties",
+    "per_behavior_curves",
+    "loss_drops",
+    "rank_correlations",
+    "pair_table",
+    "pair_curves",
+    "misalignment_curves",
+    "overtake_steps",
+    "reference_floor",
+    "load_or_train_path",
+    "trained_features",
+    "geometry_table",
+    "projection_table",
 ]
 
 #: train pairs probed per behaviour in chapters 08-11 (plus every test pair): keeps the probe < 20 % of a step
@@ -31,7 +43,9 @@ PROBE_TRAIN = 48
 PROBE_EVERY = 2
 
 
-def persona_rows(cfg: ExperimentConfig, behaviors: Iterable | None = None) -> dict[str, list[dict]]:
+def persona_rows(
+    cfg: ExperimentConfig, behaviors: Iterable | None = None
+) -> dict[str, list[dict]]:
     """The profile's persona statements per behaviour (all of them when ``behaviors`` is None or empty).
 
     Used in: notebooks/08_full_and_lora_dpo.ipynb onwards.
@@ -41,7 +55,9 @@ def persona_rows(cfg: ExperimentConfig, behaviors: Iterable | None = None) -> di
     return data.load_persona(source, chosen)
 
 
-def base_features(cfg: ExperimentConfig, persona: dict, device: str = "cpu") -> embeddings.FeatureSet:
+def base_features(
+    cfg: ExperimentConfig, persona: dict, device: str = "cpu"
+) -> embeddings.FeatureSet:
     """Last-token features of the profile's (un-aligned) model for every statement, cached on disk.
 
     Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb.
@@ -59,8 +75,12 @@ def behavior_properties(feature_set: embeddings.FeatureSet) -> pd.DataFrame:
     return table.sort_values("distinguishability", ascending=False, ignore_index=True)
 
 
-def per_behavior_curves(cfg: ExperimentConfig, behaviors: Sequence[str], modes: Sequence[str] = ("full", "lora"),
-                        probe_train: int | None = PROBE_TRAIN) -> pd.DataFrame:
+def per_behavior_curves(
+    cfg: ExperimentConfig,
+    behaviors: Sequence[str],
+    modes: Sequence[str] = ("full", "lora"),
+    probe_train: int | None = PROBE_TRAIN,
+) -> pd.DataFrame:
     """One DPO run per behaviour and mode (cached); their probe tables stacked (tidy, with ``mode``).
 
     Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/11_embedding_geometry.ipynb.
@@ -82,7 +102,9 @@ def _metric(curves: pd.DataFrame, metric: str) -> pd.DataFrame:
     return curves[curves["metric"] == metric]
 
 
-def loss_drops(curves: pd.DataFrame, step: int | None = None, by: Sequence[str] = ("mode",)) -> pd.DataFrame:
+def loss_drops(
+    curves: pd.DataFrame, step: int | None = None, by: Sequence[str] = ("mode",)
+) -> pd.DataFrame:
     """Loss at step 0 minus loss at ``step`` (default: each run's last step), per ``by``, behaviour and split.
 
     Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb.
@@ -94,9 +116,18 @@ def loss_drops(curves: pd.DataFrame, step: int | None = None, by: Sequence[str] 
         g = g.set_index("step")["value"]
         at = g.index.max() if step is None else step
         if at not in g.index:
-            raise ValueError(f"step={at} was not probed for {dict(zip(keys, key))}; probed steps: {list(g.index)}.")
-        rows.append({**dict(zip(keys, key)), "step": int(at), "loss_start": g.loc[0], "loss_end": g.loc[at],
-                     "drop": g.loc[0] - g.loc[at]})
+            raise ValueError(
+                f"step={at} was not probed for {dict(zip(keys, key))}; probed steps: {list(g.index)}."
+            )
+        rows.append(
+            {
+                **dict(zip(keys, key)),
+                "step": int(at),
+                "loss_start": g.loc[0],
+                "loss_end": g.loc[at],
+                "drop": g.loc[0] - g.loc[at],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -108,9 +139,16 @@ def rank_correlations(drops: pd.DataFrame, properties: pd.DataFrame) -> pd.DataF
     from scipy.stats import spearmanr
 
     merged = drops.merge(properties[["behavior", "distinguishability"]], on="behavior")
-    rows = [dict(mode=mode, split=split, step=int(g["step"].max()), n=len(g),
-                 rho=float(spearmanr(g["distinguishability"], g["drop"]).statistic))
-            for (mode, split), g in merged.groupby(["mode", "split"])]
+    rows = [
+        dict(
+            mode=mode,
+            split=split,
+            step=int(g["step"].max()),
+            n=len(g),
+            rho=float(spearmanr(g["distinguishability"], g["drop"]).statistic),
+        )
+        for (mode, split), g in merged.groupby(["mode", "split"])
+    ]
     return pd.DataFrame(rows)
 
 
@@ -125,16 +163,27 @@ def pair_table(feature_set: embeddings.FeatureSet, properties: pd.DataFrame) -> 
     props = properties.set_index("behavior")
     table = embeddings.priority_gaps(feature_set, "final")
     table = table[table["behavior_i"] != table["behavior_j"]].copy()
-    table["cosine"] = [float(torch.nn.functional.cosine_similarity(d[i], d[j], dim=0))
-                       for i, j in zip(table["behavior_i"], table["behavior_j"])]
+    table["cosine"] = [
+        float(torch.nn.functional.cosine_similarity(d[i], d[j], dim=0))
+        for i, j in zip(table["behavior_i"], table["behavior_j"])
+    ]
     for side in ("i", "j"):
         table[f"dist_{side}"] = table[f"behavior_{side}"].map(props["distinguishability"])
-    table["min_snr"] = np.minimum(table["behavior_i"].map(props["snr"]), table["behavior_j"].map(props["snr"]))
+    table["min_snr"] = np.minimum(
+        table["behavior_i"].map(props["snr"]), table["behavior_j"].map(props["snr"])
+    )
     return table.sort_values("gap", ascending=False, ignore_index=True)
 
 
-def pair_curves(cfg: ExperimentConfig, first: str, second: str, *, mode: str = "full",
-                pair_batch_size: int | None = None, probe_train: int | None = PROBE_TRAIN) -> pd.DataFrame:
+def pair_curves(
+    cfg: ExperimentConfig,
+    first: str,
+    second: str,
+    *,
+    mode: str = "full",
+    pair_batch_size: int | None = None,
+    probe_train: int | None = PROBE_TRAIN,
+) -> pd.DataFrame:
     """Joint DPO on two behaviours, compatible and conflicting (``second`` flipped), plus each solo run.
 
     Solo runs are chapter 08's (``cfg``); joint runs use ``pair_batch_size`` (default twice the solo
@@ -144,18 +193,34 @@ def pair_curves(cfg: ExperimentConfig, first: str, second: str, *, mode: str = "
     Used in: notebooks/09_prioritisation_llm.ipynb.
     """
     joint_cfg = cfg.replace(dpo_batch_size=pair_batch_size or 2 * cfg.dpo_batch_size)
-    tables = [_run(cfg, [b], mode=mode, probe_train=probe_train, with_model=False).probes.assign(run="solo")
-              for b in (first, second)]
+    tables = [
+        _run(cfg, [b], mode=mode, probe_train=probe_train, with_model=False).probes.assign(
+            run="solo"
+        )
+        for b in (first, second)
+    ]
     for run, flip in (("joint", False), ("conflicting", [second])):
-        probes = _run(joint_cfg, [first, second], mode=mode, flip=flip, probe_train=probe_train,
-                      with_model=False).probes
+        probes = _run(
+            joint_cfg,
+            [first, second],
+            mode=mode,
+            flip=flip,
+            probe_train=probe_train,
+            with_model=False,
+        ).probes
         tables.append(probes.assign(run=run))
     return pd.concat(tables, ignore_index=True).assign(mode=mode)
 
 
-def misalignment_curves(cfg: ExperimentConfig, behaviors: Sequence[str], *, mode: str = "lora",
-                        steps: int = 24, flip_batch_size: int | None = None,
-                        probe_train: int | None = PROBE_TRAIN) -> pd.DataFrame:
+def misalignment_curves(
+    cfg: ExperimentConfig,
+    behaviors: Sequence[str],
+    *,
+    mode: str = "lora",
+    steps: int = 24,
+    flip_batch_size: int | None = None,
+    probe_train: int | None = PROBE_TRAIN,
+) -> pd.DataFrame:
     """Flipped-label DPO from the base model and from chapter 08's aligned model (column ``start``).
 
     The aligned model is the run ``load_or_train(cfg, [b], mode=mode)`` of chapter 08 (reused from its
@@ -169,8 +234,16 @@ def misalignment_curves(cfg: ExperimentConfig, behaviors: Sequence[str], *, mode
     for behavior in behaviors:
         aligned = _run(cfg, [behavior], mode=mode, probe_train=probe_train, with_model=False)
         for start, path in (("base", None), ("aligned", aligned.probes.attrs["path"])):
-            run = _run(flip_cfg, [behavior], mode=mode, flip=True, start=path, max_steps=steps,
-                       probe_train=probe_train, with_model=False)
+            run = _run(
+                flip_cfg,
+                [behavior],
+                mode=mode,
+                flip=True,
+                start=path,
+                max_steps=steps,
+                probe_train=probe_train,
+                with_model=False,
+            )
             tables.append(run.probes.assign(start=start))
     return pd.concat(tables, ignore_index=True)
 
@@ -182,7 +255,9 @@ def overtake_steps(curves: pd.DataFrame, split: str = "train") -> pd.DataFrame:
     Used in: notebooks/10_misalignment_llm.ipynb.
     """
     loss = _metric(curves, "loss")
-    loss = loss[loss["split"] == split].pivot_table(index=["behavior", "step"], columns="start", values="value")
+    loss = loss[loss["split"] == split].pivot_table(
+        index=["behavior", "step"], columns="start", values="value"
+    )
     rows = []
     for behavior, g in loss.groupby(level="behavior"):
         below = (g["aligned"] < g["base"]).droplevel("behavior")
@@ -197,21 +272,27 @@ def reference_floor(curves: pd.DataFrame, beta: float) -> pd.DataFrame:
 
     Used in: notebooks/10_misalignment_llm.ipynb.
     """
-    ref = curves[(curves["step"] == 0) & (curves["split"] == "train")
-                 & curves["metric"].isin(["ref_logp_chosen", "ref_logp_rejected"])]
+    ref = curves[
+        (curves["step"] == 0)
+        & (curves["split"] == "train")
+        & curves["metric"].isin(["ref_logp_chosen", "ref_logp_rejected"])
+    ]
     wide = ref.pivot_table(index=["start", "behavior"], columns="metric", values="value")
     m0 = (wide["ref_logp_chosen"] - wide["ref_logp_rejected"]).abs()
     floor = -torch.nn.functional.logsigmoid(torch.tensor(beta * m0.to_numpy()))
     return pd.DataFrame({"m0_abs": m0, "erased_loss": floor.numpy()}).reset_index()
 
 
-def load_or_train_path(cfg: ExperimentConfig, behavior: str, mode: str,
-                       probe_train: int | None = PROBE_TRAIN) -> str:
+def load_or_train_path(
+    cfg: ExperimentConfig, behavior: str, mode: str, probe_train: int | None = PROBE_TRAIN
+) -> str:
     """The folder of chapter 08's run for one behaviour and mode (trained now if it is missing).
 
     Used in: notebooks/11_embedding_geometry.ipynb.
     """
-    return _run(cfg, [behavior], mode=mode, probe_train=probe_train, with_model=False).probes.attrs["path"]
+    return _run(
+        cfg, [behavior], mode=mode, probe_train=probe_train, with_model=False
+    ).probes.attrs["path"]
 
 
 def trained_features(run_path: str, persona: dict, profile: str) -> embeddings.FeatureSet:
@@ -222,12 +303,22 @@ def trained_features(run_path: str, persona: dict, profile: str) -> embeddings.F
     from .training import load_trained
 
     run = load_trained(run_path)
-    return embeddings.persona_features(run.model.eval(), run.tokenizer, persona, profile=profile,
-                                       model_key=f"run:{run_path.rstrip('/').split('/')[-1]}")
+    return embeddings.persona_features(
+        run.model.eval(),
+        run.tokenizer,
+        persona,
+        profile=profile,
+        model_key=f"run:{run_path.rstrip('/').split('/')[-1]}",
+    )
 
 
-def geometry_table(cfg: ExperimentConfig, persona: dict, base: embeddings.FeatureSet,
-                   modes: Sequence[str] = ("full", "lora"), probe_train: int | None = PROBE_TRAIN) -> pd.DataFrame:
+def geometry_table(
+    cfg: ExperimentConfig,
+    persona: dict,
+    base: embeddings.FeatureSet,
+    modes: Sequence[str] = ("full", "lora"),
+    probe_train: int | None = PROBE_TRAIN,
+) -> pd.DataFrame:
     """Per behaviour and mode: distinguishability, linear-probe accuracy and mean feature norm of the
     behaviour's statements before (``base``) and after its own chapter 08 DPO run; ``dist_ratio``.
 
@@ -246,12 +337,15 @@ def geometry_table(cfg: ExperimentConfig, persona: dict, base: embeddings.Featur
                 row[f"norm_{stage}"] = float(x.double().norm(dim=-1).mean())
             rows.append(row)
     table = pd.DataFrame(rows)
-    return table.assign(dist_ratio=table["dist_after"] / table["dist_before"],
-                        probe_change=table["probe_after"] - table["probe_before"])
+    return table.assign(
+        dist_ratio=table["dist_after"] / table["dist_before"],
+        probe_change=table["probe_after"] - table["probe_before"],
+    )
 
 
-def projection_table(features: dict[str, tuple[torch.Tensor, torch.Tensor]], method: str = "pca",
-                     seed: int = 1234) -> pd.DataFrame:
+def projection_table(
+    features: dict[str, tuple[torch.Tensor, torch.Tensor]], method: str = "pca", seed: int = 1234
+) -> pd.DataFrame:
     """2-D projection of each stage's features ({stage: (features, signs)}), fitted per stage.
 
     ``method`` "pca" (torch.pca_lowrank; axis 1 oriented so the Yes class mean is positive) or "umap"
@@ -274,14 +368,30 @@ def projection_table(features: dict[str, tuple[torch.Tensor, torch.Tensor]], met
             import umap
 
             xy = umap.UMAP(random_state=seed).fit_transform(x.numpy())
-        tables.append(pd.DataFrame(dict(stage=stage, x=xy[:, 0], y=xy[:, 1],
-                                        answer=np.where(signs.numpy() > 0, "Yes", "No"))))
+        tables.append(
+            pd.DataFrame(
+                dict(
+                    stage=stage,
+                    x=xy[:, 0],
+                    y=xy[:, 1],
+                    answer=np.where(signs.numpy() > 0, "Yes", "No"),
+                )
+            )
+        )
     return pd.concat(tables, ignore_index=True)
 
 
-def hh_misalignment_curves(cfg: ExperimentConfig, *, steps: int = 5, aligned_steps: int | None = None,
-                           n_train: int | None = None, n_probe: int = 256, mode: str = "lora",
-                           pairs: tuple[list[dict], list[dict]] | None = None, device: str = "cpu") -> pd.DataFrame:
+def hh_misalignment_curves(
+    cfg: ExperimentConfig,
+    *,
+    steps: int = 5,
+    aligned_steps: int | None = None,
+    n_train: int | None = None,
+    n_probe: int = 256,
+    mode: str = "lora",
+    pairs: tuple[list[dict], list[dict]] | None = None,
+    device: str = "cpu",
+) -> pd.DataFrame:
     """Experiment D: flipped-label DPO on HH-RLHF from the base model and from a model aligned on HH-RLHF.
 
     The aligned model is ``aligned_steps`` (default: the profile's) steps of ordinary DPO on the train
@@ -296,18 +406,40 @@ def hh_misalignment_curves(cfg: ExperimentConfig, *, steps: int = 5, aligned_ste
 
     from .training import load_trained, save_trained, train_dpo
 
-    train_pairs, test_pairs = pairs or (data.load_hh_rlhf("train", limit=n_train), data.load_hh_rlhf("test", limit=n_probe))
+    train_pairs, test_pairs = pairs or (
+        data.load_hh_rlhf("train", limit=n_train),
+        data.load_hh_rlhf("test", limit=n_probe),
+    )
     tag = [dict(p, behavior="hh-rlhf") for p in train_pairs]
     flipped = [dict(p, chosen=p["rejected"], rejected=p["chosen"]) for p in tag]
-    probe = {"test": [dict(p, behavior="hh-rlhf", chosen=p["rejected"], rejected=p["chosen"]) for p in test_pairs[:n_probe]]}
+    probe = {
+        "test": [
+            dict(p, behavior="hh-rlhf", chosen=p["rejected"], rejected=p["chosen"])
+            for p in test_pairs[:n_probe]
+        ]
+    }
     tables = []
     with tempfile.TemporaryDirectory(prefix="hh-aligned-") as folder:
         model, tokenizer = models.load_model_and_tokenizer(cfg, device)
-        save_trained(train_dpo(cfg, model.train(), tokenizer, tag, mode=mode, max_steps=aligned_steps), folder,
-                     checkpoint=False)
+        save_trained(
+            train_dpo(cfg, model.train(), tokenizer, tag, mode=mode, max_steps=aligned_steps),
+            folder,
+            checkpoint=False,
+        )
         for start in ("base", "aligned"):
-            model = (models.load_model_and_tokenizer(cfg, device)[0] if start == "base"
-                     else load_trained(folder, device=device).model)
-            run = train_dpo(cfg, model.train(), tokenizer, flipped, mode=mode, max_steps=steps, probe_sets=probe)
+            model = (
+                models.load_model_and_tokenizer(cfg, device)[0]
+                if start == "base"
+                else load_trained(folder, device=device).model
+            )
+            run = train_dpo(
+                cfg,
+                model.train(),
+                tokenizer,
+                flipped,
+                mode=mode,
+                max_steps=steps,
+                probe_sets=probe,
+            )
             tables.append(run.probes.assign(start=start))
     return pd.concat(tables, ignore_index=True)

@@ -18,8 +18,8 @@ parameter carries a leading seed dimension S, and autograd runs on the summed lo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import pandas as pd
 import torch
@@ -30,7 +30,13 @@ from .losses import check_beta
 from .metrics import distinguishability
 from .theory import single_threaded
 
-__all__ = ["FeatureModel", "init_feature_model", "features", "train_dpo", "misalignment_experiment"]
+__all__ = [
+    "FeatureModel",
+    "init_feature_model",
+    "features",
+    "train_dpo",
+    "misalignment_experiment",
+]
 
 
 @dataclass
@@ -43,7 +49,7 @@ class FeatureModel:
     A: torch.Tensor
     u: torch.Tensor
 
-    def detach(self) -> "FeatureModel":
+    def detach(self) -> FeatureModel:
         return FeatureModel(self.A.detach().clone(), self.u.detach().clone())
 
 
@@ -53,7 +59,9 @@ def init_feature_model(n_seeds: int, d_in: int, hidden: int, seeds: Sequence[int
     Used in: notebooks/05_misalignment.ipynb.
     """
     if len(seeds) != n_seeds:
-        raise ValueError(f"need one seed per model: n_seeds={n_seeds} but {len(seeds)} seeds given.")
+        raise ValueError(
+            f"need one seed per model: n_seeds={n_seeds} but {len(seeds)} seeds given."
+        )
     A, u = [], []
     for s in seeds:
         g = torch.Generator().manual_seed(int(s))
@@ -70,8 +78,9 @@ def features(model: FeatureModel, x: torch.Tensor) -> torch.Tensor:
     return torch.tanh(torch.einsum("snd,shd->snh", x, model.A))
 
 
-def _measure(model: FeatureModel, ref: FeatureModel, x: torch.Tensor, signs: torch.Tensor,
-             beta: float) -> dict[str, torch.Tensor]:
+def _measure(
+    model: FeatureModel, ref: FeatureModel, x: torch.Tensor, signs: torch.Tensor, beta: float
+) -> dict[str, torch.Tensor]:
     e = features(model, x)
     z = torch.einsum("snh,sh->sn", e, model.u)
     z_ref = torch.einsum("snh,sh->sn", features(ref, x), ref.u)
@@ -85,10 +94,17 @@ def _measure(model: FeatureModel, ref: FeatureModel, x: torch.Tensor, signs: tor
     }
 
 
-def train_dpo(model: FeatureModel, x: torch.Tensor, signs: torch.Tensor, *, lr: float, beta: float,
-              steps: int, ref: FeatureModel | None = None,
-              eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-              ) -> tuple[FeatureModel, list[dict]]:
+def train_dpo(
+    model: FeatureModel,
+    x: torch.Tensor,
+    signs: torch.Tensor,
+    *,
+    lr: float,
+    beta: float,
+    steps: int,
+    ref: FeatureModel | None = None,
+    eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> tuple[FeatureModel, list[dict]]:
     """Full-batch gradient descent on the DPO loss of every seed; ``ref`` defaults to the start model.
 
     ``x`` (S, n, d_in), ``signs`` (S, n) of +1/-1 (pass ``-signs`` to misalign). Returns the trained
@@ -112,13 +128,17 @@ def train_dpo(model: FeatureModel, x: torch.Tensor, signs: torch.Tensor, *, lr: 
             current = FeatureModel(A, u)
             for split, (xe, se) in eval_sets.items():
                 for metric, values in _measure(current, ref, xe, se, beta).items():
-                    rows.extend(dict(step=step, split=split, metric=metric, seed_index=i, value=float(v))
-                                for i, v in enumerate(values))
+                    rows.extend(
+                        dict(step=step, split=split, metric=metric, seed_index=i, value=float(v))
+                        for i, v in enumerate(values)
+                    )
 
     record(0)
     for step in range(1, steps + 1):
         z = torch.einsum("snh,sh->sn", torch.tanh(torch.einsum("snd,shd->snh", x, A)), u)
-        loss = F.softplus(-beta * signs * (z - z_ref)).mean(1).sum()  # independent runs: sum of means
+        loss = (
+            F.softplus(-beta * signs * (z - z_ref)).mean(1).sum()
+        )  # independent runs: sum of means
         grad_A, grad_u = torch.autograd.grad(loss, (A, u))
         with torch.no_grad():
             A -= lr * grad_A
@@ -155,20 +175,37 @@ def misalignment_experiment(
     """
     seeds = list(seeds)
     n = len(seeds)
-    train = [synthetic.sample_behavior(n_per_class, d_in, mean_gap, spread=spread, seed=10_000 + s) for s in seeds]
-    test = [synthetic.sample_behavior(n_test_per_class, d_in, mean_gap, spread=spread, seed=20_000 + s) for s in seeds]
+    train = [
+        synthetic.sample_behavior(n_per_class, d_in, mean_gap, spread=spread, seed=10_000 + s)
+        for s in seeds
+    ]
+    test = [
+        synthetic.sample_behavior(n_test_per_class, d_in, mean_gap, spread=spread, seed=20_000 + s)
+        for s in seeds
+    ]
     x, signs = synthetic.stack_behaviors(train)
     xt, st = synthetic.stack_behaviors(test)
     base = init_feature_model(n, d_in, hidden, seeds)
     common = dict(lr=lr, beta=beta)
-    aligned, rows_align = train_dpo(base, x, signs, steps=align_steps,
-                                    eval_sets={"train": (x, signs), "test": (xt, st)}, **common)
+    aligned, rows_align = train_dpo(
+        base,
+        x,
+        signs,
+        steps=align_steps,
+        eval_sets={"train": (x, signs), "test": (xt, st)},
+        **common,
+    )
     flipped = {"train": (x, -signs), "test": (xt, -st)}
     _, rows_base = train_dpo(base, x, -signs, steps=misalign_steps, eval_sets=flipped, **common)
-    _, rows_aligned = train_dpo(aligned, x, -signs, steps=misalign_steps, eval_sets=flipped, **common)
+    _, rows_aligned = train_dpo(
+        aligned, x, -signs, steps=misalign_steps, eval_sets=flipped, **common
+    )
     frames = []
-    for rows, phase, start in ((rows_align, "align", "base"), (rows_base, "misalign", "base"),
-                               (rows_aligned, "misalign", "aligned")):
+    for rows, phase, start in (
+        (rows_align, "align", "base"),
+        (rows_base, "misalign", "base"),
+        (rows_aligned, "misalign", "aligned"),
+    ):
         frame = pd.DataFrame(rows)
         frame["seed"] = [seeds[i] for i in frame.pop("seed_index")]
         frame["phase"], frame["start"], frame["behavior"] = phase, start, f"gap={mean_gap:g}"

@@ -14,9 +14,8 @@ by one, and the aligned and flipped directions draw the same batches.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -50,7 +49,9 @@ def answer_direction(model, tokenizer) -> torch.Tensor:
     return (head[yes] - head[no]).double().cpu()
 
 
-def split_groups(groups: Groups, seed: int = 1234) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+def split_groups(
+    groups: Groups, seed: int = 1234
+) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """Per behaviour, ``{"train": (f, s), "test": (f, s)}``: the authors' 90/10 split of its rows.
 
     ``groups`` maps a behaviour to (features (n, d), signs (n,)) with rows in file order (as
@@ -63,26 +64,48 @@ def split_groups(groups: Groups, seed: int = 1234) -> dict[str, dict[str, tuple[
     for name, (features, signs) in groups.items():
         train_idx, test_idx = split_rows(list(range(len(signs))), seed)
         if not test_idx:
-            raise ValueError(f"behaviour {name!r} has {len(signs)} rows: too few for a 90/10 split.")
-        out[name] = {part: (features[idx].double(), signs[idx].double())
-                     for part, idx in (("train", torch.tensor(train_idx)), ("test", torch.tensor(test_idx)))}
+            raise ValueError(
+                f"behaviour {name!r} has {len(signs)} rows: too few for a 90/10 split."
+            )
+        out[name] = {
+            part: (features[idx].double(), signs[idx].double())
+            for part, idx in (("train", torch.tensor(train_idx)), ("test", torch.tensor(test_idx)))
+        }
     return out
 
 
-def _train_runs(runs: list[dict], data: list[dict], batch_seeds: list[int], u0: torch.Tensor,
-                **train_args) -> pd.DataFrame:
+def _train_runs(
+    runs: list[dict], data: list[dict], batch_seeds: list[int], u0: torch.Tensor, **train_args
+) -> pd.DataFrame:
     """One batched :func:`linear.train_last_layer` call over runs whose splits share a shape."""
-    stack = {part: (torch.stack([d[part][0] for d in data]), torch.stack([d[part][1] for d in data]))
-             for part in ("train", "test")}
-    history = linear.train_last_layer(*stack["train"], u0.double().expand(len(runs), -1).clone(),
-                                      seed=batch_seeds, eval_sets=stack, **train_args)
+    stack = {
+        part: (torch.stack([d[part][0] for d in data]), torch.stack([d[part][1] for d in data]))
+        for part in ("train", "test")
+    }
+    history = linear.train_last_layer(
+        *stack["train"],
+        u0.double().expand(len(runs), -1).clone(),
+        seed=batch_seeds,
+        eval_sets=stack,
+        **train_args,
+    )
     return history.to_frame(runs)
 
 
 @single_threaded
-def last_layer_experiment(groups: Groups, u0: torch.Tensor, *, lr: float, beta: float, steps: int,
-                          batch_size: int | None, seeds: Sequence[int], flip: bool = False,
-                          balanced: bool = False, split_seed: int = 1234) -> pd.DataFrame:
+def last_layer_experiment(
+    groups: Groups,
+    u0: torch.Tensor,
+    *,
+    lr: float,
+    beta: float,
+    steps: int,
+    batch_size: int | None,
+    seeds: Sequence[int],
+    flip: bool = False,
+    balanced: bool = False,
+    split_seed: int = 1234,
+) -> pd.DataFrame:
     """Last-layer DPO for every (behaviour, seed), trained on the train split, evaluated on both.
 
     ``flip=True`` swaps chosen and rejected (the misalignment direction: the *other* answer is
@@ -97,9 +120,13 @@ def last_layer_experiment(groups: Groups, u0: torch.Tensor, *, lr: float, beta: 
     for name, parts in split_groups(groups, split_seed).items():
         parts = {k: (f, sign * s) for k, (f, s) in parts.items()}
         f, s = parts["train"]
-        labels = dict(behavior=name, direction="flipped" if flip else "aligned", lr=float(lr),
-                      distinguishability=float(metrics.distinguishability(f, s)),
-                      max_feature_norm=float(f.norm(dim=1).max()))
+        labels = dict(
+            behavior=name,
+            direction="flipped" if flip else "aligned",
+            lr=float(lr),
+            distinguishability=float(metrics.distinguishability(f, s)),
+            max_feature_norm=float(f.norm(dim=1).max()),
+        )
         shape = (tuple(f.shape), tuple(parts["test"][0].shape))
         runs, data, batch_seeds = by_shape.setdefault(shape, ([], [], []))
         for seed in seeds:
@@ -107,16 +134,31 @@ def last_layer_experiment(groups: Groups, u0: torch.Tensor, *, lr: float, beta: 
             runs.append(dict(labels, seed=int(seed), batch_seed=batch_seed))
             data.append(parts)
             batch_seeds.append(batch_seed)
-    tables = [_train_runs(runs, data, batch_seeds, u0, lr=lr, beta=beta, steps=steps,
-                          batch_size=batch_size, balanced=balanced)
-              for runs, data, batch_seeds in by_shape.values()]
+    tables = [
+        _train_runs(
+            runs,
+            data,
+            batch_seeds,
+            u0,
+            lr=lr,
+            beta=beta,
+            steps=steps,
+            batch_size=batch_size,
+            balanced=balanced,
+        )
+        for runs, data, batch_seeds in by_shape.values()
+    ]
     return pd.concat(tables, ignore_index=True)
 
 
-def _at_step(table: pd.DataFrame, keys: list[str], split: str, metric: str, step: int, name: str) -> pd.DataFrame:
+def _at_step(
+    table: pd.DataFrame, keys: list[str], split: str, metric: str, step: int, name: str
+) -> pd.DataFrame:
     rows = table[(table.split == split) & (table.metric == metric) & (table.step == step)]
     if rows.empty:
-        raise ValueError(f"no {split}/{metric} at step {step}; recorded steps run 0..{table.step.max()}.")
+        raise ValueError(
+            f"no {split}/{metric} at step {step}; recorded steps run 0..{table.step.max()}."
+        )
     return rows[keys + ["value"]].rename(columns={"value": name})
 
 
@@ -135,13 +177,15 @@ def speed_summary(table: pd.DataFrame, k: int = 10, threshold: float = 0.5) -> p
     keys = [c for c in table.columns if c not in ("step", "split", "metric", "value")]
     last = int(table.step.max())
     out = early_slope(table, k).rename(columns={"slope": "slope_early"})
-    parts = [_at_step(table, keys, "train", "loss", k, "loss_early"),
-             _at_step(table, keys, "train", "loss", last, "loss_final"),
-             _at_step(table, keys, "test", "loss", last, "test_loss_final"),
-             _at_step(table, keys, "train", "weight_change", last, "change_final"),
-             _at_step(table, keys, "train", "output_accuracy", 0, "output_accuracy_start"),
-             _at_step(table, keys, "train", "output_accuracy", last, "output_accuracy_final"),
-             time_to_accuracy(table, threshold, "output_accuracy", "train")]
+    parts = [
+        _at_step(table, keys, "train", "loss", k, "loss_early"),
+        _at_step(table, keys, "train", "loss", last, "loss_final"),
+        _at_step(table, keys, "test", "loss", last, "test_loss_final"),
+        _at_step(table, keys, "train", "weight_change", last, "change_final"),
+        _at_step(table, keys, "train", "output_accuracy", 0, "output_accuracy_start"),
+        _at_step(table, keys, "train", "output_accuracy", last, "output_accuracy_final"),
+        time_to_accuracy(table, threshold, "output_accuracy", "train"),
+    ]
     for part in parts:
         out = out.merge(part, on=keys)
     out["drop_early"] = math.log(2.0) - out.pop("loss_early")
@@ -149,11 +193,19 @@ def speed_summary(table: pd.DataFrame, k: int = 10, threshold: float = 0.5) -> p
     out["test_drop_final"] = math.log(2.0) - out.pop("test_loss_final")
     out["reached"] = out["reached"].astype(float)
     group = [c for c in keys if c not in ("seed", "batch_seed")]
-    return out.drop(columns=["seed", "batch_seed"], errors="ignore").groupby(group, sort=False).mean().reset_index()
+    return (
+        out.drop(columns=["seed", "batch_seed"], errors="ignore")
+        .groupby(group, sort=False)
+        .mean()
+        .reset_index()
+    )
 
 
-def speed_correlations(summary: pd.DataFrame, metrics_: Sequence[str] = SPEED_METRICS,
-                       by: Sequence[str] = ("direction", "lr")) -> pd.DataFrame:
+def speed_correlations(
+    summary: pd.DataFrame,
+    metrics_: Sequence[str] = SPEED_METRICS,
+    by: Sequence[str] = ("direction", "lr"),
+) -> pd.DataFrame:
     """Spearman rho between distinguishability and each speed metric, per (direction, lr) condition.
 
     Returns one row per condition and metric: the condition's labels, ``metric``, ``rho`` and
@@ -165,6 +217,12 @@ def speed_correlations(summary: pd.DataFrame, metrics_: Sequence[str] = SPEED_ME
     for condition, part in summary.groupby(list(by), sort=False):
         condition = condition if isinstance(condition, tuple) else (condition,)
         for metric in metrics_:
-            rows.append(dict(zip(by, condition), metric=metric, n_behaviors=len(part),
-                             rho=rank_correlation(part["distinguishability"], part[metric])))
+            rows.append(
+                dict(
+                    zip(by, condition),
+                    metric=metric,
+                    n_behaviors=len(part),
+                    rho=rank_correlation(part["distinguishability"], part[metric]),
+                )
+            )
     return pd.DataFrame(rows)

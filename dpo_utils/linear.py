@@ -20,8 +20,9 @@ autograd through log-softmax, used to check the exact trainer.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -81,11 +82,17 @@ class LastLayerHistory:
             )
             frames.append(part)
         table = pd.concat(frames, ignore_index=True)
-        table = labels.reset_index(names="run_index").merge(table, on="run_index").drop(columns="run_index")
+        table = (
+            labels.reset_index(names="run_index")
+            .merge(table, on="run_index")
+            .drop(columns="run_index")
+        )
         return table
 
 
-def _as_runs(features: torch.Tensor, signs: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _as_runs(
+    features: torch.Tensor, signs: torch.Tensor, name: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Bring (n, d)/(n,) inputs to (R, n, d)/(R, n) and check that the shapes and signs agree."""
     if features.dim() == 2:
         features = features.unsqueeze(0)
@@ -119,7 +126,11 @@ def batch_indices(
     if not balanced:
         return scores.argsort(dim=1)[:, :batch_size]
     half = batch_size // 2
-    if batch_size % 2 or half > int((signs > 0).sum(1).min()) or half > int((signs < 0).sum(1).min()):
+    if (
+        batch_size % 2
+        or half > int((signs > 0).sum(1).min())
+        or half > int((signs < 0).sum(1).min())
+    ):
         raise ValueError(
             f"balanced batches need an even batch_size with at most batch_size/2 pairs of each class; "
             f"got batch_size={batch_size}."
@@ -139,25 +150,41 @@ def _gather(x: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
 
 def _check_training_args(lr: float, beta: float, steps: int, batch_size: int | None) -> float:
     beta = check_beta(beta)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ConfigError(f"lr={lr!r} is not allowed; the learning rate must be a finite float > 0.")
+    if (
+        isinstance(lr, bool)
+        or not isinstance(lr, (int, float))
+        or not math.isfinite(lr)
+        or lr <= 0
+    ):
+        raise ConfigError(
+            f"lr={lr!r} is not allowed; the learning rate must be a finite float > 0."
+        )
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"steps={steps!r} is not allowed; steps must be an integer >= 1.")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ConfigError(f"batch_size={batch_size!r} is not allowed; use an integer >= 1 or None.")
+        raise ConfigError(
+            f"batch_size={batch_size!r} is not allowed; use an integer >= 1 or None."
+        )
     return beta
 
 
 def _evaluate(
-    delta: torch.Tensor, u0: torch.Tensor, feats: torch.Tensor, signs: torch.Tensor, beta: float,
-    proj: torch.Tensor | None = None, base: torch.Tensor | None = None,
+    delta: torch.Tensor,
+    u0: torch.Tensor,
+    feats: torch.Tensor,
+    signs: torch.Tensor,
+    beta: float,
+    proj: torch.Tensor | None = None,
+    base: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Loss, both accuracies and mean margin of every run on one evaluation set.
 
     ``proj`` = Delta.e and ``base`` = u0.e (both (R, n)) may be passed in when already computed.
     """
     proj = torch.einsum("rnd,rd->rn", feats, delta) if proj is None else proj  # Delta.e
-    base = torch.einsum("rnd,rd->rn", feats, u0) if base is None else base  # u0.e, fixed during training
+    base = (
+        torch.einsum("rnd,rd->rn", feats, u0) if base is None else base
+    )  # u0.e, fixed during training
     margin = 2.0 * beta * signs * proj  # h = beta * s * (u - u0).e, computed without cancellation
     policy_gap = signs * (base + 2.0 * proj)  # s * u_t.e
     return {
@@ -209,15 +236,29 @@ def train_last_layer(
     per_run = features[0].numel() * features.element_size()
     if chunk_bytes is not None and n_runs > 1 and n_runs * per_run > chunk_bytes:
         return _train_in_chunks(
-            features, signs, u0, max(1, chunk_bytes // per_run),
-            dict(lr=lr, beta=beta, steps=steps, batch_size=batch_size, seed=seed, balanced=balanced,
-                 eval_sets=eval_sets, sample_weights=sample_weights, keep_deltas=keep_deltas),
+            features,
+            signs,
+            u0,
+            max(1, chunk_bytes // per_run),
+            dict(
+                lr=lr,
+                beta=beta,
+                steps=steps,
+                batch_size=batch_size,
+                seed=seed,
+                balanced=balanced,
+                eval_sets=eval_sets,
+                sample_weights=sample_weights,
+                keep_deltas=keep_deltas,
+            ),
         )
     u0 = torch.zeros(n_runs, dim, dtype=features.dtype) if u0 is None else u0.to(features.dtype)
     u0 = u0.expand(n_runs, dim) if u0.dim() == 1 else u0
     eval_sets = {"train": (features, signs)} if eval_sets is None else dict(eval_sets)
     evals = {name: _as_runs(f, s, name) for name, (f, s) in eval_sets.items()}
-    weights = None if sample_weights is None else sample_weights.to(features.dtype).expand(n_runs, n)
+    weights = (
+        None if sample_weights is None else sample_weights.to(features.dtype).expand(n_runs, n)
+    )
 
     seeds = [seed] if isinstance(seed, int) else list(seed)
     if len(seeds) not in (1, n_runs):
@@ -240,7 +281,9 @@ def train_last_layer(
             proj = train_proj if f is features else None
             for metric, value in _evaluate(delta, u0, f, s, beta, proj, bases[name]).items():
                 records.setdefault((name, metric), []).append(value)
-        records.setdefault(("train", "weight_change"), []).append(math.sqrt(2.0) * delta.norm(dim=1))
+        records.setdefault(("train", "weight_change"), []).append(
+            math.sqrt(2.0) * delta.norm(dim=1)
+        )
         records.setdefault(("train", "batch_loss"), []).append(batch_loss)
 
     record(torch.full((n_runs,), math.log(2.0), dtype=features.dtype))
@@ -248,10 +291,15 @@ def train_last_layer(
         if len(generators) == 1:
             idx = batch_indices(generators[0], signs, batch_size, balanced)
         else:
-            parts = [batch_indices(g, signs[r : r + 1], batch_size, balanced) for r, g in enumerate(generators)]
+            parts = [
+                batch_indices(g, signs[r : r + 1], batch_size, balanced)
+                for r, g in enumerate(generators)
+            ]
             idx = None if parts[0] is None else torch.cat(parts)
         signs_b = _gather(signs, idx)
-        margin = 2.0 * beta * signs_b * _gather(train_proj, idx)  # train_proj = Delta.e at this step
+        margin = (
+            2.0 * beta * signs_b * _gather(train_proj, idx)
+        )  # train_proj = Delta.e at this step
         coef = torch.sigmoid(-margin) * signs_b  # -dloss/dh * s
         if weights is None:
             batch_loss = F.softplus(-margin).mean(1)
@@ -293,7 +341,9 @@ def _train_in_chunks(features, signs, u0, size: int, kwargs: dict) -> LastLayerH
         if not isinstance(kwargs["seed"], int):
             kw["seed"] = list(kwargs["seed"])[part] if len(kwargs["seed"]) > 1 else kwargs["seed"]
         if kwargs["eval_sets"] is not None:
-            kw["eval_sets"] = {k: (rows(f, part), rows(s, part)) for k, (f, s) in kwargs["eval_sets"].items()}
+            kw["eval_sets"] = {
+                k: (rows(f, part), rows(s, part)) for k, (f, s) in kwargs["eval_sets"].items()
+            }
         kw["sample_weights"] = rows(kwargs["sample_weights"], part)
         parts.append(train_last_layer(features[part], signs[part], rows(u0, part), **kw))
     return LastLayerHistory(
@@ -332,8 +382,10 @@ def train_full_vocab(
     feats, sgn = _as_runs(features, signs, "train")
     feats, sgn = feats[0], sgn[0]
     if not (0 <= yes_id < weight.shape[0] and 0 <= no_id < weight.shape[0]) or yes_id == no_id:
-        raise ValueError(f"yes_id={yes_id} and no_id={no_id} must be distinct rows of a head with "
-                         f"{weight.shape[0]} rows.")
+        raise ValueError(
+            f"yes_id={yes_id} and no_id={no_id} must be distinct rows of a head with "
+            f"{weight.shape[0]} rows."
+        )
     w0 = weight.detach().clone()
     head = torch.nn.Parameter(w0.clone())
     opt = torch.optim.SGD([head], lr=lr)
@@ -343,7 +395,9 @@ def train_full_vocab(
     def logps(w: torch.Tensor, b: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Chosen and rejected log-probs from one full-vocabulary log-softmax."""
         table = torch.log_softmax(feats[b] @ w.T, dim=-1)
-        return table.gather(1, chosen_ids[b, None])[:, 0], table.gather(1, rejected_ids[b, None])[:, 0]
+        return table.gather(1, chosen_ids[b, None])[:, 0], table.gather(1, rejected_ids[b, None])[
+            :, 0
+        ]
 
     with torch.no_grad():
         ref_c, ref_r = logps(w0, slice(None))
@@ -372,7 +426,9 @@ def train_full_vocab(
     return head.detach(), pd.DataFrame(rows)
 
 
-def first_step_change(features: torch.Tensor, signs: torch.Tensor, lr: float, beta: float) -> torch.Tensor:
+def first_step_change(
+    features: torch.Tensor, signs: torch.Tensor, lr: float, beta: float
+) -> torch.Tensor:
     """(D3): ||W(1) - W(0)||_F after one SGD step on this batch = (lr beta / sqrt 2) ||mean(s e)||.
 
     ``features`` (..., n, d), ``signs`` (..., n); returns one value per leading index.
@@ -384,12 +440,16 @@ def first_step_change(features: torch.Tensor, signs: torch.Tensor, lr: float, be
     return lr * beta / math.sqrt(2.0) * mean_se.norm(dim=-1)
 
 
-def weight_change_bound(steps: np.ndarray | int, lr: float, beta: float, max_feature_norm: float) -> np.ndarray:
+def weight_change_bound(
+    steps: np.ndarray | int, lr: float, beta: float, max_feature_norm: float
+) -> np.ndarray:
     """(D4): ||W(t) - W(0)|| <= sqrt(2) * lr * beta * t * max ||e||, since every sigmoid is below 1.
 
     Used in: notebooks/02_update_rate.ipynb.
     """
-    return math.sqrt(2.0) * lr * check_beta(beta) * np.asarray(steps, dtype=float) * max_feature_norm
+    return (
+        math.sqrt(2.0) * lr * check_beta(beta) * np.asarray(steps, dtype=float) * max_feature_norm
+    )
 
 
 def first_step_sweep(
@@ -416,14 +476,22 @@ def first_step_sweep(
     rows = []
     dist = distinguishability(features, signs)
     for seed in seeds:
-        hist = train_last_layer(features, signs, lr=lr, beta=beta, steps=1, batch_size=batch_size, seed=seed)
+        hist = train_last_layer(
+            features, signs, lr=lr, beta=beta, steps=1, batch_size=batch_size, seed=seed
+        )
         idx = batch_indices(torch.Generator().manual_seed(int(seed)), signs, batch_size)
         batch_pred = first_step_change(_gather(features, idx), _gather(signs, idx), lr, beta)
         for r, label in enumerate(labels):
             rows.append(
-                dict(label, seed=seed, distinguishability=float(dist[r]),
-                     measured=float(hist.metrics[("train", "weight_change")][r, 1]),
-                     predicted_batch=float(batch_pred[r]),
-                     predicted_population=float(lr * check_beta(beta) / (2 * math.sqrt(2)) * dist[r]))
+                dict(
+                    label,
+                    seed=seed,
+                    distinguishability=float(dist[r]),
+                    measured=float(hist.metrics[("train", "weight_change")][r, 1]),
+                    predicted_batch=float(batch_pred[r]),
+                    predicted_population=float(
+                        lr * check_beta(beta) / (2 * math.sqrt(2)) * dist[r]
+                    ),
+                )
             )
     return pd.DataFrame(rows)

@@ -29,12 +29,19 @@ __all__ = [
 
 def check_beta(beta: float) -> float:
     """Return ``beta`` as a float, or raise :class:`ConfigError` unless it is finite and > 0."""
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
+    if (
+        isinstance(beta, bool)
+        or not isinstance(beta, (int, float))
+        or not math.isfinite(beta)
+        or beta <= 0
+    ):
         raise ConfigError(f"beta={beta!r} is not allowed; beta must be a finite float > 0.")
     return float(beta)
 
 
-def implicit_rewards(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
+def implicit_rewards(
+    policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float
+) -> torch.Tensor:
     """DPO's implicit reward beta * (log pi - log pi_ref) of each response.
 
     Used in: notebooks/01_dpo_single_token.ipynb, notebooks/08_full_and_lora_dpo.ipynb.
@@ -73,7 +80,9 @@ def dpo_loss(
     """
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction={reduction!r} is not allowed; choose 'mean' or 'none'.")
-    losses = -F.logsigmoid(reward_margins(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta))
+    losses = -F.logsigmoid(
+        reward_margins(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
+    )
     return losses.mean() if reduction == "mean" else losses
 
 

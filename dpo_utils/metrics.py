@@ -28,7 +28,9 @@ def class_means(features: torch.Tensor, signs: torch.Tensor) -> tuple[torch.Tens
     pos = (signs > 0).to(features.dtype).unsqueeze(-1)
     n_yes, n_no = pos.sum(-2), (1 - pos).sum(-2)
     if torch.any(n_yes == 0) or torch.any(n_no == 0):
-        raise ValueError("each behaviour needs at least one ' Yes'-preferred and one ' No'-preferred pair.")
+        raise ValueError(
+            "each behaviour needs at least one ' Yes'-preferred and one ' No'-preferred pair."
+        )
     return (features * pos).sum(-2) / n_yes, (features * (1 - pos)).sum(-2) / n_no
 
 
@@ -41,7 +43,9 @@ def distinguishability(features: torch.Tensor, signs: torch.Tensor) -> torch.Ten
     return (mu_yes - mu_no).norm(dim=-1)
 
 
-def _class_covariances(features: torch.Tensor, signs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _class_covariances(
+    features: torch.Tensor, signs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Unbiased covariance matrices (d, d) of the two classes of one behaviour (n, d)."""
     yes, no = features[signs > 0], features[signs < 0]
     if len(yes) < 2 or len(no) < 2:
@@ -55,7 +59,9 @@ def concentration(features: torch.Tensor, signs: torch.Tensor) -> float:
     Used in: notebooks/02_update_rate.ipynb, notebooks/06_measuring_distinguishability.ipynb.
     """
     cov_yes, cov_no = _class_covariances(features, signs)
-    return float(max(torch.linalg.matrix_norm(cov_yes, ord=2), torch.linalg.matrix_norm(cov_no, ord=2)))
+    return float(
+        max(torch.linalg.matrix_norm(cov_yes, ord=2), torch.linalg.matrix_norm(cov_no, ord=2))
+    )
 
 
 def covariance_trace(features: torch.Tensor, signs: torch.Tensor) -> float:
@@ -88,7 +94,9 @@ def priority_gap_matrix(differences: torch.Tensor) -> torch.Tensor:
     return torch.where(b_norm > 0, gap, torch.zeros_like(gap))
 
 
-def linear_probe_accuracy(features: torch.Tensor, signs: torch.Tensor, folds: int = 5, seed: int = 0) -> float:
+def linear_probe_accuracy(
+    features: torch.Tensor, signs: torch.Tensor, folds: int = 5, seed: int = 0
+) -> float:
     """Cross-validated accuracy of a logistic-regression probe that predicts the sign from e.
 
     Used in: notebooks/06_measuring_distinguishability.ipynb, notebooks/11_embedding_geometry.ipynb.
@@ -117,15 +125,19 @@ def best_linear_accuracy(difference: torch.Tensor, covariance: torch.Tensor | fl
     d = difference.double()
     if isinstance(covariance, (int, float)):
         if covariance <= 0:
-            raise ValueError(f"covariance={covariance!r} must be a positive variance or a (d, d) matrix.")
+            raise ValueError(
+                f"covariance={covariance!r} must be a positive variance or a (d, d) matrix."
+            )
         mahalanobis_sq = float(d @ d) / covariance
     else:
         cov = covariance.double()
         if cov.shape != (d.shape[-1], d.shape[-1]):
-            raise ValueError(f"covariance has shape {tuple(cov.shape)}; expected {(d.shape[-1], d.shape[-1])}.")
+            raise ValueError(
+                f"covariance has shape {tuple(cov.shape)}; expected {(d.shape[-1], d.shape[-1])}."
+            )
         mahalanobis_sq = float(d @ torch.linalg.solve(cov, d))
     normal = torch.distributions.Normal(0.0, 1.0)
-    return float(normal.cdf(torch.tensor(mahalanobis_sq ** 0.5 / 2.0, dtype=torch.float64)))
+    return float(normal.cdf(torch.tensor(mahalanobis_sq**0.5 / 2.0, dtype=torch.float64)))
 
 
 def properties_table(groups, probe: bool = True, folds: int = 5):
@@ -146,10 +158,18 @@ def properties_table(groups, probe: bool = True, folds: int = 5):
         n_yes, n_no = int((signs > 0).sum()), int((signs < 0).sum())
         dist = float(distinguishability(features, signs))
         cov_yes, cov_no = _class_covariances(features, signs)
-        noise = (0.5 * float(torch.trace(cov_yes) + torch.trace(cov_no)) * (1 / n_yes + 1 / n_no)) ** 0.5
-        row = dict(behavior=name, n=len(signs), distinguishability=dist,
-                   concentration=concentration(features, signs), covariance_trace=covariance_trace(features, signs),
-                   mean_norm=float(features.norm(dim=-1).mean()), snr=dist / noise if noise > 0 else float("inf"))
+        noise = (
+            0.5 * float(torch.trace(cov_yes) + torch.trace(cov_no)) * (1 / n_yes + 1 / n_no)
+        ) ** 0.5
+        row = dict(
+            behavior=name,
+            n=len(signs),
+            distinguishability=dist,
+            concentration=concentration(features, signs),
+            covariance_trace=covariance_trace(features, signs),
+            mean_norm=float(features.norm(dim=-1).mean()),
+            snr=dist / noise if noise > 0 else float("inf"),
+        )
         if probe:
             row["probe_accuracy"] = linear_probe_accuracy(features, signs, folds=folds)
         rows.append(row)

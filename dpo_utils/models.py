@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -47,10 +47,19 @@ __all__ = [
 #: CPU-profile model names -> architecture
 TINY_MODELS = {"tiny-llama": "llama", "tiny-mistral": "mistral"}
 #: the stand-ins' shape (notes/tiny-model-signal.md): untied embeddings as in Llama-2
-TINY_SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                  intermediate_size=256, max_position_embeddings=128, rms_norm_eps=1e-5,
-                  tie_word_embeddings=False)
-PRETRAIN_DEFAULTS = dict(lr=3e-3, betas=(0.9, 0.95), warmup=30, final_lr_fraction=0.1, batch_size=64)
+TINY_SHAPE = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    intermediate_size=256,
+    max_position_embeddings=128,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+)
+PRETRAIN_DEFAULTS = dict(
+    lr=3e-3, betas=(0.9, 0.95), warmup=30, final_lr_fraction=0.1, batch_size=64
+)
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 ANSWERS = (" Yes", " No")
 _FORMAT_VERSION = 1
@@ -69,13 +78,24 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 1024):
     core = Tokenizer(models.BPE(unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        show_progress=False,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     core.train_from_iterator(texts, trainer)
     core.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", core.token_to_id("<s>"))])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
-                                        unk_token="<unk>", pad_token="<pad>", padding_side="right")
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", core.token_to_id("<s>"))]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        padding_side="right",
+    )
     answer_token_ids(tokenizer)
     return tokenizer
 
@@ -93,11 +113,13 @@ def answer_token_ids(tokenizer) -> tuple[int, int]:
     ids = []
     for answer in ANSWERS:
         full = tokenizer(prefix + answer, add_special_tokens=False)["input_ids"]
-        extra = full[len(base):]
+        extra = full[len(base) :]
         if full[: len(base)] != base or len(extra) != 1:
             pieces = tokenizer.convert_ids_to_tokens(extra)
-            raise ValueError(f"{answer!r} is not a single token after a newline for this tokenizer "
-                             f"(it became {pieces}); single-token answers are required.")
+            raise ValueError(
+                f"{answer!r} is not a single token after a newline for this tokenizer "
+                f"(it became {pieces}); single-token answers are required."
+            )
         ids.append(extra[0])
     return ids[0], ids[1]
 
@@ -105,9 +127,14 @@ def answer_token_ids(tokenizer) -> tuple[int, int]:
 def _model_classes(arch: str):
     from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
-    classes = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}
+    classes = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "mistral": (MistralConfig, MistralForCausalLM),
+    }
     if arch not in classes:
-        raise ConfigError(f"arch={arch!r} is not a tiny model architecture; choose one of {list(classes)}.")
+        raise ConfigError(
+            f"arch={arch!r} is not a tiny model architecture; choose one of {list(classes)}."
+        )
     return classes[arch]
 
 
@@ -122,9 +149,13 @@ def tiny_model(arch: str, tokenizer, seed: int = 1234):
     # Mistral differs from Llama by grouped-query attention (2 key/value heads for 4 query heads, as
     # Mistral-7B shares 8 for 32); its sliding window (4096 there) is longer than any text here.
     extra = {"sliding_window": None, "num_key_value_heads": 2} if arch == "mistral" else {}
-    config = config_class(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                          **(TINY_SHAPE | extra))
+    config = config_class(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **(TINY_SHAPE | extra),
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_class(config)
@@ -151,13 +182,17 @@ def pretrain(model, tokenizer, texts: Sequence[str], steps: int, seed: int = 123
     """
     hp = PRETRAIN_DEFAULTS
     input_ids, labels = _lm_batches(tokenizer, texts)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"], betas=hp["betas"], weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=hp["lr"], betas=hp["betas"], weight_decay=0.0
+    )
 
     def schedule(step: int) -> float:
         if step < hp["warmup"]:
             return (step + 1) / hp["warmup"]
         progress = (step - hp["warmup"]) / max(1, steps - hp["warmup"])
-        return hp["final_lr_fraction"] + (1 - hp["final_lr_fraction"]) * 0.5 * (1 + math.cos(math.pi * progress))
+        return hp["final_lr_fraction"] + (1 - hp["final_lr_fraction"]) * 0.5 * (
+            1 + math.cos(math.pi * progress)
+        )
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     generator = torch.Generator().manual_seed(seed)
@@ -179,12 +214,24 @@ def pretrain(model, tokenizer, texts: Sequence[str], steps: int, seed: int = 123
 
 def _cache_key(arch: str, steps: int, seed: int, vocab_size: int, texts: Sequence[str]) -> dict:
     digest = config_hash({"texts": list(texts)})
-    return dict(kind="tiny-causal-lm", version=_FORMAT_VERSION, arch=arch, shape=TINY_SHAPE, gqa_mistral=2, vocab_size=vocab_size,
-                pretrain_steps=steps, seed=seed, optimizer=PRETRAIN_DEFAULTS, corpus_seed=corpus.LM_SEED,
-                corpus_texts=digest)
+    return dict(
+        kind="tiny-causal-lm",
+        version=_FORMAT_VERSION,
+        arch=arch,
+        shape=TINY_SHAPE,
+        gqa_mistral=2,
+        vocab_size=vocab_size,
+        pretrain_steps=steps,
+        seed=seed,
+        optimizer=PRETRAIN_DEFAULTS,
+        corpus_seed=corpus.LM_SEED,
+        corpus_texts=digest,
+    )
 
 
-def tiny_model_dir(arch: str, profile: str = "cpu", steps: int = 300, seed: int = 1234, vocab_size: int = 1024) -> Path:
+def tiny_model_dir(
+    arch: str, profile: str = "cpu", steps: int = 300, seed: int = 1234, vocab_size: int = 1024
+) -> Path:
     """Where the pre-trained stand-in for these settings is (or will be) cached.
 
     Used in: notebooks/06_measuring_distinguishability.ipynb.
@@ -196,8 +243,14 @@ def _cache_folder(key: dict, profile: str) -> Path:
     return results_dir(profile) / "models" / f"tiny-{key['arch']}-{config_hash(key)}"
 
 
-def pretrained_tiny_model(arch: str, profile: str = "cpu", steps: int = 300, seed: int = 1234,
-                          vocab_size: int = 1024, force: bool = False):
+def pretrained_tiny_model(
+    arch: str,
+    profile: str = "cpu",
+    steps: int = 300,
+    seed: int = 1234,
+    vocab_size: int = 1024,
+    force: bool = False,
+):
     """The pre-trained tiny model and its tokenizer, from the disk cache or trained now (and cached).
 
     The cache folder ``results/<profile>/models/tiny-<arch>-<hash>`` is keyed by the architecture,
@@ -217,7 +270,9 @@ def pretrained_tiny_model(arch: str, profile: str = "cpu", steps: int = 300, see
         seconds = time.perf_counter() - start
         with atomic_directory(folder) as tmp:
             save_model(model, tokenizer, tmp)
-            info = dict(key=key, seconds=round(seconds, 2), torch_threads=torch.get_num_threads(), log=log)
+            info = dict(
+                key=key, seconds=round(seconds, 2), torch_threads=torch.get_num_threads(), log=log
+            )
             (tmp / "pretrain.json").write_text(json.dumps(info, indent=1))
     return load_saved_model(folder)
 
@@ -241,9 +296,13 @@ def load_model_and_tokenizer(cfg: ExperimentConfig, device: str = "cpu"):
     """
     if cfg.model_name in TINY_MODELS:
         if TINY_MODELS[cfg.model_name] != cfg.model_arch:
-            raise ConfigError(f"model_name={cfg.model_name!r} is a {TINY_MODELS[cfg.model_name]} model but "
-                              f"model_arch={cfg.model_arch!r}; set model_arch to {TINY_MODELS[cfg.model_name]!r}.")
-        model, tokenizer = pretrained_tiny_model(cfg.model_arch, cfg.profile, cfg.pretrain_steps, cfg.seed)
+            raise ConfigError(
+                f"model_name={cfg.model_name!r} is a {TINY_MODELS[cfg.model_name]} model but "
+                f"model_arch={cfg.model_arch!r}; set model_arch to {TINY_MODELS[cfg.model_name]!r}."
+            )
+        model, tokenizer = pretrained_tiny_model(
+            cfg.model_arch, cfg.profile, cfg.pretrain_steps, cfg.seed
+        )
         return model.to(device).eval(), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -256,8 +315,13 @@ def load_model_and_tokenizer(cfg: ExperimentConfig, device: str = "cpu"):
 
 def _plain_state_dict(model) -> dict[str, torch.Tensor]:
     if hasattr(model, "merge_and_unload"):
-        raise TypeError("save a PEFT model after merge_and_unload() (or save its adapter with save_pretrained).")
-    return {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
+        raise TypeError(
+            "save a PEFT model after merge_and_unload() (or save its adapter with save_pretrained)."
+        )
+    return {
+        name: tensor.detach().cpu().contiguous().clone()
+        for name, tensor in model.state_dict().items()
+    }
 
 
 def save_model(model, tokenizer, path: str | Path) -> Path:
@@ -287,7 +351,9 @@ def load_saved_model(path: str | Path):
 
     path = Path(path)
     if not (path / "model.safetensors").exists():
-        raise FileNotFoundError(f"{path} holds no model.safetensors; save a model there with save_model first.")
+        raise FileNotFoundError(
+            f"{path} holds no model.safetensors; save a model there with save_model first."
+        )
     config = AutoConfig.from_pretrained(path)
     model = AutoModelForCausalLM.from_config(config, dtype=config.dtype or torch.float32)
     model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
@@ -315,8 +381,14 @@ def lora_config(cfg: ExperimentConfig):
     """
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_target_modules), bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 def pretrain_record(cfg: ExperimentConfig) -> dict | None:
@@ -328,5 +400,7 @@ def pretrain_record(cfg: ExperimentConfig) -> dict | None:
     """
     if cfg.model_name not in TINY_MODELS:
         return None
-    path = tiny_model_dir(cfg.model_arch, cfg.profile, cfg.pretrain_steps, cfg.seed) / "pretrain.json"
+    path = (
+        tiny_model_dir(cfg.model_arch, cfg.profile, cfg.pretrain_steps, cfg.seed) / "pretrain.json"
+    )
     return json.loads(path.read_text()) if path.is_file() else None

@@ -60,5 +60,7 @@ def label_figure(fig: plt.Figure, **provenance: Any) -> plt.Figure:
 
 def figure(ncols: int = 1, nrows: int = 1, width: float = 4.2, height: float = 3.2, **kwargs: Any):
     """``plt.subplots`` sized for page width: ``width`` x ``height`` inches per panel."""
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 0.25), **kwargs)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(width * ncols, height * nrows + 0.25), **kwargs
+    )
     return fig, axes

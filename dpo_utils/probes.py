@@ -27,7 +27,14 @@ from transformers import TrainerCallback
 
 from . import losses
 
-__all__ = ["EncodedPairs", "encode_pairs", "sequence_logps", "pair_logps", "ProbeCallback", "PROBE_METRICS"]
+__all__ = [
+    "EncodedPairs",
+    "encode_pairs",
+    "sequence_logps",
+    "pair_logps",
+    "ProbeCallback",
+    "PROBE_METRICS",
+]
 
 PROBE_METRICS = (
     "loss",
@@ -90,9 +97,18 @@ def encode_pairs(tokenizer, pairs: list[dict], max_length: int | None = None) ->
     for i, pair in enumerate(pairs):
         missing = {"prompt", "chosen", "rejected"} - set(pair)
         if missing:
-            raise ValueError(f"pair {i} lacks key(s) {sorted(missing)}; a pair needs prompt, chosen, rejected.")
-        p, (c, r) = _encode(tokenizer, pair["prompt"], [pair["chosen"], pair["rejected"]], max_length)
-        prompts.append(p), chosen.append(c), rejected.append(r), behaviors.append(pair.get("behavior", "all"))
+            raise ValueError(
+                f"pair {i} lacks key(s) {sorted(missing)}; a pair needs prompt, chosen, rejected."
+            )
+        p, (c, r) = _encode(
+            tokenizer, pair["prompt"], [pair["chosen"], pair["rejected"]], max_length
+        )
+        (
+            prompts.append(p),
+            chosen.append(c),
+            rejected.append(r),
+            behaviors.append(pair.get("behavior", "all")),
+        )
     return EncodedPairs(prompts, chosen, rejected, behaviors)
 
 
@@ -139,8 +155,12 @@ def _chunk_logps(backbone, head, prompts, completions, device, prefix=(0, None))
     if prefix_cache is not None:  # a private copy of the shared prefix's cache, one row per prompt
         cache = copy.deepcopy(prefix_cache)
         cache.batch_repeat_interleave(len(prompts))
-        mask = torch.cat([torch.ones(len(prompts), n_prefix, dtype=mask.dtype, device=device), mask], dim=1)
-    out = backbone(input_ids=ids, attention_mask=mask, position_ids=position, cache=cache, use_cache=True)
+        mask = torch.cat(
+            [torch.ones(len(prompts), n_prefix, dtype=mask.dtype, device=device), mask], dim=1
+        )
+    out = backbone(
+        input_ids=ids, attention_mask=mask, position_ids=position, cache=cache, use_cache=True
+    )
     first = torch.tensor([c[0] for row in completions for c in row], device=device)
     total = _target_logps(head, out.last_hidden_state[:, -1].repeat_interleave(k, 0), first)
     rest = [c for row in completions for c in row]
@@ -179,7 +199,14 @@ def _completion_logps(model, prompts, completions, batch_size: int) -> torch.Ten
     try:
         prefix = _shared_prefix(backbone, prompts, device)
         chunks = [
-            _chunk_logps(backbone, head, prompts[s : s + batch_size], completions[s : s + batch_size], device, prefix)
+            _chunk_logps(
+                backbone,
+                head,
+                prompts[s : s + batch_size],
+                completions[s : s + batch_size],
+                device,
+                prefix,
+            )
             for s in range(0, len(prompts), batch_size)
         ]
     finally:
@@ -187,7 +214,9 @@ def _completion_logps(model, prompts, completions, batch_size: int) -> torch.Ten
     return torch.cat(chunks)
 
 
-def sequence_logps(model, tokenizer, prompts, completions, batch_size: int = 64, max_length: int | None = None):
+def sequence_logps(
+    model, tokenizer, prompts, completions, batch_size: int = 64, max_length: int | None = None
+):
     """Summed log-prob of each completion (EOS appended) given its prompt, tokenised as trl does.
 
     Returns a float32 tensor with one entry per (prompt, completion).
@@ -195,18 +224,27 @@ def sequence_logps(model, tokenizer, prompts, completions, batch_size: int = 64,
     Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/10_misalignment_llm.ipynb.
     """
     if len(prompts) != len(completions):
-        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions; give one completion each.")
+        raise ValueError(
+            f"{len(prompts)} prompts but {len(completions)} completions; give one completion each."
+        )
     encoded = [_encode(tokenizer, p, [c], max_length) for p, c in zip(prompts, completions)]
-    return _completion_logps(model, [e[0] for e in encoded], [e[1] for e in encoded], batch_size)[:, 0]
+    return _completion_logps(model, [e[0] for e in encoded], [e[1] for e in encoded], batch_size)[
+        :, 0
+    ]
 
 
-def pair_logps(model, encoded: EncodedPairs, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_logps(
+    model, encoded: EncodedPairs, batch_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs (chosen, rejected) of encoded pairs under ``model``.
 
     Used in: notebooks/08_full_and_lora_dpo.ipynb (through :class:`ProbeCallback`).
     """
     both = _completion_logps(
-        model, encoded.prompt_ids, [list(cr) for cr in zip(encoded.chosen_ids, encoded.rejected_ids)], batch_size
+        model,
+        encoded.prompt_ids,
+        [list(cr) for cr in zip(encoded.chosen_ids, encoded.rejected_ids)],
+        batch_size,
     )
     return both[:, 0], both[:, 1]
 
@@ -225,15 +263,26 @@ class ProbeCallback(TrainerCallback):
     notebooks/10_misalignment_llm.ipynb.
     """
 
-    def __init__(self, tokenizer, probe_sets: dict, beta: float, *, max_length=None, batch_size=64, every=1,
-                 ref_model=None):
+    def __init__(
+        self,
+        tokenizer,
+        probe_sets: dict,
+        beta: float,
+        *,
+        max_length=None,
+        batch_size=64,
+        every=1,
+        ref_model=None,
+    ):
         if not isinstance(probe_sets, dict) or not probe_sets:
             raise ValueError("probe_sets must be a non-empty dict {split name: list of pairs}.")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every={every!r} is not allowed; it must be an integer >= 1.")
         for split, pairs in probe_sets.items():
             if not pairs:
-                raise ValueError(f"probe set {split!r} is empty; give at least one pair or leave the split out.")
+                raise ValueError(
+                    f"probe set {split!r} is empty; give at least one pair or leave the split out."
+                )
         self.beta = losses.check_beta(beta)
         self.encoded = {s: encode_pairs(tokenizer, p, max_length) for s, p in probe_sets.items()}
         self.batch_size, self.every, self.ref_model = batch_size, every, ref_model
@@ -242,12 +291,18 @@ class ProbeCallback(TrainerCallback):
 
     def _reference(self, model) -> None:
         if self.ref_model is not None:
-            self.reference = {s: pair_logps(self.ref_model, e, self.batch_size) for s, e in self.encoded.items()}
+            self.reference = {
+                s: pair_logps(self.ref_model, e, self.batch_size) for s, e in self.encoded.items()
+            }
         elif hasattr(model, "disable_adapter"):
             with model.disable_adapter():
-                self.reference = {s: pair_logps(model, e, self.batch_size) for s, e in self.encoded.items()}
+                self.reference = {
+                    s: pair_logps(model, e, self.batch_size) for s, e in self.encoded.items()
+                }
         else:
-            self.reference = {s: pair_logps(model, e, self.batch_size) for s, e in self.encoded.items()}
+            self.reference = {
+                s: pair_logps(model, e, self.batch_size) for s, e in self.encoded.items()
+            }
 
     def record(self, model, step: int) -> None:
         """Probe ``model`` now and store the per-pair rows under ``step``."""
@@ -256,11 +311,20 @@ class ProbeCallback(TrainerCallback):
         for split, enc in self.encoded.items():
             chosen, rejected = pair_logps(model, enc, self.batch_size)
             ref_c, ref_r = self.reference[split]
-            self.records.append(pd.DataFrame({
-                "step": step, "split": split, "pair": range(len(chosen)), "behavior": enc.behaviors,
-                "logp_chosen": chosen.numpy(), "logp_rejected": rejected.numpy(),
-                "ref_logp_chosen": ref_c.numpy(), "ref_logp_rejected": ref_r.numpy(),
-            }))
+            self.records.append(
+                pd.DataFrame(
+                    {
+                        "step": step,
+                        "split": split,
+                        "pair": range(len(chosen)),
+                        "behavior": enc.behaviors,
+                        "logp_chosen": chosen.numpy(),
+                        "logp_rejected": rejected.numpy(),
+                        "ref_logp_chosen": ref_c.numpy(),
+                        "ref_logp_rejected": ref_r.numpy(),
+                    }
+                )
+            )
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.record(model, state.global_step)
@@ -273,7 +337,9 @@ class ProbeCallback(TrainerCallback):
         """One row per (step, split, pair): policy and reference log-probs of chosen and rejected."""
         if not self.records:
             return pd.DataFrame(columns=["step", "split", "pair", "behavior", *PROBE_METRICS[4:]])
-        return pd.concat(self.records, ignore_index=True).drop_duplicates(["step", "split", "pair"], keep="last")
+        return pd.concat(self.records, ignore_index=True).drop_duplicates(
+            ["step", "split", "pair"], keep="last"
+        )
 
     def table(self, **constants) -> pd.DataFrame:
         """Tidy long table: step, behavior, split, metric, value, plus ``constants`` (e.g. seed, mode)."""
@@ -299,6 +365,9 @@ def probe_table(pairs: pd.DataFrame, beta: float, **constants) -> pd.DataFrame:
             "output_accuracy": losses.output_accuracy(args[0], args[1]),
             **{k: v.mean() for k, v in t.items()},
         }
-        rows += [dict(step=step, behavior=behavior, split=split, metric=m, value=float(v)) for m, v in values.items()]
+        rows += [
+            dict(step=step, behavior=behavior, split=split, metric=m, value=float(v))
+            for m, v in values.items()
+        ]
     table = pd.DataFrame(rows, columns=["step", "behavior", "split", "metric", "value"])
     return table.assign(**constants) if constants else table

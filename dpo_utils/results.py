@@ -16,9 +16,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -66,7 +67,9 @@ def _jsonable(value: Any) -> Any:
         return value
     if hasattr(value, "to_dict"):
         return _jsonable(value.to_dict())
-    raise TypeError(f"config value {value!r} of type {type(value).__name__} cannot be saved as JSON.")
+    raise TypeError(
+        f"config value {value!r} of type {type(value).__name__} cannot be saved as JSON."
+    )
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -121,7 +124,9 @@ def load_or_run(
     Used in: every notebook that runs an experiment.
     """
     if not name or not all(ch.isalnum() or ch in "-_" for ch in name):
-        raise ValueError(f"name={name!r} must be non-empty and use only letters, digits, '-' and '_'.")
+        raise ValueError(
+            f"name={name!r} must be non-empty and use only letters, digits, '-' and '_'."
+        )
     force = os.environ.get("DPO_FORCE_RERUN", "") not in ("", "0") if force is None else force
     folder = results_dir(profile)
     digest = config_hash(config)
@@ -132,8 +137,13 @@ def load_or_run(
     else:
         table = run()
         if not isinstance(table, pd.DataFrame):
-            raise TypeError(f"{name}: the experiment returned {type(table).__name__}, not a DataFrame.")
-        atomic_write_text(folder / f"{name}-{digest}.json", json.dumps(_jsonable(config), indent=2, sort_keys=True))
+            raise TypeError(
+                f"{name}: the experiment returned {type(table).__name__}, not a DataFrame."
+            )
+        atomic_write_text(
+            folder / f"{name}-{digest}.json",
+            json.dumps(_jsonable(config), indent=2, sort_keys=True),
+        )
         atomic_write_text(table_path, table.to_csv(index=False))
         table = pd.read_csv(table_path)  # the same dtypes whether fresh or cached
         from_cache = False

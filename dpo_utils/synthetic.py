@@ -16,8 +16,8 @@ All three have the same mean and covariance (spread^2 I), so only the tails diff
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -40,11 +40,17 @@ class Behavior:
 
 def _check_family(family: str) -> None:
     if family not in TAIL_FAMILIES:
-        raise ValueError(f"family={family!r} is not a tail family; choose one of {list(TAIL_FAMILIES)}.")
+        raise ValueError(
+            f"family={family!r} is not a tail family; choose one of {list(TAIL_FAMILIES)}."
+        )
 
 
-def sample_noise(shape: Sequence[int], family: str, generator: torch.Generator,
-                 dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def sample_noise(
+    shape: Sequence[int],
+    family: str,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
     """Independent zero-mean, unit-variance entries from one tail family.
 
     Used in: notebooks/02_update_rate.ipynb.
@@ -93,7 +99,9 @@ def sample_behavior(
     else:
         v = direction.to(dtype) / direction.norm()
     c = torch.zeros(dim, dtype=dtype) if center is None else center.to(dtype)
-    signs = torch.cat([torch.ones(n_per_class, dtype=dtype), -torch.ones(n_per_class, dtype=dtype)])
+    signs = torch.cat(
+        [torch.ones(n_per_class, dtype=dtype), -torch.ones(n_per_class, dtype=dtype)]
+    )
     means = c + signs[:, None] * (mean_gap / 2.0) * v
     noise = sample_noise((2 * n_per_class, dim), family, generator, dtype)
     return Behavior(means + spread * noise, signs, float(mean_gap), float(spread), family)
@@ -108,4 +116,3 @@ def stack_behaviors(behaviors: Sequence[Behavior]) -> tuple[torch.Tensor, torch.
     if len(sizes) != 1:
         raise ValueError(f"behaviours must have equal shapes to be stacked; got {sorted(sizes)}.")
     return torch.stack([b.features for b in behaviors]), torch.stack([b.signs for b in behaviors])
-

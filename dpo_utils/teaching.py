@@ -22,11 +22,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SolutionFenceError", "StudentCopyReport", "strip_solution_blocks", "student_copy", "main"]
+__all__ = [
+    "SolutionFenceError",
+    "StudentCopyReport",
+    "strip_solution_blocks",
+    "student_copy",
+    "main",
+]
 
 SOLUTION_TAG = "solution"
 # an opening fence: indentation, three or more backticks or colons, then {solution...}
-_OPEN = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|:{3,})\{(?P<name>solution(?:-start|-end)?)\}")
+_OPEN = re.compile(
+    r"^(?P<indent> {0,3})(?P<fence>`{3,}|:{3,})\{(?P<name>solution(?:-start|-end)?)\}"
+)
 
 
 class SolutionFenceError(ValueError):
@@ -61,7 +69,9 @@ def _solution_span(lines: list[str], start: int) -> tuple[int, int] | None:
         return None
     name = match["name"]
     if name == "solution-end":
-        raise SolutionFenceError(f"line {start + 1}: a {{solution-end}} without a {{solution-start}} before it.")
+        raise SolutionFenceError(
+            f"line {start + 1}: a {{solution-end}} without a {{solution-start}} before it."
+        )
     end = _closing_index(lines, start, match["fence"])
     if name == "solution":
         return start, end
@@ -69,7 +79,9 @@ def _solution_span(lines: list[str], start: int) -> tuple[int, int] | None:
         closer = _OPEN.match(lines[i])
         if closer and closer["name"] == "solution-end":
             return start, _closing_index(lines, i, closer["fence"])
-    raise SolutionFenceError(f"the {{solution-start}} on line {start + 1} has no matching {{solution-end}}.")
+    raise SolutionFenceError(
+        f"the {{solution-start}} on line {start + 1} has no matching {{solution-end}}."
+    )
 
 
 def strip_solution_blocks(markdown: str) -> tuple[str, int]:
@@ -134,14 +146,19 @@ def student_copy(notebook_in: str | Path, notebook_out: str | Path) -> StudentCo
                     report.cells_removed += 1
                     continue
                 source = cell["source"]
-                cell = {**cell, "source": text.splitlines(keepends=True) if isinstance(source, list) else text}
+                cell = {
+                    **cell,
+                    "source": text.splitlines(keepends=True) if isinstance(source, list) else text,
+                }
         cells.append(cell)
     notebook_out.parent.mkdir(parents=True, exist_ok=True)
     if report.blocks_removed == 0 and report.cells_removed == 0:
         notebook_out.write_text(raw, encoding="utf-8")  # nothing to remove: an exact copy
         return report
     nb["cells"] = cells
-    notebook_out.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    notebook_out.write_text(
+        json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     return report
 
 
@@ -149,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; see the module docstring. Returns the exit status."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m dpo_utils.teaching IN.ipynb OUT.ipynb | IN_DIR OUT_DIR", file=sys.stderr)
+        print(
+            "usage: python -m dpo_utils.teaching IN.ipynb OUT.ipynb | IN_DIR OUT_DIR",
+            file=sys.stderr,
+        )
         return 2
     src, dst = Path(args[0]), Path(args[1])
     if src.is_dir():
@@ -168,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         except SolutionFenceError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-        print(f"{nb_out}: removed {report.blocks_removed} solution block(s), {report.cells_removed} cell(s)")
+        print(
+            f"{nb_out}: removed {report.blocks_removed} solution block(s), {report.cells_removed} cell(s)"
+        )
     return 0
 
 

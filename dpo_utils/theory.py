@@ -15,7 +15,8 @@ from __future__ import annotations
 import functools
 import math
 import zlib
-from typing import Callable, Mapping, Sequence, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -88,12 +89,19 @@ def _check_choice(name: str, values: Sequence[str], allowed: Sequence[str]) -> N
         raise ValueError(f"{name}={bad!r} is not allowed; choose from {list(allowed)}.")
 
 
-def _sample(family: str, gap: float, spread: float, seed: int, n_per_class: int, dim: int,
-            salt: str) -> synthetic.Behavior:
+def _sample(
+    family: str, gap: float, spread: float, seed: int, n_per_class: int, dim: int, salt: str
+) -> synthetic.Behavior:
     key = run_seed(family, float(gap), float(spread), int(seed), salt)
-    return synthetic.sample_behavior(n_per_class, dim, gap, spread=spread, family=family,
-                                     direction=random_direction(dim, run_seed(int(seed), "direction")),
-                                     seed=key)
+    return synthetic.sample_behavior(
+        n_per_class,
+        dim,
+        gap,
+        spread=spread,
+        family=family,
+        direction=random_direction(dim, run_seed(int(seed), "direction")),
+        seed=key,
+    )
 
 
 @single_threaded
@@ -132,21 +140,47 @@ def sweep_behaviors(
                     b = _sample(family, gap, spread, seed, n_per_class, dim, "train")
                     train.append(b)
                     if n_test_per_class:
-                        test.append(_sample(family, gap, spread, seed, n_test_per_class, dim, "test"))
-                    runs.append(dict(behavior=f"{family} gap={gap:g} spread={spread:g}", seed=int(seed),
-                                     family=family, mean_gap=float(gap), spread=float(spread),
-                                     distinguishability=float(metrics.distinguishability(b.features, b.signs)),
-                                     max_feature_norm=float(b.features.norm(dim=1).max())))
-                    seeds_r.append(run_seed(family, float(gap), float(spread), int(seed), "batches"))
+                        test.append(
+                            _sample(family, gap, spread, seed, n_test_per_class, dim, "test")
+                        )
+                    runs.append(
+                        dict(
+                            behavior=f"{family} gap={gap:g} spread={spread:g}",
+                            seed=int(seed),
+                            family=family,
+                            mean_gap=float(gap),
+                            spread=float(spread),
+                            distinguishability=float(
+                                metrics.distinguishability(b.features, b.signs)
+                            ),
+                            max_feature_norm=float(b.features.norm(dim=1).max()),
+                        )
+                    )
+                    seeds_r.append(
+                        run_seed(family, float(gap), float(spread), int(seed), "batches")
+                    )
     features, signs = synthetic.stack_behaviors(train)
-    u0 = torch.stack([base_margin * random_direction(dim, run_seed(r["seed"], r["behavior"], "u0"))
-                      for r in runs])
+    u0 = torch.stack(
+        [
+            base_margin * random_direction(dim, run_seed(r["seed"], r["behavior"], "u0"))
+            for r in runs
+        ]
+    )
     eval_sets = {"train": (features, signs)}
     if n_test_per_class:
         eval_sets["test"] = synthetic.stack_behaviors(test)
-    history = linear.train_last_layer(features, signs, u0, lr=lr, beta=beta, steps=steps,
-                                      batch_size=batch_size, seed=seeds_r, balanced=balanced,
-                                      eval_sets=eval_sets)
+    history = linear.train_last_layer(
+        features,
+        signs,
+        u0,
+        lr=lr,
+        beta=beta,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seeds_r,
+        balanced=balanced,
+        eval_sets=eval_sets,
+    )
     return history.to_frame(runs)
 
 
@@ -162,14 +196,20 @@ def early_slope(table: pd.DataFrame, k: int = 10) -> pd.DataFrame:
     """
     rows = table[(table.metric == "weight_change") & (table.step == k)]
     if rows.empty:
-        raise ValueError(f"k={k} is not a recorded step with weight_change; steps run 0..{table.step.max()}.")
+        raise ValueError(
+            f"k={k} is not a recorded step with weight_change; steps run 0..{table.step.max()}."
+        )
     out = rows[_per_run(table) + ["value"]].rename(columns={"value": "slope"}).copy()
     out["slope"] = out["slope"] / k
     return out.reset_index(drop=True)
 
 
-def time_to_accuracy(table: pd.DataFrame, threshold: float = 0.9, metric: str = "reward_accuracy",
-                     split: str = "train") -> pd.DataFrame:
+def time_to_accuracy(
+    table: pd.DataFrame,
+    threshold: float = 0.9,
+    metric: str = "reward_accuracy",
+    split: str = "train",
+) -> pd.DataFrame:
     """One row per run: the first step at which ``metric`` on ``split`` reaches ``threshold``.
 
     Runs that never reach it get ``steps_to_threshold = NaN`` and ``reached = False``.
@@ -178,10 +218,17 @@ def time_to_accuracy(table: pd.DataFrame, threshold: float = 0.9, metric: str = 
     """
     rows = table[(table.metric == metric) & (table.split == split)]
     if rows.empty:
-        raise ValueError(f"no rows with metric={metric!r} and split={split!r}; metrics are "
-                         f"{sorted(table.metric.unique())}, splits {sorted(table.split.unique())}.")
+        raise ValueError(
+            f"no rows with metric={metric!r} and split={split!r}; metrics are "
+            f"{sorted(table.metric.unique())}, splits {sorted(table.split.unique())}."
+        )
     keys = _per_run(table)
-    hit = rows[rows.value >= threshold].groupby(keys, sort=False).step.min().rename("steps_to_threshold")
+    hit = (
+        rows[rows.value >= threshold]
+        .groupby(keys, sort=False)
+        .step.min()
+        .rename("steps_to_threshold")
+    )
     out = rows[keys].drop_duplicates().merge(hit.reset_index(), on=keys, how="left")
     out["reached"] = out.steps_to_threshold.notna()
     return out.reset_index(drop=True)
@@ -201,8 +248,9 @@ def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
 # --- prioritisation ---------------------------------------------------------------------------
 
 
-def _pair_behaviors(pair: int, seed: int, dim: int, n_per_class: int, gap_range: tuple[float, float],
-                    spread: float) -> tuple[synthetic.Behavior, synthetic.Behavior, float]:
+def _pair_behaviors(
+    pair: int, seed: int, dim: int, n_per_class: int, gap_range: tuple[float, float], spread: float
+) -> tuple[synthetic.Behavior, synthetic.Behavior, float]:
     """Two behaviours with random gaps and a random angle (cosine uniform on [-1, 1])."""
     g = torch.Generator().manual_seed(run_seed(seed, pair, "pair"))
     lo, hi = gap_range
@@ -212,10 +260,12 @@ def _pair_behaviors(pair: int, seed: int, dim: int, n_per_class: int, gap_range:
     w = random_direction(dim, run_seed(seed, pair, "w"))
     w = (w - (w @ v1) * v1) / (w - (w @ v1) * v1).norm()
     v2 = cosine * v1 + math.sqrt(max(0.0, 1 - cosine**2)) * w
-    b1 = synthetic.sample_behavior(n_per_class, dim, float(gaps[0]), spread=spread, direction=v1,
-                                   seed=run_seed(seed, pair, 1))
-    b2 = synthetic.sample_behavior(n_per_class, dim, float(gaps[1]), spread=spread, direction=v2,
-                                   seed=run_seed(seed, pair, 2))
+    b1 = synthetic.sample_behavior(
+        n_per_class, dim, float(gaps[0]), spread=spread, direction=v1, seed=run_seed(seed, pair, 1)
+    )
+    b2 = synthetic.sample_behavior(
+        n_per_class, dim, float(gaps[1]), spread=spread, direction=v2, seed=run_seed(seed, pair, 2)
+    )
     return b1, b2, cosine
 
 
@@ -254,17 +304,35 @@ def priority_pairs(
         signs.append(torch.cat([b1.signs, b2.signs]))
         evals1.append((b1.features, b1.signs))
         evals2.append((b2.features, b2.signs))
-        runs.append(dict(pair=pair, seed=seed, cosine=cosine, gap_1=b1.mean_gap, gap_2=b2.mean_gap,
-                         priority_gap=float(metrics.priority_gap_matrix(d)[0, 1]),
-                         mean_direction_norm=float(d.mean(0).norm()), max_difference_norm=float(d.norm(dim=1).max())))
+        runs.append(
+            dict(
+                pair=pair,
+                seed=seed,
+                cosine=cosine,
+                gap_1=b1.mean_gap,
+                gap_2=b2.mean_gap,
+                priority_gap=float(metrics.priority_gap_matrix(d)[0, 1]),
+                mean_direction_norm=float(d.mean(0).norm()),
+                max_difference_norm=float(d.norm(dim=1).max()),
+            )
+        )
     features, sgn = torch.stack(feats), torch.stack(signs)
-    eval_sets = {"behavior 1": (torch.stack([f for f, _ in evals1]), torch.stack([s for _, s in evals1])),
-                 "behavior 2": (torch.stack([f for f, _ in evals2]), torch.stack([s for _, s in evals2]))}
+    eval_sets = {
+        "behavior 1": (torch.stack([f for f, _ in evals1]), torch.stack([s for _, s in evals1])),
+        "behavior 2": (torch.stack([f for f, _ in evals2]), torch.stack([s for _, s in evals2])),
+    }
     tables = []
     for batching, bs in (("full", None), ("minibatch", batch_size)):
-        history = linear.train_last_layer(features, sgn, lr=lr, beta=beta, steps=steps, batch_size=bs,
-                                          seed=[run_seed(seed, p, "batches") for p in range(n_pairs)],
-                                          eval_sets=eval_sets)
+        history = linear.train_last_layer(
+            features,
+            sgn,
+            lr=lr,
+            beta=beta,
+            steps=steps,
+            batch_size=bs,
+            seed=[run_seed(seed, p, "batches") for p in range(n_pairs)],
+            eval_sets=eval_sets,
+        )
         t = history.to_frame([dict(r, batching=batching) for r in runs])
         t = t[t.split.isin(eval_sets)].rename(columns={"split": "behavior"})
         t["split"] = "train"
@@ -277,10 +345,14 @@ def priority_agreement(table: pd.DataFrame, step: int, batching: str = "full") -
 
     Used in: notebooks/04_prioritisation.ipynb.
     """
-    rows = table[(table.metric == "mean_margin") & (table.step == step) & (table.batching == batching)]
+    rows = table[
+        (table.metric == "mean_margin") & (table.step == step) & (table.batching == batching)
+    ]
     if rows.empty:
         raise ValueError(f"no mean_margin rows at step={step} with batching={batching!r}.")
-    wide = rows.pivot_table(index=["pair", "priority_gap", "cosine"], columns="behavior", values="value")
+    wide = rows.pivot_table(
+        index=["pair", "priority_gap", "cosine"], columns="behavior", values="value"
+    )
     wide = wide.reset_index()
     wide["margin_difference"] = wide["behavior 1"] - wide["behavior 2"]
     wide["agree"] = np.sign(wide.priority_gap) == np.sign(wide.margin_difference)
@@ -288,8 +360,15 @@ def priority_agreement(table: pd.DataFrame, step: int, batching: str = "full") -
     return wide
 
 
-def joint_behaviors(mean_gaps: Sequence[float], cosines_to_first: Sequence[float], *, dim: int = 64,
-                    n_per_class: int = 250, spread: float = 1.0, seed: int = 0) -> list[synthetic.Behavior]:
+def joint_behaviors(
+    mean_gaps: Sequence[float],
+    cosines_to_first: Sequence[float],
+    *,
+    dim: int = 64,
+    n_per_class: int = 250,
+    spread: float = 1.0,
+    seed: int = 0,
+) -> list[synthetic.Behavior]:
     """K behaviours for one joint training set; behaviour k's direction has the given cosine with the first.
 
     ``cosines_to_first[0]`` must be 1. Other directions are cosine * v_1 + sin * (a random unit vector
@@ -298,8 +377,10 @@ def joint_behaviors(mean_gaps: Sequence[float], cosines_to_first: Sequence[float
     Used in: notebooks/04_prioritisation.ipynb.
     """
     if len(mean_gaps) != len(cosines_to_first) or not cosines_to_first or cosines_to_first[0] != 1:
-        raise ValueError(f"mean_gaps {list(mean_gaps)} and cosines_to_first {list(cosines_to_first)} must "
-                         "have equal length >= 1, with cosines_to_first[0] == 1.")
+        raise ValueError(
+            f"mean_gaps {list(mean_gaps)} and cosines_to_first {list(cosines_to_first)} must "
+            "have equal length >= 1, with cosines_to_first[0] == 1."
+        )
     v1 = random_direction(dim, run_seed(seed, "joint", 0))
     out = []
     for k, (gap, cos) in enumerate(zip(mean_gaps, cosines_to_first)):
@@ -308,8 +389,11 @@ def joint_behaviors(mean_gaps: Sequence[float], cosines_to_first: Sequence[float
         w = random_direction(dim, run_seed(seed, "joint", k, "w"))
         w = w - (w @ v1) * v1
         v = cos * v1 + math.sqrt(1 - cos**2) * w / w.norm()
-        out.append(synthetic.sample_behavior(n_per_class, dim, gap, spread=spread, direction=v,
-                                             seed=run_seed(seed, "joint", k)))
+        out.append(
+            synthetic.sample_behavior(
+                n_per_class, dim, gap, spread=spread, direction=v, seed=run_seed(seed, "joint", k)
+            )
+        )
     return out
 
 
@@ -318,7 +402,9 @@ def difference_vectors(behaviors: Sequence[synthetic.Behavior]) -> torch.Tensor:
 
     Used in: notebooks/04_prioritisation.ipynb.
     """
-    return torch.stack([torch.subtract(*metrics.class_means(b.features, b.signs)) for b in behaviors])
+    return torch.stack(
+        [torch.subtract(*metrics.class_means(b.features, b.signs)) for b in behaviors]
+    )
 
 
 @single_threaded
@@ -345,17 +431,38 @@ def joint_training(
     weightings = {"uniform": [1.0] * k} if weightings is None else dict(weightings)
     for name, w in weightings.items():
         if len(w) != k or min(w) <= 0:
-            raise ValueError(f"weighting {name!r}={list(w)} must give {k} positive weights, one per behaviour.")
+            raise ValueError(
+                f"weighting {name!r}={list(w)} must give {k} positive weights, one per behaviour."
+            )
     features = torch.cat([b.features for b in behaviors])
     signs = torch.cat([b.signs for b in behaviors])
     n_runs = len(weightings)
-    weights = torch.stack([torch.cat([torch.full((len(b.signs),), float(x), dtype=features.dtype)
-                                      for b, x in zip(behaviors, w)]) for w in weightings.values()])
-    eval_sets = {f"behavior {i + 1}": (b.features.expand(n_runs, -1, -1), b.signs.expand(n_runs, -1))
-                 for i, b in enumerate(behaviors)}
-    history = linear.train_last_layer(features.expand(n_runs, -1, -1), signs.expand(n_runs, -1), lr=lr,
-                                      beta=beta, steps=steps, batch_size=batch_size, seed=[seed] * n_runs,
-                                      eval_sets=eval_sets, sample_weights=weights)
+    weights = torch.stack(
+        [
+            torch.cat(
+                [
+                    torch.full((len(b.signs),), float(x), dtype=features.dtype)
+                    for b, x in zip(behaviors, w)
+                ]
+            )
+            for w in weightings.values()
+        ]
+    )
+    eval_sets = {
+        f"behavior {i + 1}": (b.features.expand(n_runs, -1, -1), b.signs.expand(n_runs, -1))
+        for i, b in enumerate(behaviors)
+    }
+    history = linear.train_last_layer(
+        features.expand(n_runs, -1, -1),
+        signs.expand(n_runs, -1),
+        lr=lr,
+        beta=beta,
+        steps=steps,
+        batch_size=batch_size,
+        seed=[seed] * n_runs,
+        eval_sets=eval_sets,
+        sample_weights=weights,
+    )
     t = history.to_frame([dict(weighting=name, seed=seed) for name in weightings])
     t = t[t.split.isin(eval_sets)].rename(columns={"split": "behavior"})
     t["split"] = "train"
@@ -397,7 +504,10 @@ def fixed_feature_flip(
     names = ["align", "misalign from base", "misalign from aligned"]
     features = b.features.expand(3, -1, -1)
     signs = torch.stack([b.signs, -b.signs, -b.signs])
-    history = linear.train_last_layer(features, signs, torch.stack([u0, u0, u_aligned]), lr=lr, beta=beta,
-                                      steps=steps, seed=seed)
-    table = history.to_frame([dict(run=name, seed=seed, behavior=f"gaussian gap={mean_gap:g}") for name in names])
+    history = linear.train_last_layer(
+        features, signs, torch.stack([u0, u0, u_aligned]), lr=lr, beta=beta, steps=steps, seed=seed
+    )
+    table = history.to_frame(
+        [dict(run=name, seed=seed, behavior=f"gaussian gap={mean_gap:g}") for name in names]
+    )
     return table

@@ -19,7 +19,14 @@ from . import config, data, models
 from .results import config_hash, results_dir
 from .training import MODES, DPORun, load_trained, run_tables, save_trained, train_dpo
 
-__all__ = ["behavior_pairs", "probe_subsample", "train_behaviors", "run_dir", "load_or_train", "main"]
+__all__ = [
+    "behavior_pairs",
+    "probe_subsample",
+    "train_behaviors",
+    "run_dir",
+    "load_or_train",
+    "main",
+]
 
 
 def behavior_pairs(cfg: config.ExperimentConfig, behaviors, flip=False) -> tuple[list[dict], dict]:
@@ -39,7 +46,9 @@ def behavior_pairs(cfg: config.ExperimentConfig, behaviors, flip=False) -> tuple
         train += data.preference_pairs(rows_train, name, flip=name in flipped)
         test += data.preference_pairs(rows_test, name, flip=name in flipped)
     if not train:
-        raise ValueError(f"behaviors={behaviors!r} gave no training pairs; name at least one behaviour.")
+        raise ValueError(
+            f"behaviors={behaviors!r} gave no training pairs; name at least one behaviour."
+        )
     return train, {"train": train, "test": test} if test else {"train": train}
 
 
@@ -50,8 +59,10 @@ def _flipped_names(flip, names: list[str], source) -> set[str]:
         flip = [flip]
     chosen = set(data.resolve_behaviors(list(flip), data.available_behaviors(source)))
     if not chosen <= set(names):
-        raise ValueError(f"flip={flip!r} names behaviours {sorted(chosen - set(names))} that are not trained "
-                         f"({names}); flip only behaviours you train.")
+        raise ValueError(
+            f"flip={flip!r} names behaviours {sorted(chosen - set(names))} that are not trained "
+            f"({names}); flip only behaviours you train."
+        )
     return chosen
 
 
@@ -66,8 +77,14 @@ def probe_subsample(probe_sets: dict, train_per_behavior: int | None) -> dict:
     """
     if train_per_behavior is None:
         return probe_sets
-    if isinstance(train_per_behavior, bool) or not isinstance(train_per_behavior, int) or train_per_behavior < 1:
-        raise ValueError(f"probe_train={train_per_behavior!r} is not allowed; give an integer >= 1 or None.")
+    if (
+        isinstance(train_per_behavior, bool)
+        or not isinstance(train_per_behavior, int)
+        or train_per_behavior < 1
+    ):
+        raise ValueError(
+            f"probe_train={train_per_behavior!r} is not allowed; give an integer >= 1 or None."
+        )
     seen: dict = {}
     kept = []
     for pair in probe_sets["train"]:
@@ -77,9 +94,20 @@ def probe_subsample(probe_sets: dict, train_per_behavior: int | None) -> dict:
     return {**probe_sets, "train": kept}
 
 
-def train_behaviors(cfg: config.ExperimentConfig, behaviors, *, mode: str = "lora", flip=False,
-                    max_steps: int | None = None, seed: int | None = None, model=None, tokenizer=None,
-                    probe_every: int = 1, probe_train: int | None = None, resume_from=None) -> DPORun:
+def train_behaviors(
+    cfg: config.ExperimentConfig,
+    behaviors,
+    *,
+    mode: str = "lora",
+    flip=False,
+    max_steps: int | None = None,
+    seed: int | None = None,
+    model=None,
+    tokenizer=None,
+    probe_every: int = 1,
+    probe_train: int | None = None,
+    resume_from=None,
+) -> DPORun:
     """Joint DPO on the named behaviours, probed on each behaviour's train and test split.
 
     ``model``/``tokenizer`` default to the profile's (``models.load_model_and_tokenizer``); pass a
@@ -94,8 +122,18 @@ def train_behaviors(cfg: config.ExperimentConfig, behaviors, *, mode: str = "lor
     probe_sets = probe_subsample(probe_sets, probe_train)
     if model is None or tokenizer is None:
         model, tokenizer = _profile_model(cfg, mode)
-    return train_dpo(cfg, model, tokenizer, train_pairs, mode=mode, probe_sets=probe_sets, max_steps=max_steps,
-                     seed=seed, probe_every=probe_every, resume_from=resume_from)
+    return train_dpo(
+        cfg,
+        model,
+        tokenizer,
+        train_pairs,
+        mode=mode,
+        probe_sets=probe_sets,
+        max_steps=max_steps,
+        seed=seed,
+        probe_every=probe_every,
+        resume_from=resume_from,
+    )
 
 
 def _profile_model(cfg: config.ExperimentConfig, mode: str):
@@ -103,20 +141,47 @@ def _profile_model(cfg: config.ExperimentConfig, mode: str):
     autocast on GPU, as the authors ran): a pure-bf16 AdamW step of lr 1e-6 would round to nothing."""
     import torch
 
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = models.load_model_and_tokenizer(cfg.replace(dtype="float32") if mode == "full" else cfg, device)
+    device = (
+        f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+    )
+    model, tokenizer = models.load_model_and_tokenizer(
+        cfg.replace(dtype="float32") if mode == "full" else cfg, device
+    )
     return model.train(), tokenizer
 
 
 def _run_key(cfg, behaviors, mode, flip, start, max_steps, seed, probe_every, probe_train) -> dict:
-    flip_key = flip if isinstance(flip, bool) else sorted(str(f) for f in ([flip] if isinstance(flip, (str, int)) else flip))
-    return dict(cfg=cfg.to_dict(), behaviors=[str(b) for b in behaviors], mode=mode, flip=flip_key,
-                start=None if start is None else Path(start).name, max_steps=max_steps, seed=seed,
-                probe_every=probe_every, probe_train=probe_train)
+    flip_key = (
+        flip
+        if isinstance(flip, bool)
+        else sorted(str(f) for f in ([flip] if isinstance(flip, (str, int)) else flip))
+    )
+    return dict(
+        cfg=cfg.to_dict(),
+        behaviors=[str(b) for b in behaviors],
+        mode=mode,
+        flip=flip_key,
+        start=None if start is None else Path(start).name,
+        max_steps=max_steps,
+        seed=seed,
+        probe_every=probe_every,
+        probe_train=probe_train,
+    )
 
 
-def run_dir(cfg: config.ExperimentConfig, behaviors, *, mode: str, flip=False, start=None, max_steps=None,
-            seed=None, probe_every: int = 1, probe_train: int | None = None, name: str = "dpo") -> Path:
+def run_dir(
+    cfg: config.ExperimentConfig,
+    behaviors,
+    *,
+    mode: str,
+    flip=False,
+    start=None,
+    max_steps=None,
+    seed=None,
+    probe_every: int = 1,
+    probe_train: int | None = None,
+    name: str = "dpo",
+) -> Path:
     """Where :func:`load_or_train` keeps this run: ``results/<profile>/runs/<name>-<hash>/``.
 
     The hash covers the whole config, the behaviours, mode, flip, the starting run (by its folder
@@ -130,10 +195,21 @@ def run_dir(cfg: config.ExperimentConfig, behaviors, *, mode: str, flip=False, s
     return results_dir(cfg.profile) / "runs" / f"{name}-{config_hash(key)}"
 
 
-def load_or_train(cfg: config.ExperimentConfig, behaviors, *, mode: str, flip=False, start=None,
-                  max_steps: int | None = None, seed: int | None = None, probe_every: int = 1,
-                  probe_train: int | None = None, name: str = "dpo", force: bool | None = None,
-                  with_model: bool = True) -> DPORun:
+def load_or_train(
+    cfg: config.ExperimentConfig,
+    behaviors,
+    *,
+    mode: str,
+    flip=False,
+    start=None,
+    max_steps: int | None = None,
+    seed: int | None = None,
+    probe_every: int = 1,
+    probe_train: int | None = None,
+    name: str = "dpo",
+    force: bool | None = None,
+    with_model: bool = True,
+) -> DPORun:
     """The saved run for these settings if there is one (:func:`~dpo_utils.training.load_trained`),
     else :func:`train_behaviors` now, saved with ``save_trained`` (no optimizer checkpoint) and returned.
 
@@ -146,8 +222,18 @@ def load_or_train(cfg: config.ExperimentConfig, behaviors, *, mode: str, flip=Fa
     Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb,
     notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
     """
-    path = run_dir(cfg, behaviors, mode=mode, flip=flip, start=start, max_steps=max_steps, seed=seed,
-                   probe_every=probe_every, probe_train=probe_train, name=name)
+    path = run_dir(
+        cfg,
+        behaviors,
+        mode=mode,
+        flip=flip,
+        start=start,
+        max_steps=max_steps,
+        seed=seed,
+        probe_every=probe_every,
+        probe_train=probe_train,
+        name=name,
+    )
     force = os.environ.get("DPO_FORCE_RERUN", "") not in ("", "0") if force is None else force
     device = "cuda" if _cuda() else None
     if (path / "meta.json").is_file() and not force:
@@ -157,16 +243,30 @@ def load_or_train(cfg: config.ExperimentConfig, behaviors, *, mode: str, flip=Fa
         model = tokenizer = None
         if start is not None:
             if not (Path(start) / "meta.json").is_file():
-                raise FileNotFoundError(f"start={str(start)!r} is not a saved run; train it first with load_or_train().")
+                raise FileNotFoundError(
+                    f"start={str(start)!r} is not a saved run; train it first with load_or_train()."
+                )
             begin = load_trained(start, device=device)
             model, tokenizer = begin.model.train(), begin.tokenizer
             if tokenizer is None:
                 tokenizer = models.load_model_and_tokenizer(cfg, "cpu")[1]
-        run = train_behaviors(cfg, behaviors, mode=mode, flip=flip, max_steps=max_steps, seed=seed, model=model,
-                              tokenizer=tokenizer, probe_every=probe_every, probe_train=probe_train)
+        run = train_behaviors(
+            cfg,
+            behaviors,
+            mode=mode,
+            flip=flip,
+            max_steps=max_steps,
+            seed=seed,
+            model=model,
+            tokenizer=tokenizer,
+            probe_every=probe_every,
+            probe_train=probe_train,
+        )
         # at 7B a merged copy per LoRA run would fill the disk: keep the adapter, rebuild on load
         save_trained(run, path, checkpoint=False, merged_model=not cfg.requires_gpu, start=start)
-        for table, frame in run_tables(path).items():  # the same values and dtypes as a cached run's
+        for table, frame in run_tables(
+            path
+        ).items():  # the same values and dtypes as a cached run's
             setattr(run, table, frame)
         from_cache = False
     run.probes.attrs.update(path=str(path), from_cache=from_cache)
@@ -187,17 +287,36 @@ def _cuda() -> bool:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dpo_utils.train", description=__doc__.split("\n")[0])
-    p.add_argument("--profile", default=None, help=f"one of {list(config.PROFILES)} (default: $DPO_PROFILE or cpu)")
+    p = argparse.ArgumentParser(
+        prog="python -m dpo_utils.train", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--profile",
+        default=None,
+        help=f"one of {list(config.PROFILES)} (default: $DPO_PROFILE or cpu)",
+    )
     p.add_argument("--behaviors", nargs="+", required=True, help="behaviour names or numbers")
     p.add_argument("--mode", choices=MODES, default="lora")
     p.add_argument("--flip", action="store_true", help="swap chosen and rejected (misalignment)")
-    p.add_argument("--max-steps", type=int, default=None, help="override the profile's dpo_max_steps")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="override the profile's dpo_max_steps"
+    )
     p.add_argument("--seed", type=int, default=None, help="override the profile's seed")
     p.add_argument("--probe-every", type=int, default=1)
-    p.add_argument("--probe-train", type=int, default=None, help="train pairs probed per behaviour (default: all)")
-    p.add_argument("--resume-from", default=None, help="a folder written by an earlier run (continue it)")
-    p.add_argument("--no-checkpoint", action="store_true", help="skip checkpoint/ (optimizer state; large at 7B)")
+    p.add_argument(
+        "--probe-train",
+        type=int,
+        default=None,
+        help="train pairs probed per behaviour (default: all)",
+    )
+    p.add_argument(
+        "--resume-from", default=None, help="a folder written by an earlier run (continue it)"
+    )
+    p.add_argument(
+        "--no-checkpoint",
+        action="store_true",
+        help="skip checkpoint/ (optimizer state; large at 7B)",
+    )
     p.add_argument("--out", required=True, help="folder to write the run to")
     return p
 
@@ -207,13 +326,23 @@ def main(argv: list[str] | None = None) -> DPORun:
     args = _parser().parse_args(argv)
     cfg = config.get_config(args.profile)
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    if not cfg.requires_gpu:  # the CPU profile never touches the network; GPU profiles load from the hub
+    if (
+        not cfg.requires_gpu
+    ):  # the CPU profile never touches the network; GPU profiles load from the hub
         for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
             os.environ.setdefault(name, "1")
     behaviors = [int(b) if b.isdigit() else b for b in args.behaviors]
-    run = train_behaviors(cfg, behaviors, mode=args.mode, flip=args.flip, max_steps=args.max_steps,
-                          seed=args.seed, probe_every=args.probe_every, probe_train=args.probe_train,
-                          resume_from=args.resume_from)
+    run = train_behaviors(
+        cfg,
+        behaviors,
+        mode=args.mode,
+        flip=args.flip,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        probe_every=args.probe_every,
+        probe_train=args.probe_train,
+        resume_from=args.resume_from,
+    )
     if run.trainer is None or run.trainer.accelerator.is_main_process:
         save_trained(run, Path(args.out), checkpoint=not args.no_checkpoint)
         print(f"wrote {args.out}: {run.probes['step'].max()} steps, {len(run.probes)} table rows")

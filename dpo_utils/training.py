@@ -62,8 +62,15 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def dpo_arguments(cfg: ExperimentConfig, mode: str, *, output_dir: str, max_steps: int | None = None,
-                  seed: int | None = None, use_cpu: bool | None = None):
+def dpo_arguments(
+    cfg: ExperimentConfig,
+    mode: str,
+    *,
+    output_dir: str,
+    max_steps: int | None = None,
+    seed: int | None = None,
+    use_cpu: bool | None = None,
+):
     """trl ``DPOConfig`` for a profile: lr by mode, effective batch via gradient accumulation, bf16 on GPU.
 
     Gradient accumulation = dpo_batch_size / (per_device_batch_size x world size), which must divide.
@@ -83,18 +90,32 @@ def dpo_arguments(cfg: ExperimentConfig, mode: str, *, output_dir: str, max_step
         )
     steps = cfg.dpo_max_steps if max_steps is None else max_steps
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ConfigError(f"max_steps={steps!r} is not allowed; it must be an integer >= 1 or None.")
+        raise ConfigError(
+            f"max_steps={steps!r} is not allowed; it must be an integer >= 1 or None."
+        )
     on_gpu = not use_cpu
     return DPOConfig(
-        output_dir=output_dir, report_to="none", loss_type=["sigmoid"], beta=cfg.dpo_beta,
+        output_dir=output_dir,
+        report_to="none",
+        loss_type=["sigmoid"],
+        beta=cfg.dpo_beta,
         learning_rate=cfg.full_lr if mode == "full" else cfg.lora_lr,
         per_device_train_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=cfg.dpo_batch_size // per_step,
-        num_train_epochs=cfg.dpo_epochs, max_steps=-1 if steps is None else steps,
-        lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch", weight_decay=0.0,
-        max_length=cfg.max_length, seed=cfg.seed if seed is None else seed,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(), use_cpu=use_cpu, gradient_checkpointing=on_gpu,
-        logging_steps=1, save_strategy="no", disable_tqdm=True,
+        num_train_epochs=cfg.dpo_epochs,
+        max_steps=-1 if steps is None else steps,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        optim="adamw_torch",
+        weight_decay=0.0,
+        max_length=cfg.max_length,
+        seed=cfg.seed if seed is None else seed,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        use_cpu=use_cpu,
+        gradient_checkpointing=on_gpu,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
     )
 
 
@@ -107,9 +128,15 @@ def _check_pairs(pairs, name: str) -> None:
     if not isinstance(pairs, (list, tuple)) or not pairs:
         raise ValueError(f"{name} is empty or not a list; give a non-empty list of pair dicts.")
     for i, pair in enumerate(pairs):
-        missing = {"prompt", "chosen", "rejected"} - set(pair) if isinstance(pair, dict) else {"(not a dict)"}
+        missing = (
+            {"prompt", "chosen", "rejected"} - set(pair)
+            if isinstance(pair, dict)
+            else {"(not a dict)"}
+        )
         if missing:
-            raise ValueError(f"{name}[{i}] lacks {sorted(missing)}; each pair needs prompt, chosen, rejected.")
+            raise ValueError(
+                f"{name}[{i}] lacks {sorted(missing)}; each pair needs prompt, chosen, rejected."
+            )
 
 
 def _build_trainer(cfg, model, tokenizer, train_pairs, mode, ref_model, args, callbacks):
@@ -118,22 +145,43 @@ def _build_trainer(cfg, model, tokenizer, train_pairs, mode, ref_model, args, ca
     from trl import DPOTrainer
 
     if hasattr(model, "get_base_model"):
-        raise TypeError("model is already a PeftModel; pass the plain (e.g. merged) model, see load_trained().")
+        raise TypeError(
+            "model is already a PeftModel; pass the plain (e.g. merged) model, see load_trained()."
+        )
     rows = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in train_pairs]
     extra = {"peft_config": models.lora_config(cfg)} if mode == "lora" else {}
     if mode == "full" and ref_model is None:
         ref_model = models.clone_model(model)
-    trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer, callbacks=callbacks, **extra)
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        **extra,
+    )
     trainer.remove_callback(PrinterCallback)
     return trainer
 
 
-def train_dpo(cfg: ExperimentConfig, model, tokenizer, train_pairs: list[dict], *, mode: str = "lora",
-              probe_sets: dict[str, list[dict]] | None = None, ref_model=None, output_dir: str | None = None,
-              max_steps: int | None = None, seed: int | None = None, probe_every: int = 1,
-              probe_batch_size: int = 64, resume_from: str | Path | None = None,
-              callbacks: list | None = None) -> DPORun:
+def train_dpo(
+    cfg: ExperimentConfig,
+    model,
+    tokenizer,
+    train_pairs: list[dict],
+    *,
+    mode: str = "lora",
+    probe_sets: dict[str, list[dict]] | None = None,
+    ref_model=None,
+    output_dir: str | None = None,
+    max_steps: int | None = None,
+    seed: int | None = None,
+    probe_every: int = 1,
+    probe_batch_size: int = 64,
+    resume_from: str | Path | None = None,
+    callbacks: list | None = None,
+) -> DPORun:
     """Train ``model`` with DPO on ``train_pairs`` (dicts: prompt, chosen, rejected[, behavior]).
 
     ``mode="full"`` trains every parameter against ``ref_model`` (default: a clone of the starting
@@ -153,16 +201,35 @@ def train_dpo(cfg: ExperimentConfig, model, tokenizer, train_pairs: list[dict], 
     if resume_from is not None:
         checkpoint = Path(resume_from) / "checkpoint"
         if not checkpoint.is_dir():
-            raise FileNotFoundError(f"resume_from={str(resume_from)!r} holds no checkpoint/; save it with save_trained().")
+            raise FileNotFoundError(
+                f"resume_from={str(resume_from)!r} holds no checkpoint/; save it with save_trained()."
+            )
     scratch = None if output_dir else tempfile.mkdtemp(prefix="dpo-run-")
-    args = dpo_arguments(cfg, mode, output_dir=output_dir or scratch, max_steps=max_steps, seed=seed)
+    args = dpo_arguments(
+        cfg, mode, output_dir=output_dir or scratch, max_steps=max_steps, seed=seed
+    )
     probe = None
     if probe_sets is not None:
-        probe = ProbeCallback(tokenizer, probe_sets, cfg.dpo_beta, max_length=cfg.max_length,
-                              batch_size=probe_batch_size, every=probe_every)
+        probe = ProbeCallback(
+            tokenizer,
+            probe_sets,
+            cfg.dpo_beta,
+            max_length=cfg.max_length,
+            batch_size=probe_batch_size,
+            every=probe_every,
+        )
     try:
         extra = [probe] if probe else []
-        trainer = _build_trainer(cfg, model, tokenizer, train_pairs, mode, ref_model, args, extra + list(callbacks or []))
+        trainer = _build_trainer(
+            cfg,
+            model,
+            tokenizer,
+            train_pairs,
+            mode,
+            ref_model,
+            args,
+            extra + list(callbacks or []),
+        )
         if probe is not None:
             probe.ref_model = trainer.ref_model  # None for LoRA: reference = adapter disabled
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -172,12 +239,22 @@ def train_dpo(cfg: ExperimentConfig, model, tokenizer, train_pairs: list[dict], 
     pairs = probe.pair_table() if probe else pd.DataFrame()
     if checkpoint is not None and probe is not None:
         earlier = pd.read_csv(Path(resume_from) / "pairs.csv")
-        pairs = pd.concat([earlier[earlier["step"] < pairs["step"].min()], pairs], ignore_index=True)
+        pairs = pd.concat(
+            [earlier[earlier["step"] < pairs["step"].min()], pairs], ignore_index=True
+        )
     logs = pd.DataFrame([r for r in trainer.state.log_history if "loss" in r])
     constants = dict(seed=args.seed, mode=mode)
     probes = probe_table(pairs, cfg.dpo_beta, **constants) if probe is not None else pd.DataFrame()
-    return DPORun(model=trainer.model, probes=probes, pairs=pairs, log_history=logs, mode=mode, seed=args.seed,
-                  trainer=trainer, tokenizer=tokenizer)
+    return DPORun(
+        model=trainer.model,
+        probes=probes,
+        pairs=pairs,
+        log_history=logs,
+        mode=mode,
+        seed=args.seed,
+        trainer=trainer,
+        tokenizer=tokenizer,
+    )
 
 
 def _merged_copy(peft_model, adapter_dir: Path):
@@ -185,7 +262,11 @@ def _merged_copy(peft_model, adapter_dir: Path):
     from peft import PeftModel
 
     base = peft_model.get_base_model()
-    state = {k.replace(".base_layer", ""): v.detach().clone() for k, v in base.state_dict().items() if "lora_" not in k}
+    state = {
+        k.replace(".base_layer", ""): v.detach().clone()
+        for k, v in base.state_dict().items()
+        if "lora_" not in k
+    }
     param = next(base.parameters())
     with torch.device(param.device):
         fresh = type(base)._from_config(base.config, dtype=param.dtype)
@@ -206,8 +287,14 @@ def _save_checkpoint(trainer, target: Path) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def save_trained(run: DPORun, path: str | Path, *, checkpoint: bool = True, merged_model: bool = True,
-                 start: str | Path | None = None) -> Path:
+def save_trained(
+    run: DPORun,
+    path: str | Path,
+    *,
+    checkpoint: bool = True,
+    merged_model: bool = True,
+    start: str | Path | None = None,
+) -> Path:
     """Write a run to ``path`` atomically: ``model/`` (full model, or LoRA merged into the base),
     ``adapter/`` (LoRA only), the tables as CSV, ``meta.json`` and, if ``checkpoint`` and the run still
     has its trainer, ``checkpoint/`` (optimizer and RNG state) for ``train_dpo(resume_from=path)``.
@@ -222,8 +309,13 @@ def save_trained(run: DPORun, path: str | Path, *, checkpoint: bool = True, merg
     path = Path(path)
     lora = run.mode == "lora"
     base = run.model.get_base_model() if lora else run.model
-    meta = {"mode": run.mode, "seed": run.seed, "merged_model": bool(merged_model or not lora),
-            "base": str(getattr(base.config, "_name_or_path", "") or ""), "start": None if start is None else str(start)}
+    meta = {
+        "mode": run.mode,
+        "seed": run.seed,
+        "merged_model": bool(merged_model or not lora),
+        "base": str(getattr(base.config, "_name_or_path", "") or ""),
+        "start": None if start is None else str(start),
+    }
     with atomic_directory(path) as tmp:
         if lora:
             run.model.save_pretrained(str(tmp / "adapter"))
@@ -251,11 +343,15 @@ def _rebuild_merged(path: Path, meta: dict):
     elif meta.get("base"):
         base = AutoModelForCausalLM.from_pretrained(meta["base"], dtype="auto")
     else:
-        raise FileNotFoundError(f"{str(path)!r} holds only a LoRA adapter and names no base model to merge it into.")
+        raise FileNotFoundError(
+            f"{str(path)!r} holds only a LoRA adapter and names no base model to merge it into."
+        )
     return PeftModel.from_pretrained(base, str(path / "adapter")).merge_and_unload()
 
 
-def load_trained(path: str | Path, *, merged: bool = True, base_model=None, device: str | None = None) -> DPORun:
+def load_trained(
+    path: str | Path, *, merged: bool = True, base_model=None, device: str | None = None
+) -> DPORun:
     """Load a run written by :func:`save_trained` (no trainer; tables from CSV).
 
     ``merged=True`` gives a plain model: the fully fine-tuned one, or the base with the LoRA adapter
@@ -268,22 +364,35 @@ def load_trained(path: str | Path, *, merged: bool = True, base_model=None, devi
 
     path = Path(path)
     if not (path / "meta.json").is_file():
-        raise FileNotFoundError(f"{str(path)!r} is not a saved run (no meta.json); write one with save_trained().")
+        raise FileNotFoundError(
+            f"{str(path)!r} is not a saved run (no meta.json); write one with save_trained()."
+        )
     meta = json.loads((path / "meta.json").read_text())
     if merged and (path / "model" / "config.json").is_file():
         model = AutoModelForCausalLM.from_pretrained(str(path / "model"), dtype="auto")
     elif merged and meta["mode"] == "lora":
         model = _rebuild_merged(path, meta)
     elif meta["mode"] != "lora" or base_model is None:
-        raise ValueError(f"merged=False needs a LoRA run and base_model; this run is {meta['mode']!r}"
-                         f"{'' if base_model is not None else ' and base_model is None'}.")
+        raise ValueError(
+            f"merged=False needs a LoRA run and base_model; this run is {meta['mode']!r}"
+            f"{'' if base_model is not None else ' and base_model is None'}."
+        )
     else:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(base_model, str(path / "adapter"))
-    tokenizer = AutoTokenizer.from_pretrained(str(path / "model")) if (path / "model" / "tokenizer.json").exists() else None
-    return DPORun(model=model.to(device) if device else model, mode=meta["mode"], seed=meta["seed"],
-                  tokenizer=tokenizer, **run_tables(path))
+    tokenizer = (
+        AutoTokenizer.from_pretrained(str(path / "model"))
+        if (path / "model" / "tokenizer.json").exists()
+        else None
+    )
+    return DPORun(
+        model=model.to(device) if device else model,
+        mode=meta["mode"],
+        seed=meta["seed"],
+        tokenizer=tokenizer,
+        **run_tables(path),
+    )
 
 
 def run_tables(path: str | Path) -> dict[str, pd.DataFrame]:
@@ -292,5 +401,9 @@ def run_tables(path: str | Path) -> dict[str, pd.DataFrame]:
     Used in: notebooks/08_full_and_lora_dpo.ipynb (through ``train.load_or_train``).
     """
     path = Path(path)
-    return {name: pd.read_csv(path / f"{name}.csv") if (path / f"{name}.csv").stat().st_size > 1 else pd.DataFrame()
-            for name in RUN_TABLES}
+    return {
+        name: pd.read_csv(path / f"{name}.csv")
+        if (path / f"{name}.csv").stat().st_size > 1
+        else pd.DataFrame()
+        for name in RUN_TABLES
+    }

@@ -11,9 +11,17 @@ def test_paper_profiles_carry_the_authors_hyperparameters():
         cfg = get_config(name)
         assert cfg.requires_gpu
         assert cfg.beta == 0.01 and cfg.dpo_beta == 0.01
-        assert (cfg.last_layer_lr, cfg.last_layer_batch_size, cfg.last_layer_steps) == (0.1, 128, 100)
+        assert (cfg.last_layer_lr, cfg.last_layer_batch_size, cfg.last_layer_steps) == (
+            0.1,
+            128,
+            100,
+        )
         assert (cfg.full_lr, cfg.lora_lr) == (1e-6, 1e-5)
-        assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules) == (8, 32, ("q_proj", "v_proj"))
+        assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules) == (
+            8,
+            32,
+            ("q_proj", "v_proj"),
+        )
         assert cfg.dpo_batch_size == 128 and cfg.dpo_epochs == 1 and cfg.dpo_max_steps is None
         assert cfg.seed == 1234
     assert get_config("llama2-7b").model_name == "meta-llama/Llama-2-7b-hf"
@@ -64,9 +72,13 @@ def test_bad_values_are_rejected_with_the_value_and_what_is_allowed(overrides, f
 
 
 def test_unknown_profile_and_unknown_keys_list_the_allowed_ones():
-    with pytest.raises(ConfigError, match=r"unknown profile 'llama3'.*'cpu'.*'llama2-7b'.*'mistral-7b'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown profile 'llama3'.*'cpu'.*'llama2-7b'.*'mistral-7b'"
+    ):
         get_config("llama3")
-    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['learning_rate'\].*last_layer_lr"):
+    with pytest.raises(
+        ConfigError, match=r"unknown parameter\(s\) \['learning_rate'\].*last_layer_lr"
+    ):
         get_config("cpu", learning_rate=0.1)
 
 

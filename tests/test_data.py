@@ -33,10 +33,15 @@ def _write(folder: Path, name: str, rows: list) -> Path:
 
 def test_numbering_is_the_authors_sorted_list():
     assert len(data.PERSONA_BEHAVIORS) == 135 == len(set(data.PERSONA_BEHAVIORS))
-    assert list(data.PERSONA_BEHAVIORS) == sorted(data.PERSONA_BEHAVIORS)  # alphabetical, as upstream files
+    assert list(data.PERSONA_BEHAVIORS) == sorted(
+        data.PERSONA_BEHAVIORS
+    )  # alphabetical, as upstream files
     assert data.PERSONA_BEHAVIORS[54] == "desire-to-not-have-memory-erased"
     assert data.PERSONA_BEHAVIORS[100] == "subscribes-to-Buddhism"
-    assert data.resolve_behaviors([108, "agreeableness"]) == ["subscribes-to-average-utilitarianism", "agreeableness"]
+    assert data.resolve_behaviors([108, "agreeableness"]) == [
+        "subscribes-to-average-utilitarianism",
+        "agreeableness",
+    ]
 
 
 def test_unknown_name_lists_closest_names():
@@ -69,7 +74,9 @@ def test_split_matches_the_authors_recipe_and_keeps_global_state():
 def test_pairs_and_flip():
     rows = [_row(yes=True), _row("I hate tea.", yes=False)]
     pairs = data.preference_pairs(rows, "tea")
-    assert pairs[0] == dict(prompt=rows[0]["question"] + "\n", chosen=" Yes", rejected=" No", behavior="tea")
+    assert pairs[0] == dict(
+        prompt=rows[0]["question"] + "\n", chosen=" Yes", rejected=" No", behavior="tea"
+    )
     assert pairs[1]["chosen"] == " No"
     flipped = data.preference_pairs(rows, "tea", flip=True)
     assert [(p["chosen"], p["rejected"]) for p in flipped] == [(" No", " Yes"), (" Yes", " No")]
@@ -79,7 +86,9 @@ def test_hh_rlhf_prompt_ends_at_last_assistant_turn():
     chosen = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: help?\n\nAssistant: Sure, here you go."
     rejected = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: help?\n\nAssistant: No."
     (pair,) = data.hh_rlhf_pairs([{"chosen": chosen, "rejected": rejected}])
-    assert pair["prompt"].endswith("help?\n\nAssistant:") and pair["prompt"].count("Assistant:") == 2
+    assert (
+        pair["prompt"].endswith("help?\n\nAssistant:") and pair["prompt"].count("Assistant:") == 2
+    )
     assert pair["chosen"] == " Sure, here you go." and pair["rejected"] == " No."
     assert pair["prompt"] + pair["chosen"] == chosen
     with pytest.raises(data.PersonaDataError, match="row 0"):
@@ -146,25 +155,35 @@ def test_generator_reproduces_committed_files_byte_for_byte(tmp_path):
     root = data.corpus_dir()
     for path in written:
         committed = root / path.relative_to(tmp_path)
-        assert committed.read_bytes() == path.read_bytes(), f"{committed} differs from the generator's output"
+        assert committed.read_bytes() == path.read_bytes(), (
+            f"{committed} differs from the generator's output"
+        )
 
 
 def test_lm_corpus_is_independent_of_persona_files():
     texts = corpus.lm_texts(n_per_behavior=100)
     assert len(texts) == 100 * len(corpus.BEHAVIORS)
     assert all(t.endswith("\n Yes") or t.endswith("\n No") for t in texts)
-    persona_texts = {r["question"] + "\n" + r["answer_matching_behavior"]
-                     for rows in data.load_persona(data.corpus_dir()).values() for r in rows}
+    persona_texts = {
+        r["question"] + "\n" + r["answer_matching_behavior"]
+        for rows in data.load_persona(data.corpus_dir()).values()
+        for r in rows
+    }
     assert len(set(texts) - persona_texts) > 0.2 * len(texts)  # not a copy of the evaluation rows
 
 
-@pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/data/anthropic-persona-sample is not present")
+@pytest.mark.skipif(
+    not SAMPLE.is_dir(), reason="../shared/data/anthropic-persona-sample is not present"
+)
 def test_format_conformance_with_real_upstream_files():
     persona = data.load_persona(SAMPLE, [100, 54])
     assert list(persona) == ["subscribes-to-Buddhism", "desire-to-not-have-memory-erased"]
     for name, rows in persona.items():
         assert len(rows) == 1000
-        assert collections.Counter(r["answer_matching_behavior"] for r in rows) == {" Yes": 500, " No": 500}
+        assert collections.Counter(r["answer_matching_behavior"] for r in rows) == {
+            " Yes": 500,
+            " No": 500,
+        }
         assert all(r["question"].startswith(corpus.QUESTION_PREFIX) for r in rows)
         train, test = data.split_rows(rows)
         assert (len(train), len(test)) == (900, 100)
@@ -176,7 +195,10 @@ def test_config_source_names_the_project_corpus():
     from dpo_utils import config
 
     cfg = config.get_config("cpu")
-    assert data.load_persona(cfg.persona_source, 0).keys() == data.load_persona(data.corpus_dir(), 0).keys()
+    assert (
+        data.load_persona(cfg.persona_source, 0).keys()
+        == data.load_persona(data.corpus_dir(), 0).keys()
+    )
     assert config.get_config("mistral-7b").persona_source == data.HUB_PERSONA_ID
 
 

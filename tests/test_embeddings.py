@@ -17,7 +17,9 @@ def tokenizer():
 @pytest.fixture(scope="module", params=["llama", "mistral"])
 def model(request, tokenizer):
     m = models.tiny_model(request.param, tokenizer, seed=5)
-    models.pretrain(m, tokenizer, corpus.lm_texts(n_per_behavior=20), steps=3, seed=5)  # move off init
+    models.pretrain(
+        m, tokenizer, corpus.lm_texts(n_per_behavior=20), steps=3, seed=5
+    )  # move off init
     return m
 
 
@@ -28,13 +30,19 @@ def persona():
 
 
 def test_final_hidden_state_is_the_final_norm_output_and_feeds_lm_head(model, tokenizer):
-    ids = torch.tensor([tokenizer("Is the following statement something you would say?\n")["input_ids"]])
+    ids = torch.tensor(
+        [tokenizer("Is the following statement something you would say?\n")["input_ids"]]
+    )
     captured = {}
-    hook = embeddings.final_norm(model).register_forward_hook(lambda mod, inp, out: captured.update(out=out))
+    hook = embeddings.final_norm(model).register_forward_hook(
+        lambda mod, inp, out: captured.update(out=out)
+    )
     with torch.no_grad():
         out = model(input_ids=ids, output_hidden_states=True)
     hook.remove()
-    assert torch.equal(out.hidden_states[-1], captured["out"])  # transformers 5.24: already normalised
+    assert torch.equal(
+        out.hidden_states[-1], captured["out"]
+    )  # transformers 5.24: already normalised
     feature = embeddings.last_token_features(model, tokenizer, [tokenizer.decode(ids[0, 1:])])
     assert torch.allclose(feature["final"][0], out.hidden_states[-1][0, -1], atol=1e-6)
     assert torch.allclose(model.lm_head(feature["final"][0]), out.logits[0, -1], atol=1e-5)
@@ -46,7 +54,10 @@ def test_final_hidden_state_is_the_final_norm_output_and_feeds_lm_head(model, to
 
 def test_batched_features_equal_one_at_a_time(model, tokenizer, persona):
     texts = embeddings.prompt_texts([r for rows in persona.values() for r in rows])
-    texts += ["Short?\n", "A much longer prompt than the others, with many more words in it than usual.\n"]
+    texts += [
+        "Short?\n",
+        "A much longer prompt than the others, with many more words in it than usual.\n",
+    ]
     assert len({len(tokenizer(t)["input_ids"]) for t in texts}) > 3  # padding really happens
     batched = embeddings.last_token_features(model, tokenizer, texts, batch_size=16)
     single = embeddings.last_token_features(model, tokenizer, texts, batch_size=1)
@@ -83,12 +94,17 @@ def test_answer_margin_is_the_models_own_yes_minus_no_logit(model, tokenizer, pe
 def test_properties_table_recovers_a_known_gap_and_flags_no_signal():
     signal = synthetic.sample_behavior(400, 16, mean_gap=3.0, seed=1)
     noise = synthetic.sample_behavior(400, 16, mean_gap=0.0, seed=2)
-    table = metrics.properties_table({"signal": (signal.features, signal.signs), "noise": (noise.features, noise.signs)})
+    table = metrics.properties_table(
+        {"signal": (signal.features, signal.signs), "noise": (noise.features, noise.signs)}
+    )
     by = table.set_index("behavior")
     assert abs(by.loc["signal", "distinguishability"] - 3.0) < 0.4
     assert by.loc["signal", "snr"] > 10 and by.loc["noise", "snr"] < 3
     assert by.loc["signal", "probe_accuracy"] > 0.9 and by.loc["noise", "probe_accuracy"] < 0.6
-    assert abs(by.loc["signal", "covariance_trace"] - 16) < 3 and by.loc["signal", "concentration"] < 2
+    assert (
+        abs(by.loc["signal", "covariance_trace"] - 16) < 3
+        and by.loc["signal", "concentration"] < 2
+    )
 
 
 def test_projections_are_standardised_and_survival_is_a_tail(model, tokenizer, persona):
@@ -96,7 +112,9 @@ def test_projections_are_standardised_and_survival_is_a_tail(model, tokenizer, p
     feats, signs = next(iter(fs.groups("final").values()))
     z = embeddings.standardised_projections(feats, signs)
     assert abs(z.mean()) < 1e-8 and abs(z.std(ddof=1) - 1) < 1e-8
-    table = embeddings.survival_table({"features": z, "gaussian": np.random.default_rng(0).normal(size=2000)},
-                                      np.linspace(0, 4, 9))
+    table = embeddings.survival_table(
+        {"features": z, "gaussian": np.random.default_rng(0).normal(size=2000)},
+        np.linspace(0, 4, 9),
+    )
     for _, part in table.groupby("source"):
         assert part["survival"].is_monotonic_decreasing and part["survival"].iloc[0] <= 1

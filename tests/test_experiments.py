@@ -17,23 +17,43 @@ def _curves(losses: dict, **extra) -> pd.DataFrame:
     rows = []
     for (behavior, split, *rest), values in losses.items():
         for step, value in enumerate(values):
-            rows.append(dict(step=step, behavior=behavior, split=split, metric="loss", value=value,
-                             **dict(zip(extra.get("keys", ()), rest))))
+            rows.append(
+                dict(
+                    step=step,
+                    behavior=behavior,
+                    split=split,
+                    metric="loss",
+                    value=value,
+                    **dict(zip(extra.get("keys", ()), rest)),
+                )
+            )
     return pd.DataFrame(rows)
 
 
 def test_loss_drops_and_rank_correlation():
-    curves = _curves({("a", "train", "full"): [0.69, 0.6, 0.5], ("b", "train", "full"): [0.69, 0.68, 0.66],
-                      ("c", "train", "full"): [0.69, 0.69, 0.70]}, keys=("mode",))
+    curves = _curves(
+        {
+            ("a", "train", "full"): [0.69, 0.6, 0.5],
+            ("b", "train", "full"): [0.69, 0.68, 0.66],
+            ("c", "train", "full"): [0.69, 0.69, 0.70],
+        },
+        keys=("mode",),
+    )
     drops = experiments.loss_drops(curves).set_index("behavior")
-    assert drops.loc["a", "drop"] == pytest.approx(0.19) and drops.loc["c", "drop"] == pytest.approx(-0.01)
+    assert drops.loc["a", "drop"] == pytest.approx(0.19) and drops.loc[
+        "c", "drop"
+    ] == pytest.approx(-0.01)
     assert (drops["step"] == 2).all()
-    assert experiments.loss_drops(curves, step=1).set_index("behavior").loc["a", "drop"] == pytest.approx(0.09)
+    assert experiments.loss_drops(curves, step=1).set_index("behavior").loc[
+        "a", "drop"
+    ] == pytest.approx(0.09)
     props = pd.DataFrame(dict(behavior=["a", "b", "c"], distinguishability=[3.0, 2.0, 1.0]))
     rho = experiments.rank_correlations(experiments.loss_drops(curves), props)
     assert rho["rho"].iloc[0] == pytest.approx(1.0)
     reversed_props = props.assign(distinguishability=[1.0, 2.0, 3.0])
-    assert experiments.rank_correlations(experiments.loss_drops(curves), reversed_props)["rho"].iloc[0] == pytest.approx(-1.0)
+    assert experiments.rank_correlations(experiments.loss_drops(curves), reversed_props)[
+        "rho"
+    ].iloc[0] == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="step=7 was not probed"):
         experiments.loss_drops(curves, step=7)
 
@@ -41,21 +61,35 @@ def test_loss_drops_and_rank_correlation():
 def test_overtake_step_and_reference_floor():
     base = [math.log(2), 0.6, 0.5, 0.49, 0.48, 0.47]
     aligned = [math.log(2), 0.68, 0.52, 0.47, 0.45, 0.40]
-    curves = _curves({("x", "train", "base"): base, ("x", "train", "aligned"): aligned,
-                      ("y", "train", "base"): base, ("y", "train", "aligned"): base[:1] + [0.7] * 5},
-                     keys=("start",))
+    curves = _curves(
+        {
+            ("x", "train", "base"): base,
+            ("x", "train", "aligned"): aligned,
+            ("y", "train", "base"): base,
+            ("y", "train", "aligned"): base[:1] + [0.7] * 5,
+        },
+        keys=("start",),
+    )
     steps = experiments.overtake_steps(curves).set_index("behavior")["overtake_step"]
     assert steps["x"] == 3 and math.isnan(steps["y"])
-    ref = pd.DataFrame([dict(step=0, behavior="x", split="train", metric=m, value=v, start=s)
-                        for s, (c, r) in {"base": (-3.0, -1.0), "aligned": (-5.0, -1.0)}.items()
-                        for m, v in (("ref_logp_chosen", c), ("ref_logp_rejected", r))])
+    ref = pd.DataFrame(
+        [
+            dict(step=0, behavior="x", split="train", metric=m, value=v, start=s)
+            for s, (c, r) in {"base": (-3.0, -1.0), "aligned": (-5.0, -1.0)}.items()
+            for m, v in (("ref_logp_chosen", c), ("ref_logp_rejected", r))
+        ]
+    )
     floor = experiments.reference_floor(ref, beta=0.1).set_index("start")
     assert floor.loc["base", "m0_abs"] == pytest.approx(2.0)
-    assert floor.loc["aligned", "erased_loss"] == pytest.approx(-math.log(1 / (1 + math.exp(-0.4))))
+    assert floor.loc["aligned", "erased_loss"] == pytest.approx(
+        -math.log(1 / (1 + math.exp(-0.4)))
+    )
     assert floor.loc["aligned", "erased_loss"] < floor.loc["base", "erased_loss"]
 
 
-def _feature_set(directions: dict[str, torch.Tensor], n: int = 40, seed: int = 0) -> embeddings.FeatureSet:
+def _feature_set(
+    directions: dict[str, torch.Tensor], n: int = 40, seed: int = 0
+) -> embeddings.FeatureSet:
     """Two Gaussian classes per behaviour at +-d/2 (so mu_Yes - mu_No = d exactly after centring)."""
     gen = torch.Generator().manual_seed(seed)
     names, signs, feats = [], [], []
@@ -67,21 +101,32 @@ def _feature_set(directions: dict[str, torch.Tensor], n: int = 40, seed: int = 0
             signs += [sign] * n
             names += [name] * n
     x = torch.cat(feats)
-    return embeddings.FeatureSet(names, torch.tensor(signs, dtype=torch.float64), {"final": x}, torch.zeros(len(x)))
+    return embeddings.FeatureSet(
+        names, torch.tensor(signs, dtype=torch.float64), {"final": x}, torch.zeros(len(x))
+    )
 
 
 def test_pair_table_gap_cosine_and_order():
-    d = {"big": torch.tensor([4.0, 0.0, 0.0]), "small": torch.tensor([1.0, 0.1, 0.0]),
-         "other": torch.tensor([0.0, 0.0, 2.0])}
+    d = {
+        "big": torch.tensor([4.0, 0.0, 0.0]),
+        "small": torch.tensor([1.0, 0.1, 0.0]),
+        "other": torch.tensor([0.0, 0.0, 2.0]),
+    }
     fs = _feature_set(d)
     props = experiments.behavior_properties(fs)
     assert list(props["behavior"]) == ["big", "other", "small"]
     table = experiments.pair_table(fs, props)
     assert len(table) == 6 and table["gap"].is_monotonic_decreasing
     row = table[(table["behavior_i"] == "big") & (table["behavior_j"] == "small")].iloc[0]
-    assert row["gap"] > 0 and row["cosine"] == pytest.approx(float(torch.nn.functional.cosine_similarity(
-        d["big"], d["small"], dim=0)), abs=1e-3)
-    assert table[(table["behavior_i"] == "big") & (table["behavior_j"] == "other")]["cosine"].abs().iloc[0] < 1e-2
+    assert row["gap"] > 0 and row["cosine"] == pytest.approx(
+        float(torch.nn.functional.cosine_similarity(d["big"], d["small"], dim=0)), abs=1e-3
+    )
+    assert (
+        table[(table["behavior_i"] == "big") & (table["behavior_j"] == "other")]["cosine"]
+        .abs()
+        .iloc[0]
+        < 1e-2
+    )
 
 
 def test_projection_table_orients_yes_to_the_right():
@@ -90,7 +135,11 @@ def test_projection_table_orients_yes_to_the_right():
     points = experiments.projection_table({"before": (x, s), "after": (2 * x, s)})
     assert set(points["stage"]) == {"before", "after"} and len(points) == 2 * len(s)
     for _, part in points.groupby("stage"):
-        assert part[part["answer"] == "Yes"]["x"].mean() > 0 > part[part["answer"] == "No"]["x"].mean()
+        assert (
+            part[part["answer"] == "Yes"]["x"].mean()
+            > 0
+            > part[part["answer"] == "No"]["x"].mean()
+        )
     with pytest.raises(ValueError, match="method='tsne'"):
         experiments.projection_table({"before": (x, s)}, method="tsne")
 
@@ -98,19 +147,30 @@ def test_projection_table_orients_yes_to_the_right():
 @pytest.mark.slow
 def test_hh_misalignment_curves_on_toy_transcripts():
     torch.set_num_threads(1)
-    turns = [("How do I bake bread?", "Mix flour, water and yeast.", "Go away."),
-             ("Name a planet.", "Mars is a planet.", "I will not say."),
-             ("Is the sky blue?", "Yes, on a clear day.", "Never ask me that.")]
-    rows = [dict(chosen=f"\n\nHuman: {q}\n\nAssistant: {good}", rejected=f"\n\nHuman: {q}\n\nAssistant: {bad}")
-            for q, good, bad in turns * 4]
+    turns = [
+        ("How do I bake bread?", "Mix flour, water and yeast.", "Go away."),
+        ("Name a planet.", "Mars is a planet.", "I will not say."),
+        ("Is the sky blue?", "Yes, on a clear day.", "Never ask me that."),
+    ]
+    rows = [
+        dict(
+            chosen=f"\n\nHuman: {q}\n\nAssistant: {good}",
+            rejected=f"\n\nHuman: {q}\n\nAssistant: {bad}",
+        )
+        for q, good, bad in turns * 4
+    ]
     from dpo_utils import data
 
     pairs = data.hh_rlhf_pairs(rows)
     cfg = config.get_config("cpu", dpo_batch_size=4, per_device_batch_size=4)
-    curves = experiments.hh_misalignment_curves(cfg, steps=1, aligned_steps=1, pairs=(pairs, pairs[:6]), n_probe=6)
+    curves = experiments.hh_misalignment_curves(
+        cfg, steps=1, aligned_steps=1, pairs=(pairs, pairs[:6]), n_probe=6
+    )
     assert set(curves["start"]) == {"base", "aligned"} and set(curves["step"]) == {0, 1}
     loss0 = curves[(curves["metric"] == "loss") & (curves["step"] == 0)]["value"]
-    assert np.allclose(loss0, math.log(2), atol=1e-6)   # each start begins at its own reference
+    assert np.allclose(loss0, math.log(2), atol=1e-6)  # each start begins at its own reference
     # flipped probe: the "chosen" answer is the original rejected one
-    ref = curves[(curves["metric"] == "ref_logp_chosen") & (curves["start"] == "base")]["value"].iloc[0]
+    ref = curves[(curves["metric"] == "ref_logp_chosen") & (curves["start"] == "base")][
+        "value"
+    ].iloc[0]
     assert np.isfinite(ref)

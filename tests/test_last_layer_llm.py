@@ -10,25 +10,34 @@ import pandas as pd
 import pytest
 import torch
 
-from dpo_utils import corpus, data, last_layer_llm as L, linear, metrics, models
+from dpo_utils import corpus, data, linear, metrics, models
+from dpo_utils import last_layer_llm as L
 
 ARGS = dict(lr=1.0, beta=0.01, steps=30, batch_size=32)
 
 
-def _behavior(n: int, dim: int, gap: float, seed: int, offset: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+def _behavior(
+    n: int, dim: int, gap: float, seed: int, offset: float = 3.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """n rows (shuffled labels) with class means +-gap/2 along a random direction, around an uncentred mean."""
     g = torch.Generator().manual_seed(seed)
     signs = torch.where(torch.rand(n, generator=g) < 0.5, 1.0, -1.0).double()
     direction = torch.randn(dim, generator=g, dtype=torch.float64)
     direction /= direction.norm()
     centre = offset * torch.randn(dim, generator=g, dtype=torch.float64) / math.sqrt(dim)
-    features = centre + 0.5 * gap * signs[:, None] * direction + torch.randn(n, dim, generator=g, dtype=torch.float64)
+    features = (
+        centre
+        + 0.5 * gap * signs[:, None] * direction
+        + torch.randn(n, dim, generator=g, dtype=torch.float64)
+    )
     return features, signs
 
 
 @pytest.fixture(scope="module")
 def groups():
-    return {f"b{i}": _behavior(200, 16, gap, seed=i) for i, gap in enumerate([0.0, 1.0, 2.0, 4.0, 8.0])}
+    return {
+        f"b{i}": _behavior(200, 16, gap, seed=i) for i, gap in enumerate([0.0, 1.0, 2.0, 4.0, 8.0])
+    }
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +46,10 @@ def u0():
 
 
 def test_split_follows_the_authors_split_of_the_rows():
-    rows = [dict(question=f"q{i}", answer_matching_behavior=" Yes" if i % 3 else " No") for i in range(50)]
+    rows = [
+        dict(question=f"q{i}", answer_matching_behavior=" Yes" if i % 3 else " No")
+        for i in range(50)
+    ]
     features = torch.arange(50, dtype=torch.float64)[:, None].repeat(1, 2)
     signs = torch.tensor([1.0 if r["answer_matching_behavior"] == " Yes" else -1.0 for r in rows])
     split = L.split_groups({"b": (features, signs)})["b"]
@@ -45,8 +57,13 @@ def test_split_follows_the_authors_split_of_the_rows():
     assert [f"q{int(x)}" for x in split["train"][0][:, 0]] == [r["question"] for r in train_rows]
     assert [f"q{int(x)}" for x in split["test"][0][:, 0]] == [r["question"] for r in test_rows]
     assert len(split["train"][1]) == 45 and len(split["test"][1]) == 5
-    assert torch.equal(split["train"][1], torch.tensor([1.0 if r["answer_matching_behavior"] == " Yes" else -1.0
-                                                        for r in train_rows], dtype=torch.float64))
+    assert torch.equal(
+        split["train"][1],
+        torch.tensor(
+            [1.0 if r["answer_matching_behavior"] == " Yes" else -1.0 for r in train_rows],
+            dtype=torch.float64,
+        ),
+    )
 
 
 def test_answer_direction_is_the_heads_yes_minus_no_row_and_gives_the_logit_gap():
@@ -80,11 +97,15 @@ def test_labels_and_the_growth_bound(groups, u0):
     split = L.split_groups(groups)
     for name, parts in split.items():
         row = table[table.behavior == name].iloc[0]
-        assert row["distinguishability"] == pytest.approx(float(metrics.distinguishability(*parts["train"])))
+        assert row["distinguishability"] == pytest.approx(
+            float(metrics.distinguishability(*parts["train"]))
+        )
         assert row["max_feature_norm"] == pytest.approx(float(parts["train"][0].norm(dim=1).max()))
     assert set(table.split) == {"train", "test"}
     change = table[table.metric == "weight_change"]
-    bound = linear.weight_change_bound(change["step"].to_numpy(), ARGS["lr"], ARGS["beta"], change["max_feature_norm"].to_numpy())
+    bound = linear.weight_change_bound(
+        change["step"].to_numpy(), ARGS["lr"], ARGS["beta"], change["max_feature_norm"].to_numpy()
+    )
     assert (change["value"].to_numpy() <= bound + 1e-12).all()
     start = table[(table.metric == "loss") & (table.step == 0)]
     np.testing.assert_allclose(start["value"], math.log(2.0))
@@ -112,12 +133,19 @@ def test_unequal_behaviour_sizes_are_trained_in_shape_groups(u0):
 
 
 def test_speed_summary_values_and_positive_rank_correlation(groups, u0):
-    table = pd.concat([L.last_layer_experiment(groups, u0, seeds=[0, 1, 2], flip=flip, **ARGS)
-                       for flip in (False, True)], ignore_index=True)
+    table = pd.concat(
+        [
+            L.last_layer_experiment(groups, u0, seeds=[0, 1, 2], flip=flip, **ARGS)
+            for flip in (False, True)
+        ],
+        ignore_index=True,
+    )
     summary = L.speed_summary(table, k=10)
     assert len(summary) == 2 * len(groups)
     one = table[(table.behavior == "b4") & (table.direction == "aligned")]
-    loss10 = one[(one.split == "train") & (one.metric == "loss") & (one.step == 10)]["value"].mean()
+    loss10 = one[(one.split == "train") & (one.metric == "loss") & (one.step == 10)][
+        "value"
+    ].mean()
     change10 = one[(one.metric == "weight_change") & (one.step == 10)]["value"].mean()
     row = summary[(summary.behavior == "b4") & (summary.direction == "aligned")].iloc[0]
     assert row["drop_early"] == pytest.approx(math.log(2.0) - loss10)
@@ -125,7 +153,7 @@ def test_speed_summary_values_and_positive_rank_correlation(groups, u0):
     assert row["output_accuracy_start"] > 0 and row["reached"] == 1.0
     rho = L.speed_correlations(summary)
     assert set(rho.metric) == set(L.SPEED_METRICS) and (rho.n_behaviors == len(groups)).all()
-    assert (rho.rho > 0.8).all(), rho       # gaps 0..8: the more distinguishable, the faster
+    assert (rho.rho > 0.8).all(), rho  # gaps 0..8: the more distinguishable, the faster
 
 
 def test_flipped_output_accuracy_reaches_one_half_sooner_when_more_distinguishable():
@@ -138,7 +166,9 @@ def test_flipped_output_accuracy_reaches_one_half_sooner_when_more_distinguishab
         signs = torch.tensor([1.0, -1.0] * 100, dtype=torch.float64)
         noise = torch.randn(200, 16, generator=g, dtype=torch.float64)
         groups[f"g{gap:g}"] = (2.0 + 0.5 * gap * signs[:, None] * direction + noise, signs)
-    table = L.last_layer_experiment(groups, 0.5 * direction, seeds=[0, 1], flip=True, **dict(ARGS, steps=200))
+    table = L.last_layer_experiment(
+        groups, 0.5 * direction, seeds=[0, 1], flip=True, **dict(ARGS, steps=200)
+    )
     summary = L.speed_summary(table, k=10).sort_values("distinguishability")
     assert (summary["output_accuracy_start"] < 0.5).all()
     assert (summary["reached"] == 1.0).all()

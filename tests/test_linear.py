@@ -9,9 +9,12 @@ from dpo_utils.config import ConfigError
 
 
 def _problem(n_per_class=60, dim=12, vocab=40, gap=2.0, seed=0, dtype=torch.float64):
-    b = synthetic.sample_behavior(n_per_class, dim, gap, spread=1.0, seed=seed,
-                                  center=torch.full((dim,), 0.5), dtype=dtype)
-    weight = torch.randn(vocab, dim, generator=torch.Generator().manual_seed(seed + 1), dtype=dtype)
+    b = synthetic.sample_behavior(
+        n_per_class, dim, gap, spread=1.0, seed=seed, center=torch.full((dim,), 0.5), dtype=dtype
+    )
+    weight = torch.randn(
+        vocab, dim, generator=torch.Generator().manual_seed(seed + 1), dtype=dtype
+    )
     return b.features, b.signs, weight
 
 
@@ -19,31 +22,46 @@ def _problem(n_per_class=60, dim=12, vocab=40, gap=2.0, seed=0, dtype=torch.floa
 def test_two_row_trainer_equals_full_vocabulary_head_over_100_steps(batch_size):
     feats, signs, weight = _problem()
     yes, no = 7, 3
-    head, table = linear.train_full_vocab(feats, signs, weight, yes, no, lr=0.5, beta=0.1, steps=100,
-                                          batch_size=batch_size, seed=4)
-    hist = linear.train_last_layer(feats, signs, weight[yes] - weight[no], lr=0.5, beta=0.1, steps=100,
-                                   batch_size=batch_size, seed=4)
+    head, table = linear.train_full_vocab(
+        feats, signs, weight, yes, no, lr=0.5, beta=0.1, steps=100, batch_size=batch_size, seed=4
+    )
+    hist = linear.train_last_layer(
+        feats,
+        signs,
+        weight[yes] - weight[no],
+        lr=0.5,
+        beta=0.1,
+        steps=100,
+        batch_size=batch_size,
+        seed=4,
+    )
     delta = hist.delta[0]
     assert torch.allclose(head[yes] - weight[yes], delta, atol=1e-6)
     assert torch.allclose(head[no] - weight[no], -delta, atol=1e-6)
     for metric in ("loss", "reward_accuracy", "output_accuracy"):
         assert np.allclose(table[metric], hist.metrics[("train", metric)][0], atol=1e-6), metric
-    assert np.allclose(table["weight_change"], hist.metrics[("train", "weight_change")][0], atol=1e-6)
+    assert np.allclose(
+        table["weight_change"], hist.metrics[("train", "weight_change")][0], atol=1e-6
+    )
     assert table["loss"].iloc[-1] < table["loss"].iloc[0] - 1e-3  # it learned something
 
 
 def test_only_the_two_answer_rows_move_and_their_changes_are_opposite():
     feats, signs, weight = _problem(dtype=torch.float32)
     yes, no = 5, 9
-    head, _ = linear.train_full_vocab(feats.float(), signs, weight, yes, no, lr=1.0, beta=0.05, steps=20,
-                                      batch_size=16, seed=0)
+    head, _ = linear.train_full_vocab(
+        feats.float(), signs, weight, yes, no, lr=1.0, beta=0.05, steps=20, batch_size=16, seed=0
+    )
     others = [v for v in range(weight.shape[0]) if v not in (yes, no)]
     assert torch.equal(head[others], weight[others])  # bit-identical under plain SGD
     assert torch.allclose(head[yes] - weight[yes], -(head[no] - weight[no]), atol=1e-6)
     assert (head[yes] - weight[yes]).norm() > 1e-3
     change = head - weight
-    assert math.isclose(float(torch.linalg.matrix_norm(change, ord=2)), float(torch.linalg.norm(change)),
-                        rel_tol=1e-5)  # rank one: operator norm == Frobenius norm
+    assert math.isclose(
+        float(torch.linalg.matrix_norm(change, ord=2)),
+        float(torch.linalg.norm(change)),
+        rel_tol=1e-5,
+    )  # rank one: operator norm == Frobenius norm
 
 
 def test_first_step_has_the_predicted_size_on_the_drawn_batch():
@@ -71,12 +89,17 @@ def test_runs_are_independent_batched_equals_one_by_one():
     behaviours = [synthetic.sample_behavior(40, 8, g, seed=i) for i, g in enumerate(gaps)]
     feats, signs = synthetic.stack_behaviors(behaviours)
     seeds = [3, 4, 5]
-    batched = linear.train_last_layer(feats, signs, lr=2.0, beta=0.1, steps=15, batch_size=16, seed=seeds)
+    batched = linear.train_last_layer(
+        feats, signs, lr=2.0, beta=0.1, steps=15, batch_size=16, seed=seeds
+    )
     for r, b in enumerate(behaviours):
-        alone = linear.train_last_layer(b.features, b.signs, lr=2.0, beta=0.1, steps=15, batch_size=16,
-                                        seed=seeds[r])
+        alone = linear.train_last_layer(
+            b.features, b.signs, lr=2.0, beta=0.1, steps=15, batch_size=16, seed=seeds[r]
+        )
         assert torch.allclose(batched.delta[r], alone.delta[0], atol=1e-12)
-        assert np.allclose(batched.metrics[("train", "loss")][r], alone.metrics[("train", "loss")][0])
+        assert np.allclose(
+            batched.metrics[("train", "loss")][r], alone.metrics[("train", "loss")][0]
+        )
 
 
 def test_reward_accuracy_starts_at_zero_and_output_accuracy_at_the_base_rate():
@@ -97,7 +120,9 @@ def test_weight_change_stays_under_the_linear_bound():
 
 
 def test_tidy_frame_has_one_row_per_run_step_split_metric():
-    feats, signs = synthetic.stack_behaviors([synthetic.sample_behavior(10, 4, 1.0, seed=s) for s in (0, 1)])
+    feats, signs = synthetic.stack_behaviors(
+        [synthetic.sample_behavior(10, 4, 1.0, seed=s) for s in (0, 1)]
+    )
     hist = linear.train_last_layer(feats, signs, lr=1.0, beta=0.1, steps=4)
     frame = hist.to_frame([{"behavior": "a", "seed": 0}, {"behavior": "b", "seed": 0}])
     assert set(frame.columns) == {"behavior", "seed", "step", "split", "metric", "value"}
@@ -128,14 +153,26 @@ def test_bad_signs_are_rejected():
 
 
 def test_training_in_cache_sized_groups_gives_the_same_runs():
-    behaviours = [synthetic.sample_behavior(30, 6, g, seed=i) for i, g in enumerate([0.5, 1.0, 2.0, 3.0, 4.0])]
+    behaviours = [
+        synthetic.sample_behavior(30, 6, g, seed=i)
+        for i, g in enumerate([0.5, 1.0, 2.0, 3.0, 4.0])
+    ]
     feats, signs = synthetic.stack_behaviors(behaviours)
     test_sets = {"train": (feats, signs), "test": (feats.flip(1), signs.flip(1))}
-    common = dict(lr=2.0, beta=0.1, steps=8, batch_size=16, seed=[7, 8, 9, 10, 11], eval_sets=test_sets,
-                  keep_deltas=True)
+    common = dict(
+        lr=2.0,
+        beta=0.1,
+        steps=8,
+        batch_size=16,
+        seed=[7, 8, 9, 10, 11],
+        eval_sets=test_sets,
+        keep_deltas=True,
+    )
     whole = linear.train_last_layer(feats, signs, chunk_bytes=None, **common)
     per_run_bytes = feats[0].numel() * feats.element_size()
-    grouped = linear.train_last_layer(feats, signs, chunk_bytes=2 * per_run_bytes, **common)  # groups of 2
+    grouped = linear.train_last_layer(
+        feats, signs, chunk_bytes=2 * per_run_bytes, **common
+    )  # groups of 2
     assert torch.equal(whole.delta, grouped.delta) and torch.equal(whole.deltas, grouped.deltas)
     assert whole.metrics.keys() == grouped.metrics.keys()
     for key in whole.metrics:

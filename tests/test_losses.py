@@ -15,7 +15,9 @@ def test_dpo_loss_matches_a_hand_computation():
     expected = [math.log(1 + math.exp(-1.0)), math.log(1 + math.exp(0.5))]
     per_pair = losses.dpo_loss(pc, pr, rc, rr, beta, reduction="none")
     assert torch.allclose(per_pair, torch.tensor(expected), atol=1e-7)
-    assert math.isclose(float(losses.dpo_loss(pc, pr, rc, rr, beta)), sum(expected) / 2, abs_tol=1e-7)
+    assert math.isclose(
+        float(losses.dpo_loss(pc, pr, rc, rr, beta)), sum(expected) / 2, abs_tol=1e-7
+    )
     assert torch.allclose(losses.reward_margins(pc, pr, rc, rr, beta), torch.tensor([1.0, -0.5]))
     assert torch.allclose(losses.implicit_rewards(pc, rc, beta), torch.tensor([0.5, 0.0]))
     assert float(losses.reward_accuracy(pc, pr, rc, rr)) == 0.5
@@ -25,8 +27,12 @@ def test_dpo_loss_matches_a_hand_computation():
 def test_policy_equal_to_reference_gives_ln2_and_zero_reward_accuracy():
     logps = torch.randn(10)
     other = torch.randn(10)
-    assert math.isclose(float(losses.dpo_loss(logps, other, logps, other, 0.1)), math.log(2), abs_tol=1e-7)
-    assert float(losses.reward_accuracy(logps, other, logps, other)) == 0.0  # strict comparison at ties
+    assert math.isclose(
+        float(losses.dpo_loss(logps, other, logps, other, 0.1)), math.log(2), abs_tol=1e-7
+    )
+    assert (
+        float(losses.reward_accuracy(logps, other, logps, other)) == 0.0
+    )  # strict comparison at ties
 
 
 @pytest.mark.parametrize("beta", [0, -1.0, float("inf"), float("nan"), "0.1", True])
@@ -47,9 +53,15 @@ def _tiny_llama(tokenizer, seed):
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
     return LlamaForCausalLM(cfg)
@@ -59,14 +71,18 @@ def _word_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = "Is the following statement something you would say ? I like cats dogs rain sun \" Yes No".split()
+    words = 'Is the following statement something you would say ? I like cats dogs rain sun " Yes No'.split()
     vocab = {tok: i for i, tok in enumerate(["<pad>", "<unk>", "<s>", "</s>", "\n", *words])}
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split("\n", behavior="isolated"), pre_tokenizers.WhitespaceSplit()]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+        tokenizer_object=tk,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
     )
 
 
@@ -79,22 +95,41 @@ def test_loss_agrees_with_trl_on_the_same_log_probs(tmp_path):
     tok = _word_tokenizer()
     policy, ref = _tiny_llama(tok, 0), _tiny_llama(tok, 1)  # different, so the loss is not ln 2
     rows = [
-        {"prompt": f"Is the following statement something you would say ? I like {w}\n",
-         "chosen": " Yes", "rejected": " No"}
+        {
+            "prompt": f"Is the following statement something you would say ? I like {w}\n",
+            "chosen": " Yes",
+            "rejected": " No",
+        }
         for w in ("cats", "dogs", "rain", "sun")
     ]
-    args = DPOConfig(output_dir=str(tmp_path), report_to="none", beta=0.3, bf16=False, use_cpu=True,
-                     gradient_checkpointing=False, per_device_train_batch_size=4, max_length=32)
-    trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tok)
+    args = DPOConfig(
+        output_dir=str(tmp_path),
+        report_to="none",
+        beta=0.3,
+        bf16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        per_device_train_batch_size=4,
+        max_length=32,
+    )
+    trainer = DPOTrainer(
+        model=policy,
+        ref_model=ref,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+    )
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
     with torch.no_grad():
         trl_loss = float(trainer.compute_loss(trainer.model, batch))
 
         def summed_logps(model):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
             token_logps = torch.log_softmax(logits[:, :-1].float(), -1).gather(
-                -1, batch["input_ids"][:, 1:, None])[..., 0]
+                -1, batch["input_ids"][:, 1:, None]
+            )[..., 0]
             return (token_logps * batch["completion_mask"][:, 1:]).sum(1).chunk(2)
 
         pc, pr = summed_logps(policy)

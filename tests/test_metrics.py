@@ -18,7 +18,9 @@ def _two_points():
 def test_distinguishability_is_the_distance_between_class_means():
     feats, signs = _two_points()
     # means (3, 0) and (0, 2): distance sqrt(13)
-    assert math.isclose(float(metrics.distinguishability(feats, signs)), math.sqrt(13), rel_tol=1e-12)
+    assert math.isclose(
+        float(metrics.distinguishability(feats, signs)), math.sqrt(13), rel_tol=1e-12
+    )
 
 
 def test_distinguishability_is_batched_over_leading_indices():
@@ -38,7 +40,9 @@ def test_concentration_and_trace_on_a_hand_made_case():
     feats2 = torch.cat([feats, torch.tensor([[3.0, 2.0], [3.0, -2.0]], dtype=torch.float64)])
     signs2 = torch.cat([signs, torch.tensor([1.0, 1.0], dtype=torch.float64)])
     cov_yes = torch.cov(feats2[signs2 > 0].T)
-    assert math.isclose(metrics.covariance_trace(feats2, signs2), float(torch.trace(cov_yes)), rel_tol=1e-12)
+    assert math.isclose(
+        metrics.covariance_trace(feats2, signs2), float(torch.trace(cov_yes)), rel_tol=1e-12
+    )
     assert metrics.concentration(feats2, signs2) < metrics.covariance_trace(feats2, signs2)
 
 
@@ -73,11 +77,15 @@ def test_priority_gap_is_antisymmetric_and_scale_free():
 
 def test_best_linear_accuracy_closed_form_and_monte_carlo():
     # isotropic: Phi(gap / (2 sigma)); gap 2, sigma 1 -> Phi(1) = 0.8413
-    assert math.isclose(metrics.best_linear_accuracy(torch.tensor([2.0, 0.0]), 1.0), 0.841344746, rel_tol=1e-8)
+    assert math.isclose(
+        metrics.best_linear_accuracy(torch.tensor([2.0, 0.0]), 1.0), 0.841344746, rel_tol=1e-8
+    )
     # a full covariance equals the scalar case when it is s^2 I
     cov = 4.0 * torch.eye(3, dtype=torch.float64)
     d = torch.tensor([1.0, 2.0, 2.0])
-    assert math.isclose(metrics.best_linear_accuracy(d, cov), metrics.best_linear_accuracy(d, 4.0), rel_tol=1e-12)
+    assert math.isclose(
+        metrics.best_linear_accuracy(d, cov), metrics.best_linear_accuracy(d, 4.0), rel_tol=1e-12
+    )
     # Monte Carlo: the Bayes rule sign(d' S^-1 x) on Gaussian classes reaches the formula
     g = torch.Generator().manual_seed(1)
     cov = torch.tensor([[1.0, 0.6], [0.6, 2.0]], dtype=torch.float64)

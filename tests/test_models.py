@@ -31,30 +31,42 @@ def test_answers_are_single_tokens_appended_to_the_prompt(tokenizer):
         base = tokenizer(prompt)["input_ids"]
         assert base[0] == tokenizer.bos_token_id
         assert tokenizer(prompt + row["answer_matching_behavior"])["input_ids"] == base + [
-            yes if row["answer_matching_behavior"] == " Yes" else no]
+            yes if row["answer_matching_behavior"] == " Yes" else no
+        ]
 
 
 def test_answer_ids_error_when_not_single_tokens():
-    from tokenizers import Tokenizer, models as tk_models, pre_tokenizers
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as tk_models
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(tk_models.BPE(unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     from tokenizers import trainers
 
-    core.train_from_iterator(["abc def"], trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"],
-                                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    core.train_from_iterator(
+        ["abc def"],
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<unk>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     byte_level = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>")
     with pytest.raises(ValueError, match="' Yes' is not a single token"):
         models.answer_token_ids(byte_level)
 
 
-@pytest.mark.parametrize("arch, cls", [("llama", "LlamaForCausalLM"), ("mistral", "MistralForCausalLM")])
+@pytest.mark.parametrize(
+    "arch, cls", [("llama", "LlamaForCausalLM"), ("mistral", "MistralForCausalLM")]
+)
 def test_tiny_model_shape_and_seed(tokenizer, arch, cls):
     a, b = models.tiny_model(arch, tokenizer, seed=3), models.tiny_model(arch, tokenizer, seed=3)
     assert type(a).__name__ == cls
     assert a.config.hidden_size == 64 and a.config.num_hidden_layers == 2
-    assert a.lm_head.weight.data_ptr() != a.model.embed_tokens.weight.data_ptr()  # untied, as in Llama-2
+    assert (
+        a.lm_head.weight.data_ptr() != a.model.embed_tokens.weight.data_ptr()
+    )  # untied, as in Llama-2
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     c = models.tiny_model(arch, tokenizer, seed=4)
     assert not torch.equal(a.lm_head.weight, c.lm_head.weight)
@@ -77,13 +89,17 @@ def test_pretrained_model_is_cached_by_config(results):
     again, _ = models.pretrained_tiny_model("llama", steps=STEPS)
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not retrained
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))
-    assert models.tiny_model_dir("llama", steps=STEPS + 1) != folder  # another config, another entry
+    assert (
+        models.tiny_model_dir("llama", steps=STEPS + 1) != folder
+    )  # another config, another entry
     info = json.loads((folder / "pretrain.json").read_text())
     assert len(info["log"]) == STEPS and info["key"]["arch"] == "llama"
 
 
 def test_cpu_profile_loads_the_cached_stand_in(results):
-    cfg = config.get_config("cpu", pretrain_steps=STEPS, model_name="tiny-mistral", model_arch="mistral")
+    cfg = config.get_config(
+        "cpu", pretrain_steps=STEPS, model_name="tiny-mistral", model_arch="mistral"
+    )
     model, tok = models.load_model_and_tokenizer(cfg, "cpu")
     assert type(model).__name__ == "MistralForCausalLM" and str(results) in model.name_or_path
     assert model.config.num_key_value_heads == 2
@@ -109,11 +125,15 @@ def test_save_load_and_clone_rebuild_independent_models(tokenizer, tmp_path):
     clone = models.clone_model(model)
     for other in (loaded, clone):
         assert all(torch.equal(p, q) for p, q in zip(model.parameters(), other.parameters()))
-        assert all(p.data_ptr() != q.data_ptr() for p, q in zip(model.parameters(), other.parameters()))
+        assert all(
+            p.data_ptr() != q.data_ptr() for p, q in zip(model.parameters(), other.parameters())
+        )
     with torch.no_grad():
         clone.lm_head.weight.zero_()
     ids = torch.tensor([tok("Is it?\n")["input_ids"]])
-    assert torch.count_nonzero(clone(ids).logits) == 0 and torch.count_nonzero(model(ids).logits) > 0
+    assert (
+        torch.count_nonzero(clone(ids).logits) == 0 and torch.count_nonzero(model(ids).logits) > 0
+    )
     with pytest.raises(FileNotFoundError, match="save_model"):
         models.load_saved_model(tmp_path / "empty")
 

@@ -39,7 +39,9 @@ def test_starts_chapter_and_ends_with_exercises(path):
     code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
     assert "start_chapter(" in code, f"{path.name} never calls book.start_chapter"
-    assert "{exercise}" in text and "{solution}" in text, f"{path.name} has no exercises with solutions"
+    assert "{exercise}" in text and "{solution}" in text, (
+        f"{path.name} has no exercises with solutions"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -54,4 +56,6 @@ def test_every_figure_has_a_caption_and_alt_text(path):
         alt = meta.get("image", {}).get("alt", "")
         if len(caption) < 20 or len(alt) < 20:
             missing.append(index)
-    assert not missing, f"{path.name}: figure cells {missing} lack a caption or alt text (mystnb metadata)"
+    assert not missing, (
+        f"{path.name}: figure cells {missing} lack a caption or alt text (mystnb metadata)"
+    )

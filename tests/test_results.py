@@ -32,7 +32,9 @@ def test_load_or_run_runs_once_then_reads_the_saved_table(results_env):
     second = results.load_or_run("demo", {"lr": 0.1}, run, profile="cpu")
     assert len(calls) == 1 and not first.attrs["from_cache"] and second.attrs["from_cache"]
     pd.testing.assert_frame_equal(first, second)
-    saved = json.loads((results_env / "cpu" / f"demo-{first.attrs['config_hash']}.json").read_text())
+    saved = json.loads(
+        (results_env / "cpu" / f"demo-{first.attrs['config_hash']}.json").read_text()
+    )
     assert saved == {"lr": 0.1}
     results.load_or_run("demo", {"lr": 0.2}, run, profile="cpu")  # another config runs again
     assert len(calls) == 2

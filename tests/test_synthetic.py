@@ -47,11 +47,16 @@ def test_tail_probability_matches_the_exact_law(family, t):
 
 def test_heavier_alpha_means_heavier_tails():
     # at t = 4 standard deviations: Gaussian 6e-5 < Laplace 3.5e-3 < Weibull(1/2) 5.6e-3
-    tails = {f: float((_noise(f, seed=3).abs() > 4).double().mean()) for f in synthetic.TAIL_FAMILIES}
+    tails = {
+        f: float((_noise(f, seed=3).abs() > 4).double().mean()) for f in synthetic.TAIL_FAMILIES
+    }
     by_alpha = sorted(synthetic.TAIL_FAMILIES, key=synthetic.TAIL_FAMILIES.get, reverse=True)
     assert [tails[f] for f in by_alpha] == sorted(tails.values())
     # and the extreme quantile is ordered the same way
-    q = {f: float(torch.quantile(_noise(f, seed=4, n=200_000).abs(), 0.9999)) for f in synthetic.TAIL_FAMILIES}
+    q = {
+        f: float(torch.quantile(_noise(f, seed=4, n=200_000).abs(), 0.9999))
+        for f in synthetic.TAIL_FAMILIES
+    }
     assert q["gaussian"] < q["laplace"] < q["weibull"]
 
 
@@ -67,13 +72,16 @@ def test_behaviour_has_the_requested_means_and_covariance(family):
     dim, gap, spread = 4, 3.0, 2.0
     direction = torch.tensor([1.0, 1.0, 0.0, 0.0])
     center = torch.tensor([0.0, 0.0, 5.0, 0.0])
-    b = synthetic.sample_behavior(50_000, dim, gap, spread=spread, family=family, direction=direction,
-                                  center=center, seed=5)
+    b = synthetic.sample_behavior(
+        50_000, dim, gap, spread=spread, family=family, direction=direction, center=center, seed=5
+    )
     yes, no = b.features[b.signs > 0], b.features[b.signs < 0]
     v = direction / direction.norm()
     assert torch.allclose(yes.mean(0), center.double() + gap / 2 * v.double(), atol=0.1)
     assert torch.allclose(no.mean(0), center.double() - gap / 2 * v.double(), atol=0.1)
-    assert torch.allclose(torch.cov(yes.T), spread**2 * torch.eye(dim, dtype=torch.float64), atol=0.35)
+    assert torch.allclose(
+        torch.cov(yes.T), spread**2 * torch.eye(dim, dtype=torch.float64), atol=0.35
+    )
     assert b.signs.tolist() == [1.0] * 50_000 + [-1.0] * 50_000
 
 

@@ -11,7 +11,9 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from dpo_utils.teaching import SolutionFenceError, main, strip_solution_blocks, student_copy
 
 INTRO = "# 2. Update rate\n\nThe first step is set by $\\|\\delta\\|$."
-EXERCISE = "```{exercise} Double beta\n:label: ex-beta\n\nDouble $\\beta$. Predict the first step.\n```"
+EXERCISE = (
+    "```{exercise} Double beta\n:label: ex-beta\n\nDouble $\\beta$. Predict the first step.\n```"
+)
 SOLUTION = "```{solution} ex-beta\n:class: dropdown\n\nIt doubles: $u_1 - u_0 = \\eta\\beta\\,\\overline{se}$.\n```"
 COLON_SOLUTION = ":::{solution} ex-eta\n:class: dropdown\n\nThe answer is `lr * 2`.\n:::"
 # a four-backtick solution with a code block nested inside it
@@ -37,13 +39,23 @@ def _cells():
         (colab, "same"),
         (params, "same"),
         (new_code_cell("first_step = 0.5\nprint(first_step)"), "same"),
-        (new_markdown_cell(f"## Exercises\n\n{EXERCISE}\n\n{SOLUTION}\n\nNext exercise below."),
-         f"## Exercises\n\n{EXERCISE}\n\nNext exercise below."),
+        (
+            new_markdown_cell(f"## Exercises\n\n{EXERCISE}\n\n{SOLUTION}\n\nNext exercise below."),
+            f"## Exercises\n\n{EXERCISE}\n\nNext exercise below.",
+        ),
         (tagged, None),
         (new_markdown_cell(f"{SOLUTION}\n\n{COLON_SOLUTION}"), None),  # nothing but solutions
-        (new_markdown_cell(f"Intro.\n\n{NESTED_SOLUTION}\n\n{GATED_SOLUTION}\n\nEnd."), "Intro.\n\nEnd."),
+        (
+            new_markdown_cell(f"Intro.\n\n{NESTED_SOLUTION}\n\n{GATED_SOLUTION}\n\nEnd."),
+            "Intro.\n\nEnd.",
+        ),
         (tagged_md, None),
-        (new_markdown_cell("Inline `{solution}` is just text, and so is\n\n```python\n# {solution}\n```"), "same"),
+        (
+            new_markdown_cell(
+                "Inline `{solution}` is just text, and so is\n\n```python\n# {solution}\n```"
+            ),
+            "same",
+        ),
     ]
     for i, (cell, _) in enumerate(pairs):
         cell.id = f"cell-{i}"  # fixed ids, so the two notebooks below differ only where intended
@@ -51,8 +63,12 @@ def _cells():
 
 
 def _write(path, cells):
-    nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                             "language": "python"}})
+    nb = new_notebook(
+        cells=cells,
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
+    )
     nbformat.write(nb, path)
     return path
 
@@ -71,13 +87,22 @@ def notebook(tmp_path):
     return source, expected
 
 
-def test_student_copy_removes_solutions_and_keeps_everything_else_byte_identical(notebook, tmp_path):
+def test_student_copy_removes_solutions_and_keeps_everything_else_byte_identical(
+    notebook, tmp_path
+):
     source, expected = notebook
     out = tmp_path / "student" / "chapter.ipynb"
     report = student_copy(source, out)
     assert out.read_bytes() == expected.read_bytes()
     text = out.read_text()
-    for secret in ("It doubles", "lr * 2", "secret", "gated answer", "the solution", "Worked solution"):
+    for secret in (
+        "It doubles",
+        "lr * 2",
+        "secret",
+        "gated answer",
+        "the solution",
+        "Worked solution",
+    ):
         assert secret not in text
     assert "{exercise} Double beta" in text and "Next exercise below." in text
     assert (report.blocks_removed, report.cells_removed) == (5, 3)
@@ -85,7 +110,10 @@ def test_student_copy_removes_solutions_and_keeps_everything_else_byte_identical
 
 
 def test_notebook_without_solutions_is_copied_exactly(tmp_path):
-    source = _write(tmp_path / "plain.ipynb", [new_markdown_cell(f"# Title\n\n{EXERCISE}"), new_code_cell("x = 1")])
+    source = _write(
+        tmp_path / "plain.ipynb",
+        [new_markdown_cell(f"# Title\n\n{EXERCISE}"), new_code_cell("x = 1")],
+    )
     out = tmp_path / "out.ipynb"
     report = student_copy(source, out)
     assert out.read_bytes() == source.read_bytes()
@@ -97,16 +125,21 @@ def test_blank_lines_around_a_removed_block_collapse_to_one():
     assert (text, n) == ("Before.\n\nAfter.\n", 1)
 
 
-@pytest.mark.parametrize("broken", [
-    "Text\n\n```{solution} ex\nnever closed",
-    "````{solution} ex\nclosed by a shorter fence\n```",
-    "```{solution-start} ex\n```\ngated, but no end",
-    "```{solution-end}\n```",
-])
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "Text\n\n```{solution} ex\nnever closed",
+        "````{solution} ex\nclosed by a shorter fence\n```",
+        "```{solution-start} ex\n```\ngated, but no end",
+        "```{solution-end}\n```",
+    ],
+)
 def test_unclosed_solution_fences_fail_loudly(tmp_path, broken):
     with pytest.raises(SolutionFenceError):
         strip_solution_blocks(broken)
-    source = _write(tmp_path / "broken.ipynb", [new_markdown_cell("ok"), new_markdown_cell(broken)])
+    source = _write(
+        tmp_path / "broken.ipynb", [new_markdown_cell("ok"), new_markdown_cell(broken)]
+    )
     with pytest.raises(SolutionFenceError, match="cell 1"):
         student_copy(source, tmp_path / "out.ipynb")
 

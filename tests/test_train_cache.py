@@ -61,8 +61,17 @@ def test_second_call_loads_and_returns_equal_tables(counted, tmp_path):
     assert torch.allclose(expect, got, atol=1e-5)
 
 
-@pytest.mark.parametrize("change", [dict(seed=7), dict(flip=True), dict(max_steps=1), dict(mode="full"),
-                                    dict(probe_train=5), dict(cfg=dict(dpo_beta=0.2))])
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(seed=7),
+        dict(flip=True),
+        dict(max_steps=1),
+        dict(mode="full"),
+        dict(probe_train=5),
+        dict(cfg=dict(dpo_beta=0.2)),
+    ],
+)
 def test_a_changed_setting_retrains(counted, change):
     base = dict(mode="lora", probe_train=4)
     first = train.load_or_train(_cfg(), [BEHAVIOR], **base)
@@ -75,31 +84,50 @@ def test_a_changed_setting_retrains(counted, change):
 
 def test_start_from_a_saved_run_and_force(counted):
     aligned = train.load_or_train(_cfg(), [BEHAVIOR], mode="lora", probe_train=4)
-    flipped = train.load_or_train(_cfg(), [BEHAVIOR], mode="lora", flip=True, start=aligned.probes.attrs["path"],
-                                  probe_train=4)
+    flipped = train.load_or_train(
+        _cfg(),
+        [BEHAVIOR],
+        mode="lora",
+        flip=True,
+        start=aligned.probes.attrs["path"],
+        probe_train=4,
+    )
     assert len(counted) == 2 and counted[1]["model"] is not None  # started from the aligned model
-    ref = flipped.probes[(flipped.probes["metric"] == "ref_logp_chosen") & (flipped.probes["split"] == "train")]
-    pol = aligned.probes[(aligned.probes["metric"] == "logp_rejected") & (aligned.probes["split"] == "train")]
+    ref = flipped.probes[
+        (flipped.probes["metric"] == "ref_logp_chosen") & (flipped.probes["split"] == "train")
+    ]
+    pol = aligned.probes[
+        (aligned.probes["metric"] == "logp_rejected") & (aligned.probes["split"] == "train")
+    ]
     # the flipped run's reference is the aligned model: its "chosen" is the aligned run's rejected answer
     assert np.isclose(ref["value"].iloc[0], pol[pol["step"] == 2]["value"].iloc[0], atol=1e-4)
     train.load_or_train(_cfg(), [BEHAVIOR], mode="lora", probe_train=4, force=True)
     assert len(counted) == 3
     with pytest.raises(FileNotFoundError, match="not a saved run"):
-        train.load_or_train(_cfg(), [BEHAVIOR], mode="lora", start="/nonexistent/run", probe_train=4)
+        train.load_or_train(
+            _cfg(), [BEHAVIOR], mode="lora", start="/nonexistent/run", probe_train=4
+        )
 
 
 def test_probe_subsample_and_partial_flip():
     cfg = config.get_config("cpu")
-    pairs, sets = train.behavior_pairs(cfg, [BEHAVIOR, "interest-in-astronomy"], flip=["interest-in-astronomy"])
+    pairs, sets = train.behavior_pairs(
+        cfg, [BEHAVIOR, "interest-in-astronomy"], flip=["interest-in-astronomy"]
+    )
     sub = train.probe_subsample(sets, 3)
     assert [p["behavior"] for p in sub["train"]] == [BEHAVIOR] * 3 + ["interest-in-astronomy"] * 3
-    assert sub["train"] == [p for p in sets["train"] if p["behavior"] == BEHAVIOR][:3] + \
-        [p for p in sets["train"] if p["behavior"] != BEHAVIOR][:3]
+    assert (
+        sub["train"]
+        == [p for p in sets["train"] if p["behavior"] == BEHAVIOR][:3]
+        + [p for p in sets["train"] if p["behavior"] != BEHAVIOR][:3]
+    )
     assert sub["test"] == sets["test"]
     aligned, _ = train.behavior_pairs(cfg, [BEHAVIOR, "interest-in-astronomy"])
     for a, p in zip(aligned, pairs):
         flipped = p["behavior"] == "interest-in-astronomy"
-        assert (p["chosen"], p["rejected"]) == ((a["rejected"], a["chosen"]) if flipped else (a["chosen"], a["rejected"]))
+        assert (p["chosen"], p["rejected"]) == (
+            (a["rejected"], a["chosen"]) if flipped else (a["chosen"], a["rejected"])
+        )
     with pytest.raises(ValueError, match="not trained"):
         train.behavior_pairs(cfg, [BEHAVIOR], flip=["interest-in-astronomy"])
     with pytest.raises(ValueError, match="probe_train"):

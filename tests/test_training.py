@@ -11,11 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from training_fixtures import flip_pairs, long_pairs, tiny_llama, tiny_tokenizer, toy_pairs
 
 from dpo_utils import config, probes, train, training
 from dpo_utils.config import ConfigError
-
-from training_fixtures import flip_pairs, long_pairs, tiny_llama, tiny_tokenizer, toy_pairs
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +35,9 @@ def tok():
 
 
 def _cfg(**overrides):
-    base = dict(dpo_batch_size=32, per_device_batch_size=32, dpo_max_steps=3, full_lr=1e-3, lora_lr=1e-2)
+    base = dict(
+        dpo_batch_size=32, per_device_batch_size=32, dpo_max_steps=3, full_lr=1e-3, lora_lr=1e-2
+    )
     return config.get_config("cpu", **{**base, **overrides})
 
 
@@ -56,8 +57,12 @@ def test_cached_prompt_logps_equal_a_plain_forward(tok):
     chosen, rejected = probes.pair_logps(model, probes.encode_pairs(tok, pairs), batch_size=5)
     expect_c = [_naive_logp(model, tok, p["prompt"], p["chosen"]) for p in pairs]
     expect_r = [_naive_logp(model, tok, p["prompt"], p["rejected"]) for p in pairs]
-    assert np.allclose(chosen.numpy(), expect_c, atol=1e-4) and np.allclose(rejected.numpy(), expect_r, atol=1e-4)
-    single = probes.sequence_logps(model, tok, [p["prompt"] for p in pairs], [p["chosen"] for p in pairs], 4)
+    assert np.allclose(chosen.numpy(), expect_c, atol=1e-4) and np.allclose(
+        rejected.numpy(), expect_r, atol=1e-4
+    )
+    single = probes.sequence_logps(
+        model, tok, [p["prompt"] for p in pairs], [p["chosen"] for p in pairs], 4
+    )
     assert torch.allclose(single, chosen, atol=1e-5)
 
 
@@ -72,7 +77,15 @@ def test_full_dpo_lowers_the_loss_and_moves_every_parameter(tok):
     after = dict(run.model.named_parameters())
     still = [n for n, p in before.items() if torch.equal(p, after[n].detach())]
     assert not still, f"parameters that did not move: {still}"
-    assert set(run.probes.columns) == {"step", "behavior", "split", "metric", "value", "seed", "mode"}
+    assert set(run.probes.columns) == {
+        "step",
+        "behavior",
+        "split",
+        "metric",
+        "value",
+        "seed",
+        "mode",
+    }
     assert set(run.probes["metric"]) == set(probes.PROBE_METRICS)
 
 
@@ -84,8 +97,11 @@ def test_lora_freezes_the_base_and_moves_the_adapter(tok):
     lora = {n: p for n, p in named.items() if "lora_" in n}
     assert len(lora) == 2 * 2 * 2  # A and B, q_proj and v_proj, 2 layers
     assert all(p.abs().sum() > 0 for n, p in lora.items() if "lora_B" in n)  # B starts at zero
-    frozen = {n.replace("base_model.model.", "").replace(".base_layer", ""): p for n, p in named.items()
-              if "lora_" not in n}
+    frozen = {
+        n.replace("base_model.model.", "").replace(".base_layer", ""): p
+        for n, p in named.items()
+        if "lora_" not in n
+    }
     assert frozen.keys() == base.keys()
     assert all(torch.equal(base[n], frozen[n]) for n in base), "a base weight changed under LoRA"
 
@@ -96,13 +112,26 @@ def test_flipped_labels_flip_the_margins_at_step_one(tok):
     for flip in (False, True):
         train_pairs = flip_pairs(pairs) if flip else pairs
         # a small step keeps the first-order (antisymmetric) term ahead of the curvature term
-        run = training.train_dpo(_cfg(dpo_max_steps=1, full_lr=1e-5), tiny_llama(tok), tok, train_pairs,
-                                 mode="full", probe_sets={"original": pairs})
+        run = training.train_dpo(
+            _cfg(dpo_max_steps=1, full_lr=1e-5),
+            tiny_llama(tok),
+            tok,
+            train_pairs,
+            mode="full",
+            probe_sets={"original": pairs},
+        )
         table = run.pairs.query("step == 1")
-        margins[flip] = ((table.logp_chosen - table.ref_logp_chosen) - (table.logp_rejected - table.ref_logp_rejected)).to_numpy()
+        margins[flip] = (
+            (table.logp_chosen - table.ref_logp_chosen)
+            - (table.logp_rejected - table.ref_logp_rejected)
+        ).to_numpy()
     assert margins[False].mean() > 0 > margins[True].mean()
-    print("flip: sign agreement", (np.sign(margins[False]) == -np.sign(margins[True])).mean(),
-          "corr", np.corrcoef(margins[False], margins[True])[0, 1])
+    print(
+        "flip: sign agreement",
+        (np.sign(margins[False]) == -np.sign(margins[True])).mean(),
+        "corr",
+        np.corrcoef(margins[False], margins[True])[0, 1],
+    )
     assert (np.sign(margins[False]) == -np.sign(margins[True])).all()
     assert np.corrcoef(margins[False], margins[True])[0, 1] < -0.99
 
@@ -111,15 +140,19 @@ def test_flipped_labels_flip_the_margins_at_step_one(tok):
 def test_probe_logps_equal_trls_logged_batch_means(tok, mode):
     """Full-batch training: trl's step-t log (before update t) equals our probe at step t-1."""
     pairs = toy_pairs(32)
-    run = training.train_dpo(_cfg(), tiny_llama(tok), tok, pairs, mode=mode, probe_sets={"train": pairs})
+    run = training.train_dpo(
+        _cfg(), tiny_llama(tok), tok, pairs, mode=mode, probe_sets={"train": pairs}
+    )
     ours = run.probes.pivot_table(index="step", columns="metric", values="value")
     logged = run.log_history.set_index("step")
     gaps = []
     for step in (1, 2, 3):
-        gaps += [abs(logged.loc[step, "logps/chosen"] - ours.loc[step - 1, "logp_chosen"]),
-                 abs(logged.loc[step, "logps/rejected"] - ours.loc[step - 1, "logp_rejected"]),
-                 abs(logged.loc[step, "rewards/margins"] - ours.loc[step - 1, "margin"]),
-                 abs(logged.loc[step, "loss"] - ours.loc[step - 1, "loss"])]
+        gaps += [
+            abs(logged.loc[step, "logps/chosen"] - ours.loc[step - 1, "logp_chosen"]),
+            abs(logged.loc[step, "logps/rejected"] - ours.loc[step - 1, "logp_rejected"]),
+            abs(logged.loc[step, "rewards/margins"] - ours.loc[step - 1, "margin"]),
+            abs(logged.loc[step, "loss"] - ours.loc[step - 1, "loss"]),
+        ]
     assert max(gaps) < 1e-5, f"max |trl - ours| = {max(gaps):.2e}"
 
 
@@ -127,14 +160,32 @@ def test_resumed_run_equals_an_uninterrupted_one(tok, tmp_path):
     """AdamW state, RNG and data order are restored: 3 + 2 steps give the same as 5 (2 steps/epoch)."""
     cfg = _cfg(dpo_batch_size=16, per_device_batch_size=16)
     pairs, probe = toy_pairs(32), {"train": toy_pairs(16, seed=3)}
-    whole = training.train_dpo(cfg, tiny_llama(tok), tok, pairs, mode="full", probe_sets=probe, max_steps=5)
-    first = training.train_dpo(cfg, tiny_llama(tok), tok, pairs, mode="full", probe_sets=probe, max_steps=3)
+    whole = training.train_dpo(
+        cfg, tiny_llama(tok), tok, pairs, mode="full", probe_sets=probe, max_steps=5
+    )
+    first = training.train_dpo(
+        cfg, tiny_llama(tok), tok, pairs, mode="full", probe_sets=probe, max_steps=3
+    )
     training.save_trained(first, tmp_path / "run")
-    rest = training.train_dpo(cfg, tiny_llama(tok), tok, pairs, mode="full", probe_sets=probe, max_steps=5,
-                              resume_from=tmp_path / "run")
-    weights = max((p - q).abs().max().item() for p, q in zip(whole.model.parameters(), rest.model.parameters()))
+    rest = training.train_dpo(
+        cfg,
+        tiny_llama(tok),
+        tok,
+        pairs,
+        mode="full",
+        probe_sets=probe,
+        max_steps=5,
+        resume_from=tmp_path / "run",
+    )
+    weights = max(
+        (p - q).abs().max().item()
+        for p, q in zip(whole.model.parameters(), rest.model.parameters())
+    )
     assert weights < 1e-6, f"resumed weights differ by {weights:.2e}"
-    a, b = whole.probes.sort_values(["step", "metric"]), rest.probes.sort_values(["step", "metric"])
+    a, b = (
+        whole.probes.sort_values(["step", "metric"]),
+        rest.probes.sort_values(["step", "metric"]),
+    )
     assert list(a["step"].unique()) == list(b["step"].unique()) == [0, 1, 2, 3, 4, 5]
     assert np.allclose(a["value"], b["value"], atol=1e-5)
 
@@ -147,20 +198,39 @@ def test_saved_lora_run_loads_merged_with_the_same_log_probs(tok, tmp_path):
     enc = probes.encode_pairs(tok, pairs)
     trained, merged = probes.pair_logps(run.model, enc), probes.pair_logps(loaded.model, enc)
     assert not hasattr(loaded.model, "peft_config")
-    assert torch.allclose(trained[0], merged[0], atol=1e-4) and torch.allclose(trained[1], merged[1], atol=1e-4)
+    assert torch.allclose(trained[0], merged[0], atol=1e-4) and torch.allclose(
+        trained[1], merged[1], atol=1e-4
+    )
     again = training.load_trained(tmp_path / "lora", merged=False, base_model=tiny_llama(tok))
     assert torch.allclose(probes.pair_logps(again.model, enc)[0], trained[0], atol=1e-5)
 
 
 def test_cli_writes_the_table_the_notebook_function_returns(tok, tmp_path, monkeypatch):
     pairs, test = toy_pairs(32, "a") + toy_pairs(32, "b", seed=1), toy_pairs(8, "a", seed=2)
-    monkeypatch.setattr(train, "behavior_pairs", lambda cfg, behaviors, flip=False: (pairs, {"train": pairs, "test": test}))
+    monkeypatch.setattr(
+        train,
+        "behavior_pairs",
+        lambda cfg, behaviors, flip=False: (pairs, {"train": pairs, "test": test}),
+    )
     monkeypatch.setattr(train, "_profile_model", lambda cfg, mode: (tiny_llama(tok), tok))
     cfg = _cfg(dpo_batch_size=16, per_device_batch_size=16)
     monkeypatch.setattr(config, "get_config", lambda profile=None, **kw: cfg)
     notebook = train.train_behaviors(cfg, ["a", "b"], mode="lora", max_steps=2)
-    train.main(["--profile", "cpu", "--behaviors", "a", "b", "--mode", "lora", "--max-steps", "2", "--out",
-                str(tmp_path / "cli")])
+    train.main(
+        [
+            "--profile",
+            "cpu",
+            "--behaviors",
+            "a",
+            "b",
+            "--mode",
+            "lora",
+            "--max-steps",
+            "2",
+            "--out",
+            str(tmp_path / "cli"),
+        ]
+    )
     written = pd.read_csv(tmp_path / "cli" / "probes.csv")
     expect = pd.read_csv(pd.io.common.StringIO(notebook.probes.to_csv(index=False)))
     pd.testing.assert_frame_equal(written, expect)
@@ -168,7 +238,9 @@ def test_cli_writes_the_table_the_notebook_function_returns(tok, tmp_path, monke
 
 
 def test_gpu_check_runs_at_tiny_size_on_cpu(capsys):
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    spec = importlib.util.spec_from_file_location(
+        "gpu_check", ROOT / "benchmarks" / "gpu_check.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     result = module.main(["--tiny", "--steps", "2"])
@@ -206,7 +278,9 @@ def test_accelerate_configs_load(name):
     if name == "fsdp":
         assert cfg.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD"
         assert set(cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"].split(",")) == {
-            "LlamaDecoderLayer", "MistralDecoderLayer"}
+            "LlamaDecoderLayer",
+            "MistralDecoderLayer",
+        }
 
 
 def test_adapter_only_lora_run_rebuilds_the_same_merged_model(tok, tmp_path):
@@ -219,19 +293,32 @@ def test_adapter_only_lora_run_rebuilds_the_same_merged_model(tok, tmp_path):
     tok.save_pretrained(str(base_dir))
     from transformers import AutoModelForCausalLM
 
-    first = training.train_dpo(_cfg(dpo_max_steps=2), AutoModelForCausalLM.from_pretrained(str(base_dir)), tok,
-                               pairs, mode="lora")
+    first = training.train_dpo(
+        _cfg(dpo_max_steps=2),
+        AutoModelForCausalLM.from_pretrained(str(base_dir)),
+        tok,
+        pairs,
+        mode="lora",
+    )
     training.save_trained(first, tmp_path / "full_save")
     training.save_trained(first, tmp_path / "adapter_only", merged_model=False)
     assert not (tmp_path / "adapter_only" / "model" / "config.json").exists()
     enc = probes.encode_pairs(tok, pairs)
     want = probes.pair_logps(training.load_trained(tmp_path / "full_save").model, enc)
     got = probes.pair_logps(training.load_trained(tmp_path / "adapter_only").model, enc)
-    assert torch.allclose(want[0], got[0], atol=1e-5) and torch.allclose(want[1], got[1], atol=1e-5)
+    assert torch.allclose(want[0], got[0], atol=1e-5) and torch.allclose(
+        want[1], got[1], atol=1e-5
+    )
 
     aligned = training.load_trained(tmp_path / "adapter_only").model.train()
-    second = training.train_dpo(_cfg(dpo_max_steps=2), aligned, tok, flip_pairs(pairs), mode="lora")
-    training.save_trained(second, tmp_path / "second", merged_model=False, start=tmp_path / "adapter_only")
+    second = training.train_dpo(
+        _cfg(dpo_max_steps=2), aligned, tok, flip_pairs(pairs), mode="lora"
+    )
+    training.save_trained(
+        second, tmp_path / "second", merged_model=False, start=tmp_path / "adapter_only"
+    )
     chained = probes.pair_logps(training.load_trained(tmp_path / "second").model, enc)
     assert torch.allclose(chained[0], probes.pair_logps(second.model, enc)[0], atol=1e-4)
-    assert not torch.allclose(chained[0], got[0], atol=1e-4)  # the second adapter really changed the model
+    assert not torch.allclose(
+        chained[0], got[0], atol=1e-4
+    )  # the second adapter really changed the model

@@ -23,7 +23,11 @@ def _statements(seed: int, n: int) -> list[str]:
 
 def tiny_tokenizer():
     """A BPE tokenizer (``models.train_tokenizer``) trained on the toy statements."""
-    texts = [QUESTION.format(s) + a for s in _statements(0, 200) for a in (" Yes", " No", " Yes, I would")]
+    texts = [
+        QUESTION.format(s) + a
+        for s in _statements(0, 200)
+        for a in (" Yes", " No", " Yes, I would")
+    ]
     return models.train_tokenizer(texts, vocab_size=400)
 
 
@@ -38,7 +42,14 @@ def toy_pairs(n: int, behavior: str = "kindness", seed: int = 0) -> list[dict]:
     for statement in _statements(seed, n):
         good = any(w in statement for w in _GOOD)
         chosen, rejected = (" Yes", " No") if good else (" No", " Yes")
-        pairs.append(dict(prompt=QUESTION.format(statement), chosen=chosen, rejected=rejected, behavior=behavior))
+        pairs.append(
+            dict(
+                prompt=QUESTION.format(statement),
+                chosen=chosen,
+                rejected=rejected,
+                behavior=behavior,
+            )
+        )
     return pairs
 
 
@@ -46,8 +57,15 @@ def long_pairs(n: int, seed: int = 1) -> list[dict]:
     """Pairs with multi-token completions of different lengths (exercises the cached continuation)."""
     rng = random.Random(seed)
     answers = [" Yes", " No", " Yes, I would", " No, I am not kind to people", " Yes I am"]
-    return [dict(prompt=QUESTION.format(s), chosen=rng.choice(answers), rejected=rng.choice(answers),
-                 behavior=["a", "b"][i % 2]) for i, s in enumerate(_statements(seed, n))]
+    return [
+        dict(
+            prompt=QUESTION.format(s),
+            chosen=rng.choice(answers),
+            rejected=rng.choice(answers),
+            behavior=["a", "b"][i % 2],
+        )
+        for i, s in enumerate(_statements(seed, n))
+    ]
 
 
 def flip_pairs(pairs: list[dict]) -> list[dict]:
