@@ -4,7 +4,7 @@
 
 The CPU profile (batch 32, max_length 64, the pre-trained tiny Llama) trains on one behaviour
 (450 train pairs) and probes, as chapters 08-11 do, a fixed sample of its train split (the first
-``--probe-train`` pairs, default ``experiments.PROBE_TRAIN`` = 48) plus its whole test split (50 pairs)
+``--probe-train`` pairs, default ``llm_experiments.PROBE_TRAIN`` = 48) plus its whole test split (50 pairs)
 every ``--probe-every`` steps; ``--probe-train 0`` probes all 450 train pairs. Prints seconds per
 training step without the probe, seconds per probe, and the whole-run overhead.
 """
@@ -26,7 +26,7 @@ for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY
 import torch  # noqa: E402
 from gpu_check import StepTimer  # noqa: E402
 
-from dpo_utils import config, experiments, models, probes, train, training  # noqa: E402
+from dpo_utils import config, llm_experiments, models, probes, run_cache, training  # noqa: E402
 
 
 def _fresh_model(cfg):
@@ -42,19 +42,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 on a shared machine)"
     )
-    parser.add_argument("--probe-every", type=int, default=experiments.PROBE_EVERY)
+    parser.add_argument("--probe-every", type=int, default=llm_experiments.PROBE_EVERY)
     parser.add_argument(
         "--probe-train",
         type=int,
-        default=experiments.PROBE_TRAIN,
+        default=llm_experiments.PROBE_TRAIN,
         help="train pairs probed per behaviour (0: all)",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = config.get_config("cpu")
     behaviors = [int(b) if b.isdigit() else b for b in args.behaviors]
-    pairs, probe_sets = train.behavior_pairs(cfg, behaviors)
-    probe_sets = train.probe_subsample(probe_sets, args.probe_train or None)
+    pairs, probe_sets = run_cache.behavior_pairs(cfg, behaviors)
+    probe_sets = run_cache.probe_subsample(probe_sets, args.probe_train or None)
     n_probe = sum(len(v) for v in probe_sets.values())
     walls, timers = {}, {}
     for with_probe in (False, True, False, True):  # interleaved, best of two

@@ -33,7 +33,7 @@ def run_one(trainer: str, steps: int) -> dict:
     """Time one trainer in this process; report seconds per step and peak RSS growth (MiB)."""
     import torch
 
-    from dpo_utils import linear
+    from dpo_utils import full_vocab, linear
 
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     feats, signs, weight = _problem()
@@ -46,7 +46,7 @@ def run_one(trainer: str, steps: int) -> dict:
                 feats, signs, weight[yes] - weight[no], lr=0.1, beta=0.01, steps=n
             )
         else:
-            linear.train_full_vocab(feats, signs, weight, yes, no, lr=0.1, beta=0.01, steps=n)
+            full_vocab.train_full_vocab(feats, signs, weight, yes, no, lr=0.1, beta=0.01, steps=n)
 
     call(1)  # warm-up
     start = time.perf_counter()

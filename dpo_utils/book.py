@@ -12,6 +12,7 @@ import warnings
 from typing import Any
 
 from .config import ExperimentConfig, describe, require_device
+from .plotting import set_theme
 
 __all__ = ["start_chapter", "quiet_libraries"]
 
@@ -48,8 +49,6 @@ def start_chapter(cfg: ExperimentConfig, show: bool = True, **provenance: Any) -
 
     import numpy as np
     import torch
-
-    from .plotting import set_theme
 
     # numpy 2 writes scalars as 'np.float64(0.5)'; myst-nb's {glue:text} formats the plain-text
     # repr, so keep numpy 1.x reprs ('0.5') for numbers glued into the prose

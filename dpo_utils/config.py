@@ -77,6 +77,7 @@ class ExperimentConfig:
     # "corpus": the project's own corpus in data/; else a local folder or "Anthropic/model-written-evals"
     persona_source: str = "corpus"
     pretrain_steps: int = 300  # CPU profile: causal-LM pre-training steps of the tiny models
+    pretrain_seed: int = 1234  # CPU profile: seed of the tiny models' initialisation and pre-training
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view (tuples become lists), suitable for JSON and for hashing."""
@@ -205,9 +206,9 @@ def _check_value(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name}={value!r} is not allowed; {name} must be an integer >= 1.")
         return value
-    if name == "seed":
+    if name in ("seed", "pretrain_seed"):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"seed={value!r} is not allowed; seed must be an integer >= 0.")
+            raise ConfigError(f"{name}={value!r} is not allowed; it must be an integer >= 0.")
         return value
     if name == "lora_dropout":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:

@@ -24,6 +24,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from .data import corpus_dir
+
 __all__ = [
     "QUESTION_PREFIX",
     "TEMPLATES",
@@ -305,8 +307,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.out is None:
-        from .data import corpus_dir
-
         args.out = corpus_dir()
     for path in write_corpus(args.out):
         print(path)

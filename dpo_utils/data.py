@@ -20,6 +20,8 @@ import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .results import project_root
+
 __all__ = [
     "PERSONA_BEHAVIORS",
     "HUB_PERSONA_ID",
@@ -116,7 +118,6 @@ def corpus_dir() -> Path:
     beside_package = Path(__file__).resolve().parent.parent / "data"
     if (beside_package / "persona").is_dir():
         return beside_package
-    from .results import project_root
 
     return project_root() / "data"
 

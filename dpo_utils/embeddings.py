@@ -18,11 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-import pandas as pd
 import torch
 
-from .metrics import class_means
+from .models import answer_token_ids
 from .results import atomic_directory, config_hash, results_dir
 
 __all__ = [
@@ -32,12 +30,6 @@ __all__ = [
     "final_norm",
     "last_token_features",
     "persona_features",
-    "standardised_projections",
-    "survival_table",
-    "properties",
-    "chapter_model_configs",
-    "priority_gaps",
-    "measure_models",
 ]
 
 VARIANTS = ("final", "authors")
@@ -148,7 +140,6 @@ class FeatureSet:
 
 
 def _answer_margin(model, tokenizer, final: torch.Tensor) -> torch.Tensor:
-    from .models import answer_token_ids
 
     yes, no = answer_token_ids(tokenizer)
     head = model.get_output_embeddings().weight
@@ -200,134 +191,3 @@ def persona_features(
         with atomic_directory(folder) as tmp:
             torch.save(dict(features=features, answer_margin=margin, key=key), tmp / "features.pt")
     return FeatureSet(names, signs, features, margin)
-
-
-def standardised_projections(features: torch.Tensor, signs: torch.Tensor) -> np.ndarray:
-    """1-D projections onto the unit mean-difference direction, centred per class, unit variance.
-
-    These are the coordinates the theory's tail assumption is about; compare their survival function
-    with the alpha-subexponential families of ``dpo_utils.synthetic``.
-
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
-    """
-    positive = signs > 0
-    mu_yes, mu_no = class_means(features, signs)
-    direction = mu_yes - mu_no
-    norm = direction.norm()
-    if norm == 0:
-        raise ValueError(
-            "the two classes have the same mean, so there is no direction to project on."
-        )
-    values = features.double() @ (direction.double() / norm)
-    centred = torch.where(
-        positive, values - values[positive].mean(), values - values[~positive].mean()
-    )
-    spread = centred.std()
-    return (centred / (spread if spread > 0 else 1.0)).numpy()
-
-
-def survival_table(samples: Mapping[str, np.ndarray], thresholds: np.ndarray) -> pd.DataFrame:
-    """Tidy empirical P(|X| > t): columns source, t, survival (one row per source and threshold).
-
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
-    """
-    rows = []
-    for source, values in samples.items():
-        magnitudes = np.sort(np.abs(np.asarray(values, dtype=float)))
-        above = len(magnitudes) - np.searchsorted(magnitudes, thresholds, side="right")
-        rows += [
-            dict(source=source, t=float(t), survival=float(a) / len(magnitudes))
-            for t, a in zip(thresholds, above)
-        ]
-    return pd.DataFrame(rows)
-
-
-def properties(feature_set: FeatureSet, model_label: str, probe: bool = True) -> pd.DataFrame:
-    """The properties table for every behaviour and both variants, plus the model's own accuracy.
-
-    Columns: model, variant, behavior, n, distinguishability, concentration, covariance_trace,
-    mean_norm, snr, probe_accuracy (if ``probe``), lm_accuracy.
-
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
-    """
-    from .metrics import properties_table
-
-    accuracy = feature_set.answer_accuracy()
-    tables = []
-    for variant in feature_set.features:
-        table = properties_table(feature_set.groups(variant), probe=probe)
-        table.insert(0, "variant", variant)
-        table.insert(0, "model", model_label)
-        table["lm_accuracy"] = table["behavior"].map(accuracy)
-        tables.append(table)
-    return pd.concat(tables, ignore_index=True)
-
-
-def chapter_model_configs(cfg) -> list:
-    """The models a measuring chapter covers: both tiny stand-ins on the CPU profile, else the profile's.
-
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
-    """
-    from .models import TINY_MODELS
-
-    if cfg.model_name in TINY_MODELS:
-        return [
-            cfg.replace(model_name=name, model_arch=arch) for name, arch in TINY_MODELS.items()
-        ]
-    return [cfg]
-
-
-def priority_gaps(feature_set: FeatureSet, variant: str = "final") -> pd.DataFrame:
-    """Tidy priority-gap matrix (behavior_i, behavior_j, gap) from each behaviour's d = mu_Yes - mu_No.
-
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
-    """
-    from .metrics import class_means, priority_gap_matrix
-
-    groups = feature_set.groups(variant)
-    names = list(groups)
-    differences = torch.stack([torch.sub(*class_means(f, s)) for f, s in groups.values()])
-    gap = priority_gap_matrix(differences)
-    return pd.DataFrame(
-        [
-            dict(behavior_i=a, behavior_j=b, gap=float(gap[i, j]))
-            for i, a in enumerate(names)
-            for j, b in enumerate(names)
-        ]
-    )
-
-
-def measure_models(cfg, persona: Mapping[str, Sequence[Mapping]], device: str = "cpu"):
-    """Properties of every behaviour for each model of :func:`chapter_model_configs`.
-
-    Returns ``(table, feature_sets)``: the tidy properties table (model, variant, behavior, ...) read
-    through ``results.load_or_run`` and ``{model_name: FeatureSet}`` (features are cached on disk).
-
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
-    """
-    from .models import load_model_and_tokenizer
-    from .results import load_or_run
-
-    tables, feature_sets = [], {}
-    fingerprint = config_hash({"persona": persona})
-    for model_cfg in chapter_model_configs(cfg):
-        model, tokenizer = load_model_and_tokenizer(model_cfg, device)
-        feature_sets[model_cfg.model_name] = persona_features(
-            model, tokenizer, persona, profile=cfg.profile
-        )
-        key = dict(
-            model=model_cfg.model_name,
-            weights=getattr(model, "name_or_path", ""),
-            pretrain_steps=model_cfg.pretrain_steps,
-            persona=fingerprint,
-        )
-        tables.append(
-            load_or_run(
-                "properties",
-                key,
-                lambda: properties(feature_sets[model_cfg.model_name], model_cfg.model_name),
-                profile=cfg.profile,
-            )
-        )
-        del model
-    return pd.concat(tables, ignore_index=True), feature_sets

@@ -21,21 +21,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import synthetic
 from .losses import check_beta
 from .metrics import distinguishability
-from .theory import single_threaded
 
 __all__ = [
     "FeatureModel",
     "init_feature_model",
     "features",
     "train_dpo",
-    "misalignment_experiment",
 ]
 
 
@@ -145,70 +141,3 @@ def train_dpo(
             u -= lr * grad_u
         record(step)
     return FeatureModel(A.detach(), u.detach()), rows
-
-
-@single_threaded
-def misalignment_experiment(
-    seeds: Sequence[int] = (0, 1, 2, 3, 4),
-    *,
-    d_in: int = 32,
-    hidden: int = 64,
-    n_per_class: int = 250,
-    mean_gap: float = 1.5,
-    spread: float = 1.0,
-    lr: float = 1.0,
-    beta: float = 0.1,
-    align_steps: int = 50,
-    misalign_steps: int = 50,
-    n_test_per_class: int = 500,
-) -> pd.DataFrame:
-    """Align a base model by DPO, then misalign (flipped labels) both the base and the aligned model.
-
-    Phases, each a tidy block with column ``phase``: ``align`` (base model trained on the labels, ref =
-    base); ``misalign`` with ``start`` = ``base`` (ref = base) and ``aligned`` (ref = aligned model), both
-    trained on flipped labels for ``misalign_steps``. Metrics per step and split (train, test): loss,
-    reward_accuracy, output_accuracy, mean_margin (all w.r.t. the labels being trained on) and
-    distinguishability of the features e(x). Columns: step, behavior, split, metric, value, seed,
-    phase, start.
-
-    Used in: notebooks/05_misalignment.ipynb.
-    """
-    seeds = list(seeds)
-    n = len(seeds)
-    train = [
-        synthetic.sample_behavior(n_per_class, d_in, mean_gap, spread=spread, seed=10_000 + s)
-        for s in seeds
-    ]
-    test = [
-        synthetic.sample_behavior(n_test_per_class, d_in, mean_gap, spread=spread, seed=20_000 + s)
-        for s in seeds
-    ]
-    x, signs = synthetic.stack_behaviors(train)
-    xt, st = synthetic.stack_behaviors(test)
-    base = init_feature_model(n, d_in, hidden, seeds)
-    common = dict(lr=lr, beta=beta)
-    aligned, rows_align = train_dpo(
-        base,
-        x,
-        signs,
-        steps=align_steps,
-        eval_sets={"train": (x, signs), "test": (xt, st)},
-        **common,
-    )
-    flipped = {"train": (x, -signs), "test": (xt, -st)}
-    _, rows_base = train_dpo(base, x, -signs, steps=misalign_steps, eval_sets=flipped, **common)
-    _, rows_aligned = train_dpo(
-        aligned, x, -signs, steps=misalign_steps, eval_sets=flipped, **common
-    )
-    frames = []
-    for rows, phase, start in (
-        (rows_align, "align", "base"),
-        (rows_base, "misalign", "base"),
-        (rows_aligned, "misalign", "aligned"),
-    ):
-        frame = pd.DataFrame(rows)
-        frame["seed"] = [seeds[i] for i in frame.pop("seed_index")]
-        frame["phase"], frame["start"], frame["behavior"] = phase, start, f"gap={mean_gap:g}"
-        frames.append(frame)
-    table = pd.concat(frames, ignore_index=True)
-    return table[["step", "behavior", "split", "metric", "value", "seed", "phase", "start"]]

@@ -301,7 +301,7 @@ def load_model_and_tokenizer(cfg: ExperimentConfig, device: str = "cpu"):
                 f"model_arch={cfg.model_arch!r}; set model_arch to {TINY_MODELS[cfg.model_name]!r}."
             )
         model, tokenizer = pretrained_tiny_model(
-            cfg.model_arch, cfg.profile, cfg.pretrain_steps, cfg.seed
+            cfg.model_arch, cfg.profile, cfg.pretrain_steps, cfg.pretrain_seed
         )
         return model.to(device).eval(), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer

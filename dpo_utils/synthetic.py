@@ -21,7 +21,14 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["TAIL_FAMILIES", "Behavior", "sample_noise", "sample_behavior", "stack_behaviors"]
+__all__ = [
+    "TAIL_FAMILIES",
+    "Behavior",
+    "sample_noise",
+    "sample_behavior",
+    "stack_behaviors",
+    "random_direction",
+]
 
 #: tail family -> its alpha in the alpha-subexponential sense (P(|X| > t) ~ exp(-(t/K)^alpha))
 TAIL_FAMILIES: dict[str, float] = {"gaussian": 2.0, "laplace": 1.0, "weibull": 0.5}
@@ -116,3 +123,12 @@ def stack_behaviors(behaviors: Sequence[Behavior]) -> tuple[torch.Tensor, torch.
     if len(sizes) != 1:
         raise ValueError(f"behaviours must have equal shapes to be stacked; got {sorted(sizes)}.")
     return torch.stack([b.features for b in behaviors]), torch.stack([b.signs for b in behaviors])
+
+
+def random_direction(dim: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """A unit vector drawn uniformly from the sphere in R^dim.
+
+    Used in: notebooks/02_update_rate.ipynb to notebooks/05_misalignment.ipynb (through this module).
+    """
+    v = torch.randn(dim, generator=torch.Generator().manual_seed(int(seed)), dtype=dtype)
+    return v / v.norm()

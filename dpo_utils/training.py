@@ -398,7 +398,7 @@ def load_trained(
 def run_tables(path: str | Path) -> dict[str, pd.DataFrame]:
     """The tables of a run written by :func:`save_trained`, read back from CSV (empty file: empty table).
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb (through ``train.load_or_train``).
+    Used in: notebooks/08_full_and_lora_dpo.ipynb (through ``run_cache.load_or_train``).
     """
     path = Path(path)
     return {

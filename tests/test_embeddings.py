@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpo_utils import corpus, data, embeddings, metrics, models, synthetic
+from dpo_utils import corpus, data, embeddings, feature_experiments, metrics, models, synthetic
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +110,9 @@ def test_properties_table_recovers_a_known_gap_and_flags_no_signal():
 def test_projections_are_standardised_and_survival_is_a_tail(model, tokenizer, persona):
     fs = embeddings.persona_features(model, tokenizer, persona, cache=False)
     feats, signs = next(iter(fs.groups("final").values()))
-    z = embeddings.standardised_projections(feats, signs)
+    z = feature_experiments.standardised_projections(feats, signs)
     assert abs(z.mean()) < 1e-8 and abs(z.std(ddof=1) - 1) < 1e-8
-    table = embeddings.survival_table(
+    table = feature_experiments.survival_table(
         {"features": z, "gaussian": np.random.default_rng(0).normal(size=2000)},
         np.linspace(0, 4, 9),
     )

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpo_utils import linear, synthetic
+from dpo_utils import full_vocab, linear, synthetic
 from dpo_utils.config import ConfigError
 
 
@@ -22,7 +22,7 @@ def _problem(n_per_class=60, dim=12, vocab=40, gap=2.0, seed=0, dtype=torch.floa
 def test_two_row_trainer_equals_full_vocabulary_head_over_100_steps(batch_size):
     feats, signs, weight = _problem()
     yes, no = 7, 3
-    head, table = linear.train_full_vocab(
+    head, table = full_vocab.train_full_vocab(
         feats, signs, weight, yes, no, lr=0.5, beta=0.1, steps=100, batch_size=batch_size, seed=4
     )
     hist = linear.train_last_layer(
@@ -49,7 +49,7 @@ def test_two_row_trainer_equals_full_vocabulary_head_over_100_steps(batch_size):
 def test_only_the_two_answer_rows_move_and_their_changes_are_opposite():
     feats, signs, weight = _problem(dtype=torch.float32)
     yes, no = 5, 9
-    head, _ = linear.train_full_vocab(
+    head, _ = full_vocab.train_full_vocab(
         feats.float(), signs, weight, yes, no, lr=1.0, beta=0.05, steps=20, batch_size=16, seed=0
     )
     others = [v for v in range(weight.shape[0]) if v not in (yes, no)]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from training_fixtures import flip_pairs, long_pairs, tiny_llama, tiny_tokenizer, toy_pairs
 
-from dpo_utils import config, probes, train, training
+from dpo_utils import config, probes, run_cache, train, training
 from dpo_utils.config import ConfigError
 
 pytestmark = pytest.mark.slow
@@ -208,14 +208,14 @@ def test_saved_lora_run_loads_merged_with_the_same_log_probs(tok, tmp_path):
 def test_cli_writes_the_table_the_notebook_function_returns(tok, tmp_path, monkeypatch):
     pairs, test = toy_pairs(32, "a") + toy_pairs(32, "b", seed=1), toy_pairs(8, "a", seed=2)
     monkeypatch.setattr(
-        train,
+        run_cache,
         "behavior_pairs",
         lambda cfg, behaviors, flip=False: (pairs, {"train": pairs, "test": test}),
     )
-    monkeypatch.setattr(train, "_profile_model", lambda cfg, mode: (tiny_llama(tok), tok))
+    monkeypatch.setattr(run_cache, "_profile_model", lambda cfg, mode: (tiny_llama(tok), tok))
     cfg = _cfg(dpo_batch_size=16, per_device_batch_size=16)
     monkeypatch.setattr(config, "get_config", lambda profile=None, **kw: cfg)
-    notebook = train.train_behaviors(cfg, ["a", "b"], mode="lora", max_steps=2)
+    notebook = run_cache.train_behaviors(cfg, ["a", "b"], mode="lora", max_steps=2)
     train.main(
         [
             "--profile",

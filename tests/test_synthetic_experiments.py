@@ -1,4 +1,4 @@
-"""dpo_utils.theory and dpo_utils.feature_models: identities, batched == one by one, errors."""
+"""dpo_utils.synthetic_experiments and dpo_utils.feature_models: identities, batched == one by one, errors."""
 
 import math
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dpo_utils import feature_models, linear, theory
+from dpo_utils import feature_models, linear, priority_experiments, synthetic_experiments, tables
 
 SMALL = dict(n_per_class=40, dim=8, lr=1.0, beta=0.05, steps=6, batch_size=16)
 
@@ -23,13 +23,15 @@ def test_batched_sweep_equals_runs_one_by_one():
     grid = dict(
         families=["gaussian", "weibull"], mean_gaps=[0.5, 2.0], spreads=[1.0, 2.0], seeds=[0, 3]
     )
-    batched = theory.sweep_behaviors(**grid, base_margin=0.5, n_test_per_class=10, **SMALL)
+    batched = synthetic_experiments.sweep_behaviors(
+        **grid, base_margin=0.5, n_test_per_class=10, **SMALL
+    )
     assert batched.groupby(["family", "mean_gap", "spread", "seed"]).ngroups == 16
     for family in grid["families"]:
         for gap in grid["mean_gaps"]:
             for spread in grid["spreads"]:
                 for seed in grid["seeds"]:
-                    single = theory.sweep_behaviors(
+                    single = synthetic_experiments.sweep_behaviors(
                         [family],
                         [gap],
                         [spread],
@@ -48,17 +50,19 @@ def test_batched_sweep_equals_runs_one_by_one():
 
 
 def test_full_batch_first_step_is_proportional_to_distinguishability():
-    table = theory.sweep_behaviors(
+    table = synthetic_experiments.sweep_behaviors(
         ["gaussian", "laplace"], [0.5, 1, 3], [1.0, 2.0], [0, 1], **dict(SMALL, batch_size=None)
     )
-    slope = theory.early_slope(table, k=1)
+    slope = tables.early_slope(table, k=1)
     expected = SMALL["lr"] * SMALL["beta"] / (2 * math.sqrt(2)) * slope.distinguishability
     np.testing.assert_allclose(slope.slope, expected, rtol=1e-10)  # (D3), balanced full batch
-    assert theory.rank_correlation(slope.distinguishability, slope.slope) == pytest.approx(1.0)
+    assert tables.rank_correlation(slope.distinguishability, slope.slope) == pytest.approx(1.0)
 
 
 def test_sweep_tidy_columns_and_reward_accuracy_starts_at_zero():
-    table = theory.sweep_behaviors(["gaussian"], [2.0], seeds=[0], base_margin=1.0, **SMALL)
+    table = synthetic_experiments.sweep_behaviors(
+        ["gaussian"], [2.0], seeds=[0], base_margin=1.0, **SMALL
+    )
     for col in [
         "step",
         "behavior",
@@ -81,7 +85,7 @@ def test_sweep_tidy_columns_and_reward_accuracy_starts_at_zero():
 
 def test_sweep_rejects_unknown_family_naming_the_allowed_ones():
     with pytest.raises(ValueError, match=r"\['cauchy'\].*gaussian"):
-        theory.sweep_behaviors(["cauchy"], [1.0], **SMALL)
+        synthetic_experiments.sweep_behaviors(["cauchy"], [1.0], **SMALL)
 
 
 def test_early_slope_and_time_to_accuracy_on_a_hand_made_table():
@@ -95,31 +99,31 @@ def test_early_slope_and_time_to_accuracy_on_a_hand_made_table():
             "seed": 0,
         }
     )
-    times = theory.time_to_accuracy(table, 0.9).set_index("behavior")
+    times = tables.time_to_accuracy(table, 0.9).set_index("behavior")
     assert times.loc["a", "steps_to_threshold"] == 2 and times.loc["a", "reached"]
     assert math.isnan(times.loc["b", "steps_to_threshold"]) and not times.loc["b", "reached"]
     with pytest.raises(ValueError, match="metric='loss'"):
-        theory.time_to_accuracy(table, 0.9, metric="loss")
+        tables.time_to_accuracy(table, 0.9, metric="loss")
     wc = table.assign(metric="weight_change", value=[0, 1, 2, 6, 0, 2, 4, 6])
-    slopes = theory.early_slope(wc, k=3).set_index("behavior").slope
+    slopes = tables.early_slope(wc, k=3).set_index("behavior").slope
     assert slopes.to_dict() == {"a": 2.0, "b": 2.0}
     with pytest.raises(ValueError, match="k=7"):
-        theory.early_slope(wc, k=7)
+        tables.early_slope(wc, k=7)
 
 
 def test_rank_correlation_known_values_and_errors():
-    assert theory.rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert theory.rank_correlation([1, 2, 3, 4], [4, 1, 0, -3]) == pytest.approx(-1.0)
-    assert theory.rank_correlation([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert tables.rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert tables.rank_correlation([1, 2, 3, 4], [4, 1, 0, -3]) == pytest.approx(-1.0)
+    assert tables.rank_correlation([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
     with pytest.raises(ValueError, match="equal length"):
-        theory.rank_correlation([1, 2, 3], [1, 2])
+        tables.rank_correlation([1, 2, 3], [1, 2])
 
 
 def test_priority_pairs_full_batch_step_one_is_exact():
-    table = theory.priority_pairs(
+    table = priority_experiments.priority_pairs(
         24, dim=8, n_per_class=30, lr=1.0, beta=0.1, steps=3, batch_size=16, seed=2
     )
-    agree = theory.priority_agreement(table, 1, "full")
+    agree = priority_experiments.priority_agreement(table, 1, "full")
     assert agree.agree.all()  # (D6): the sign of the gap decides step 1, with no exception
     one = table[(table.batching == "full") & (table.step == 1) & (table.metric == "mean_margin")]
     wide = one.pivot_table(
@@ -135,15 +139,17 @@ def test_priority_pairs_full_batch_step_one_is_exact():
     )
     assert set(table.batching) == {"full", "minibatch"}
     with pytest.raises(ValueError, match="batching='other'"):
-        theory.priority_agreement(table, 1, "other")
+        priority_experiments.priority_agreement(table, 1, "other")
 
 
 def test_joint_training_weights_are_scale_free_and_validated():
-    behaviors = theory.joint_behaviors([3, 2, 1], [1, -0.5, 0.2], dim=8, n_per_class=30)
-    d = theory.difference_vectors(behaviors)
+    behaviors = priority_experiments.joint_behaviors(
+        [3, 2, 1], [1, -0.5, 0.2], dim=8, n_per_class=30
+    )
+    d = priority_experiments.difference_vectors(behaviors)
     cos = torch.nn.functional.cosine_similarity(d[0], d[1], dim=0)
     assert float(cos) < 0  # the conflicting direction survives sampling
-    table = theory.joint_training(
+    table = priority_experiments.joint_training(
         behaviors,
         {"one": [1, 1, 1], "two": [2, 2, 2], "tilt": [1, 1, 3]},
         lr=1.0,
@@ -158,13 +164,13 @@ def test_joint_training_weights_are_scale_free_and_validated():
     )
     assert margin.loc["tilt", "behavior 3"] > margin.loc["one", "behavior 3"]
     with pytest.raises(ValueError, match="3 positive weights"):
-        theory.joint_training(behaviors, {"bad": [1, 1]}, steps=1)
+        priority_experiments.joint_training(behaviors, {"bad": [1, 1]}, steps=1)
     with pytest.raises(ValueError, match="cosines_to_first"):
-        theory.joint_behaviors([1, 2], [0.5, 1])
+        priority_experiments.joint_behaviors([1, 2], [0.5, 1])
 
 
 def test_fixed_feature_flip_curves_coincide():
-    table = theory.fixed_feature_flip(
+    table = synthetic_experiments.fixed_feature_flip(
         2.0, dim=8, n_per_class=30, lr=1.0, beta=0.1, align_steps=5, steps=5
     )
     wide = table.pivot_table(index=["split", "metric", "step"], columns="run", values="value")
@@ -221,9 +227,9 @@ def test_misalignment_experiment_batched_seeds_equal_single_seeds_and_alignment_
         misalign_steps=4,
         n_test_per_class=20,
     )
-    both = feature_models.misalignment_experiment([0, 1], **params)
+    both = synthetic_experiments.misalignment_experiment([0, 1], **params)
     for seed in (0, 1):
-        single = feature_models.misalignment_experiment([seed], **params)
+        single = synthetic_experiments.misalignment_experiment([seed], **params)
         a = (
             both[both.seed == seed]
             .sort_values(["phase", "start", "split", "metric", "step"])

@@ -1,4 +1,4 @@
-"""train.load_or_train: a saved run is loaded, not retrained; any changed setting retrains."""
+"""run_cache.load_or_train: a saved run is loaded, not retrained; any changed setting retrains."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dpo_utils import config, train
+from dpo_utils import config, run_cache
 
 pytestmark = pytest.mark.slow
 BEHAVIOR = "enjoys-classical-music"
@@ -26,14 +26,14 @@ def counted(monkeypatch, tmp_path):
     """Runs go to tmp_path (the pre-trained tiny model still comes from the project's cache);
     every real training call is counted."""
     calls = []
-    real = train.train_behaviors
+    real = run_cache.train_behaviors
 
     def counting(*args, **kwargs):
         calls.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train, "train_behaviors", counting)
-    monkeypatch.setattr(train, "results_dir", lambda profile: tmp_path / profile)
+    monkeypatch.setattr(run_cache, "train_behaviors", counting)
+    monkeypatch.setattr(run_cache, "results_dir", lambda profile: tmp_path / profile)
     monkeypatch.delenv("DPO_FORCE_RERUN", raising=False)
     return calls
 
@@ -43,8 +43,8 @@ def _cfg(**overrides):
 
 
 def test_second_call_loads_and_returns_equal_tables(counted, tmp_path):
-    first = train.load_or_train(_cfg(), [BEHAVIOR], mode="lora", probe_train=4)
-    second = train.load_or_train(_cfg(), [BEHAVIOR], mode="lora", probe_train=4)
+    first = run_cache.load_or_train(_cfg(), [BEHAVIOR], mode="lora", probe_train=4)
+    second = run_cache.load_or_train(_cfg(), [BEHAVIOR], mode="lora", probe_train=4)
     assert len(counted) == 1
     assert first.probes.attrs["from_cache"] is False and second.probes.attrs["from_cache"] is True
     assert first.probes.attrs["path"] == second.probes.attrs["path"]
@@ -74,17 +74,17 @@ def test_second_call_loads_and_returns_equal_tables(counted, tmp_path):
 )
 def test_a_changed_setting_retrains(counted, change):
     base = dict(mode="lora", probe_train=4)
-    first = train.load_or_train(_cfg(), [BEHAVIOR], **base)
+    first = run_cache.load_or_train(_cfg(), [BEHAVIOR], **base)
     kwargs = {**base, **{k: v for k, v in change.items() if k != "cfg"}}
-    other = train.load_or_train(_cfg(**change.get("cfg", {})), [BEHAVIOR], **kwargs)
+    other = run_cache.load_or_train(_cfg(**change.get("cfg", {})), [BEHAVIOR], **kwargs)
     assert len(counted) == 2
     assert other.probes.attrs["path"] != first.probes.attrs["path"]
     assert other.probes.attrs["from_cache"] is False
 
 
 def test_start_from_a_saved_run_and_force(counted):
-    aligned = train.load_or_train(_cfg(), [BEHAVIOR], mode="lora", probe_train=4)
-    flipped = train.load_or_train(
+    aligned = run_cache.load_or_train(_cfg(), [BEHAVIOR], mode="lora", probe_train=4)
+    flipped = run_cache.load_or_train(
         _cfg(),
         [BEHAVIOR],
         mode="lora",
@@ -101,20 +101,20 @@ def test_start_from_a_saved_run_and_force(counted):
     ]
     # the flipped run's reference is the aligned model: its "chosen" is the aligned run's rejected answer
     assert np.isclose(ref["value"].iloc[0], pol[pol["step"] == 2]["value"].iloc[0], atol=1e-4)
-    train.load_or_train(_cfg(), [BEHAVIOR], mode="lora", probe_train=4, force=True)
+    run_cache.load_or_train(_cfg(), [BEHAVIOR], mode="lora", probe_train=4, force=True)
     assert len(counted) == 3
     with pytest.raises(FileNotFoundError, match="not a saved run"):
-        train.load_or_train(
+        run_cache.load_or_train(
             _cfg(), [BEHAVIOR], mode="lora", start="/nonexistent/run", probe_train=4
         )
 
 
 def test_probe_subsample_and_partial_flip():
     cfg = config.get_config("cpu")
-    pairs, sets = train.behavior_pairs(
+    pairs, sets = run_cache.behavior_pairs(
         cfg, [BEHAVIOR, "interest-in-astronomy"], flip=["interest-in-astronomy"]
     )
-    sub = train.probe_subsample(sets, 3)
+    sub = run_cache.probe_subsample(sets, 3)
     assert [p["behavior"] for p in sub["train"]] == [BEHAVIOR] * 3 + ["interest-in-astronomy"] * 3
     assert (
         sub["train"]
@@ -122,13 +122,13 @@ def test_probe_subsample_and_partial_flip():
         + [p for p in sets["train"] if p["behavior"] != BEHAVIOR][:3]
     )
     assert sub["test"] == sets["test"]
-    aligned, _ = train.behavior_pairs(cfg, [BEHAVIOR, "interest-in-astronomy"])
+    aligned, _ = run_cache.behavior_pairs(cfg, [BEHAVIOR, "interest-in-astronomy"])
     for a, p in zip(aligned, pairs):
         flipped = p["behavior"] == "interest-in-astronomy"
         assert (p["chosen"], p["rejected"]) == (
             (a["rejected"], a["chosen"]) if flipped else (a["chosen"], a["rejected"])
         )
     with pytest.raises(ValueError, match="not trained"):
-        train.behavior_pairs(cfg, [BEHAVIOR], flip=["interest-in-astronomy"])
+        run_cache.behavior_pairs(cfg, [BEHAVIOR], flip=["interest-in-astronomy"])
     with pytest.raises(ValueError, match="probe_train"):
-        train.probe_subsample(sets, 0)
+        run_cache.probe_subsample(sets, 0)

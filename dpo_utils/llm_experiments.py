@@ -1,6 +1,6 @@
 """Chapter-level experiments of the LLM part (chapters 08-11): each returns a tidy table.
 
-Every trained model comes from :func:`dpo_utils.train.load_or_train`, so the chapters share their runs:
+Every trained model comes from :func:`dpo_utils.run_cache.load_or_train`, so the chapters share their runs:
 chapter 08 trains one model per behaviour and mode, chapter 09 compares its joint runs with those solo
 runs, chapter 10 starts flipped-label training from chapter 08's aligned models, and chapter 11 measures
 their features. Nothing here plots.
@@ -15,9 +15,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import data, embeddings, metrics, models
+from . import data, embeddings, feature_experiments, metrics, models
 from .config import ExperimentConfig
-from .train import load_or_train
+from .run_cache import load_or_train
+from .tables import metric_rows
+from .training import load_trained, save_trained, train_dpo
 
 __all__ = [
     "persona_rows",
@@ -98,10 +100,6 @@ def _run(cfg, behaviors, **kwargs):
     return load_or_train(cfg, behaviors, probe_every=PROBE_EVERY, **kwargs)
 
 
-def _metric(curves: pd.DataFrame, metric: str) -> pd.DataFrame:
-    return curves[curves["metric"] == metric]
-
-
 def loss_drops(
     curves: pd.DataFrame, step: int | None = None, by: Sequence[str] = ("mode",)
 ) -> pd.DataFrame:
@@ -109,7 +107,7 @@ def loss_drops(
 
     Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb.
     """
-    loss = _metric(curves, "loss")
+    loss = metric_rows(curves, "loss")
     keys = [*by, "behavior", "split"]
     rows = []
     for key, g in loss.groupby(keys):
@@ -161,7 +159,7 @@ def pair_table(feature_set: embeddings.FeatureSet, properties: pd.DataFrame) -> 
     groups = feature_set.groups("final")
     d = {b: torch.sub(*metrics.class_means(x.double(), s)) for b, (x, s) in groups.items()}
     props = properties.set_index("behavior")
-    table = embeddings.priority_gaps(feature_set, "final")
+    table = feature_experiments.priority_gaps(feature_set, "final")
     table = table[table["behavior_i"] != table["behavior_j"]].copy()
     table["cosine"] = [
         float(torch.nn.functional.cosine_similarity(d[i], d[j], dim=0))
@@ -254,7 +252,7 @@ def overtake_steps(curves: pd.DataFrame, split: str = "train") -> pd.DataFrame:
 
     Used in: notebooks/10_misalignment_llm.ipynb.
     """
-    loss = _metric(curves, "loss")
+    loss = metric_rows(curves, "loss")
     loss = loss[loss["split"] == split].pivot_table(
         index=["behavior", "step"], columns="start", values="value"
     )
@@ -300,7 +298,6 @@ def trained_features(run_path: str, persona: dict, profile: str) -> embeddings.F
 
     Used in: notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
     """
-    from .training import load_trained
 
     run = load_trained(run_path)
     return embeddings.persona_features(
@@ -403,8 +400,6 @@ def hh_misalignment_curves(
     Used in: notebooks/10_misalignment_llm.ipynb.
     """
     import tempfile
-
-    from .training import load_trained, save_trained, train_dpo
 
     train_pairs, test_pairs = pairs or (
         data.load_hh_rlhf("train", limit=n_train),

@@ -1,4 +1,4 @@
-"""dpo_utils.experiments: the chapter-level tables of chapters 08-11, on hand-made tables and features."""
+"""dpo_utils.llm_experiments: the chapter-level tables of chapters 08-11, on hand-made tables and features."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dpo_utils import config, embeddings, experiments
+from dpo_utils import config, embeddings, llm_experiments
 
 
 def _curves(losses: dict, **extra) -> pd.DataFrame:
@@ -39,23 +39,23 @@ def test_loss_drops_and_rank_correlation():
         },
         keys=("mode",),
     )
-    drops = experiments.loss_drops(curves).set_index("behavior")
+    drops = llm_experiments.loss_drops(curves).set_index("behavior")
     assert drops.loc["a", "drop"] == pytest.approx(0.19) and drops.loc[
         "c", "drop"
     ] == pytest.approx(-0.01)
     assert (drops["step"] == 2).all()
-    assert experiments.loss_drops(curves, step=1).set_index("behavior").loc[
+    assert llm_experiments.loss_drops(curves, step=1).set_index("behavior").loc[
         "a", "drop"
     ] == pytest.approx(0.09)
     props = pd.DataFrame(dict(behavior=["a", "b", "c"], distinguishability=[3.0, 2.0, 1.0]))
-    rho = experiments.rank_correlations(experiments.loss_drops(curves), props)
+    rho = llm_experiments.rank_correlations(llm_experiments.loss_drops(curves), props)
     assert rho["rho"].iloc[0] == pytest.approx(1.0)
     reversed_props = props.assign(distinguishability=[1.0, 2.0, 3.0])
-    assert experiments.rank_correlations(experiments.loss_drops(curves), reversed_props)[
+    assert llm_experiments.rank_correlations(llm_experiments.loss_drops(curves), reversed_props)[
         "rho"
     ].iloc[0] == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="step=7 was not probed"):
-        experiments.loss_drops(curves, step=7)
+        llm_experiments.loss_drops(curves, step=7)
 
 
 def test_overtake_step_and_reference_floor():
@@ -70,7 +70,7 @@ def test_overtake_step_and_reference_floor():
         },
         keys=("start",),
     )
-    steps = experiments.overtake_steps(curves).set_index("behavior")["overtake_step"]
+    steps = llm_experiments.overtake_steps(curves).set_index("behavior")["overtake_step"]
     assert steps["x"] == 3 and math.isnan(steps["y"])
     ref = pd.DataFrame(
         [
@@ -79,7 +79,7 @@ def test_overtake_step_and_reference_floor():
             for m, v in (("ref_logp_chosen", c), ("ref_logp_rejected", r))
         ]
     )
-    floor = experiments.reference_floor(ref, beta=0.1).set_index("start")
+    floor = llm_experiments.reference_floor(ref, beta=0.1).set_index("start")
     assert floor.loc["base", "m0_abs"] == pytest.approx(2.0)
     assert floor.loc["aligned", "erased_loss"] == pytest.approx(
         -math.log(1 / (1 + math.exp(-0.4)))
@@ -113,9 +113,9 @@ def test_pair_table_gap_cosine_and_order():
         "other": torch.tensor([0.0, 0.0, 2.0]),
     }
     fs = _feature_set(d)
-    props = experiments.behavior_properties(fs)
+    props = llm_experiments.behavior_properties(fs)
     assert list(props["behavior"]) == ["big", "other", "small"]
-    table = experiments.pair_table(fs, props)
+    table = llm_experiments.pair_table(fs, props)
     assert len(table) == 6 and table["gap"].is_monotonic_decreasing
     row = table[(table["behavior_i"] == "big") & (table["behavior_j"] == "small")].iloc[0]
     assert row["gap"] > 0 and row["cosine"] == pytest.approx(
@@ -132,7 +132,7 @@ def test_pair_table_gap_cosine_and_order():
 def test_projection_table_orients_yes_to_the_right():
     fs = _feature_set({"b": torch.tensor([0.0, -3.0, 0.5])})
     x, s = fs.select("b", "final")
-    points = experiments.projection_table({"before": (x, s), "after": (2 * x, s)})
+    points = llm_experiments.projection_table({"before": (x, s), "after": (2 * x, s)})
     assert set(points["stage"]) == {"before", "after"} and len(points) == 2 * len(s)
     for _, part in points.groupby("stage"):
         assert (
@@ -141,7 +141,7 @@ def test_projection_table_orients_yes_to_the_right():
             > part[part["answer"] == "No"]["x"].mean()
         )
     with pytest.raises(ValueError, match="method='tsne'"):
-        experiments.projection_table({"before": (x, s)}, method="tsne")
+        llm_experiments.projection_table({"before": (x, s)}, method="tsne")
 
 
 @pytest.mark.slow
@@ -163,7 +163,7 @@ def test_hh_misalignment_curves_on_toy_transcripts():
 
     pairs = data.hh_rlhf_pairs(rows)
     cfg = config.get_config("cpu", dpo_batch_size=4, per_device_batch_size=4)
-    curves = experiments.hh_misalignment_curves(
+    curves = llm_experiments.hh_misalignment_curves(
         cfg, steps=1, aligned_steps=1, pairs=(pairs, pairs[:6]), n_probe=6
     )
     assert set(curves["start"]) == {"base", "aligned"} and set(curves["step"]) == {0, 1}

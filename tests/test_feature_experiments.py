@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dpo_utils import corpus, data, linear, metrics, models
-from dpo_utils import last_layer_llm as L
+from dpo_utils import feature_experiments as L
 
 ARGS = dict(lr=1.0, beta=0.01, steps=30, batch_size=32)
 

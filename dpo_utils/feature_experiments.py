@@ -16,12 +16,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
 from . import linear, metrics
 from .data import split_rows
-from .theory import early_slope, rank_correlation, run_seed, single_threaded, time_to_accuracy
+from .embeddings import FeatureSet, persona_features
+from .metrics import class_means, priority_gap_matrix, properties_table
+from .models import TINY_MODELS, answer_token_ids, load_model_and_tokenizer
+from .results import config_hash, load_or_run
+from .runtime import run_seed, single_threaded
+from .tables import early_slope, rank_correlation, time_to_accuracy, value_at_step
 
 __all__ = [
     "answer_direction",
@@ -29,6 +35,12 @@ __all__ = [
     "last_layer_experiment",
     "speed_summary",
     "speed_correlations",
+    "standardised_projections",
+    "survival_table",
+    "properties",
+    "chapter_model_configs",
+    "priority_gaps",
+    "measure_models",
 ]
 
 Groups = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
@@ -42,8 +54,6 @@ def answer_direction(model, tokenizer) -> torch.Tensor:
 
     Used in: notebooks/07_last_layer_dpo.ipynb
     """
-    from .models import answer_token_ids
-
     yes, no = answer_token_ids(tokenizer)
     head = model.get_output_embeddings().weight.detach()
     return (head[yes] - head[no]).double().cpu()
@@ -151,23 +161,12 @@ def last_layer_experiment(
     return pd.concat(tables, ignore_index=True)
 
 
-def _at_step(
-    table: pd.DataFrame, keys: list[str], split: str, metric: str, step: int, name: str
-) -> pd.DataFrame:
-    rows = table[(table.split == split) & (table.metric == metric) & (table.step == step)]
-    if rows.empty:
-        raise ValueError(
-            f"no {split}/{metric} at step {step}; recorded steps run 0..{table.step.max()}."
-        )
-    return rows[keys + ["value"]].rename(columns={"value": name})
-
-
 def speed_summary(table: pd.DataFrame, k: int = 10, threshold: float = 0.5) -> pd.DataFrame:
     """Per run, how fast it learns; then the mean over seeds, one row per (behaviour, direction, lr).
 
     Columns: ``drop_early`` / ``drop_final`` = ln 2 minus the train-split loss at step k / at the last
     step; ``test_drop_final`` the same on the test split; ``slope_early`` = ||W(k) - W(0)|| / k
-    (:func:`theory.early_slope`); ``change_final`` = ||W(T) - W(0)||; ``output_accuracy_start`` /
+    (:func:`tables.early_slope`); ``change_final`` = ||W(T) - W(0)||; ``output_accuracy_start`` /
     ``_final`` on the train split; ``steps_to_threshold``: first step at which train output accuracy
     reaches ``threshold`` (mean over the seeds that reach it, NaN if none; 0 when it starts above),
     and ``reached``, the fraction of seeds that reach it.
@@ -178,12 +177,12 @@ def speed_summary(table: pd.DataFrame, k: int = 10, threshold: float = 0.5) -> p
     last = int(table.step.max())
     out = early_slope(table, k).rename(columns={"slope": "slope_early"})
     parts = [
-        _at_step(table, keys, "train", "loss", k, "loss_early"),
-        _at_step(table, keys, "train", "loss", last, "loss_final"),
-        _at_step(table, keys, "test", "loss", last, "test_loss_final"),
-        _at_step(table, keys, "train", "weight_change", last, "change_final"),
-        _at_step(table, keys, "train", "output_accuracy", 0, "output_accuracy_start"),
-        _at_step(table, keys, "train", "output_accuracy", last, "output_accuracy_final"),
+        value_at_step(table, keys, "train", "loss", k, "loss_early"),
+        value_at_step(table, keys, "train", "loss", last, "loss_final"),
+        value_at_step(table, keys, "test", "loss", last, "test_loss_final"),
+        value_at_step(table, keys, "train", "weight_change", last, "change_final"),
+        value_at_step(table, keys, "train", "output_accuracy", 0, "output_accuracy_start"),
+        value_at_step(table, keys, "train", "output_accuracy", last, "output_accuracy_final"),
         time_to_accuracy(table, threshold, "output_accuracy", "train"),
     ]
     for part in parts:
@@ -226,3 +225,129 @@ def speed_correlations(
                 )
             )
     return pd.DataFrame(rows)
+
+
+# --- measuring the features (chapter 06) --------------------------------------------------
+
+
+def standardised_projections(features: torch.Tensor, signs: torch.Tensor) -> np.ndarray:
+    """1-D projections onto the unit mean-difference direction, centred per class, unit variance.
+
+    These are the coordinates the theory's tail assumption is about; compare their survival function
+    with the alpha-subexponential families of ``dpo_utils.synthetic``.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    """
+    positive = signs > 0
+    mu_yes, mu_no = class_means(features, signs)
+    direction = mu_yes - mu_no
+    norm = direction.norm()
+    if norm == 0:
+        raise ValueError(
+            "the two classes have the same mean, so there is no direction to project on."
+        )
+    values = features.double() @ (direction.double() / norm)
+    centred = torch.where(
+        positive, values - values[positive].mean(), values - values[~positive].mean()
+    )
+    spread = centred.std()
+    return (centred / (spread if spread > 0 else 1.0)).numpy()
+
+
+def survival_table(samples: Mapping[str, np.ndarray], thresholds: np.ndarray) -> pd.DataFrame:
+    """Tidy empirical P(|X| > t): columns source, t, survival (one row per source and threshold).
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    """
+    rows = []
+    for source, values in samples.items():
+        magnitudes = np.sort(np.abs(np.asarray(values, dtype=float)))
+        above = len(magnitudes) - np.searchsorted(magnitudes, thresholds, side="right")
+        rows += [
+            dict(source=source, t=float(t), survival=float(a) / len(magnitudes))
+            for t, a in zip(thresholds, above)
+        ]
+    return pd.DataFrame(rows)
+
+
+def properties(feature_set: FeatureSet, model_label: str, probe: bool = True) -> pd.DataFrame:
+    """The properties table for every behaviour and both variants, plus the model's own accuracy.
+
+    Columns: model, variant, behavior, n, distinguishability, concentration, covariance_trace,
+    mean_norm, snr, probe_accuracy (if ``probe``), lm_accuracy.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    """
+    accuracy = feature_set.answer_accuracy()
+    tables = []
+    for variant in feature_set.features:
+        table = properties_table(feature_set.groups(variant), probe=probe)
+        table.insert(0, "variant", variant)
+        table.insert(0, "model", model_label)
+        table["lm_accuracy"] = table["behavior"].map(accuracy)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+def chapter_model_configs(cfg) -> list:
+    """The models a measuring chapter covers: both tiny stand-ins on the CPU profile, else the profile's.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    """
+    if cfg.model_name in TINY_MODELS:
+        return [
+            cfg.replace(model_name=name, model_arch=arch) for name, arch in TINY_MODELS.items()
+        ]
+    return [cfg]
+
+
+def priority_gaps(feature_set: FeatureSet, variant: str = "final") -> pd.DataFrame:
+    """Tidy priority-gap matrix (behavior_i, behavior_j, gap) from each behaviour's d = mu_Yes - mu_No.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    """
+    groups = feature_set.groups(variant)
+    names = list(groups)
+    differences = torch.stack([torch.sub(*class_means(f, s)) for f, s in groups.values()])
+    gap = priority_gap_matrix(differences)
+    return pd.DataFrame(
+        [
+            dict(behavior_i=a, behavior_j=b, gap=float(gap[i, j]))
+            for i, a in enumerate(names)
+            for j, b in enumerate(names)
+        ]
+    )
+
+
+def measure_models(cfg, persona: Mapping[str, Sequence[Mapping]], device: str = "cpu"):
+    """Properties of every behaviour for each model of :func:`chapter_model_configs`.
+
+    Returns ``(table, feature_sets)``: the tidy properties table (model, variant, behavior, ...) read
+    through ``results.load_or_run`` and ``{model_name: FeatureSet}`` (features are cached on disk).
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    """
+
+    tables, feature_sets = [], {}
+    fingerprint = config_hash({"persona": persona})
+    for model_cfg in chapter_model_configs(cfg):
+        model, tokenizer = load_model_and_tokenizer(model_cfg, device)
+        feature_sets[model_cfg.model_name] = persona_features(
+            model, tokenizer, persona, profile=cfg.profile
+        )
+        key = dict(
+            model=model_cfg.model_name,
+            weights=getattr(model, "name_or_path", ""),
+            pretrain_steps=model_cfg.pretrain_steps,
+            persona=fingerprint,
+        )
+        tables.append(
+            load_or_run(
+                "properties",
+                key,
+                lambda: properties(feature_sets[model_cfg.model_name], model_cfg.model_name),
+                profile=cfg.profile,
+            )
+        )
+        del model
+    return pd.concat(tables, ignore_index=True), feature_sets

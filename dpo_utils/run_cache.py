@@ -1,0 +1,271 @@
+"""The notebooks' run cache: DPO on persona behaviours, trained once and loaded after.
+
+:func:`load_or_train` keeps each run under ``results/<profile>/runs/<name>-<hash>/`` (the hash covers
+every setting of the run) and rebuilds it from there on a second call; :func:`train_behaviors` is
+the same training without the cache, which the command line (:mod:`dpo_utils.train`) calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from . import config, data, models
+from .results import config_hash, results_dir
+from .training import MODES, DPORun, load_trained, run_tables, save_trained, train_dpo
+
+__all__ = ["behavior_pairs", "probe_subsample", "train_behaviors", "run_dir", "load_or_train"]
+
+
+def behavior_pairs(cfg: config.ExperimentConfig, behaviors, flip=False) -> tuple[list[dict], dict]:
+    """Training pairs and probe sets {"train", "test"} for behaviours, split as the authors split.
+
+    ``flip`` is a bool (swap chosen and rejected for every behaviour) or a collection of behaviour
+    names/numbers to flip, the others kept aligned (a *conflicting* pair, chapter 09).
+
+    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb.
+    """
+    train, test = [], []
+    source = data.corpus_dir() if cfg.persona_source == "corpus" else cfg.persona_source
+    persona = data.load_persona(source, behaviors)
+    flipped = _flipped_names(flip, list(persona), source)
+    for name, rows in persona.items():
+        rows_train, rows_test = data.split_rows(rows, seed=cfg.seed)
+        train += data.preference_pairs(rows_train, name, flip=name in flipped)
+        test += data.preference_pairs(rows_test, name, flip=name in flipped)
+    if not train:
+        raise ValueError(
+            f"behaviors={behaviors!r} gave no training pairs; name at least one behaviour."
+        )
+    return train, {"train": train, "test": test} if test else {"train": train}
+
+
+def _flipped_names(flip, names: list[str], source) -> set[str]:
+    if isinstance(flip, bool):
+        return set(names) if flip else set()
+    if isinstance(flip, (str, int)):
+        flip = [flip]
+    chosen = set(data.resolve_behaviors(list(flip), data.available_behaviors(source)))
+    if not chosen <= set(names):
+        raise ValueError(
+            f"flip={flip!r} names behaviours {sorted(chosen - set(names))} that are not trained "
+            f"({names}); flip only behaviours you train."
+        )
+    return chosen
+
+
+def probe_subsample(probe_sets: dict, train_per_behavior: int | None) -> dict:
+    """Keep the first ``train_per_behavior`` pairs of each behaviour in the "train" probe set.
+
+    The split is already a seeded shuffle, so the first pairs are a fixed random sample; the test split
+    is kept whole. ``None`` keeps everything. Probing ~48 + 50 pairs per behaviour instead of 500 keeps
+    the probe callback under a fifth of a CPU-profile step (benchmarks/bench_callback.py).
+
+    Used in: notebooks/08_full_and_lora_dpo.ipynb onwards (through :func:`train_behaviors`).
+    """
+    if train_per_behavior is None:
+        return probe_sets
+    if (
+        isinstance(train_per_behavior, bool)
+        or not isinstance(train_per_behavior, int)
+        or train_per_behavior < 1
+    ):
+        raise ValueError(
+            f"probe_train={train_per_behavior!r} is not allowed; give an integer >= 1 or None."
+        )
+    seen: dict = {}
+    kept = []
+    for pair in probe_sets["train"]:
+        seen[pair["behavior"]] = seen.get(pair["behavior"], 0) + 1
+        if seen[pair["behavior"]] <= train_per_behavior:
+            kept.append(pair)
+    return {**probe_sets, "train": kept}
+
+
+def train_behaviors(
+    cfg: config.ExperimentConfig,
+    behaviors,
+    *,
+    mode: str = "lora",
+    flip=False,
+    max_steps: int | None = None,
+    seed: int | None = None,
+    model=None,
+    tokenizer=None,
+    probe_every: int = 1,
+    probe_train: int | None = None,
+    resume_from=None,
+) -> DPORun:
+    """Joint DPO on the named behaviours, probed on each behaviour's train and test split.
+
+    ``model``/``tokenizer`` default to the profile's (``models.load_model_and_tokenizer``); pass a
+    merged aligned model to start from it (chapter 10). ``flip`` as in :func:`behavior_pairs`;
+    ``probe_train`` probes only that many train pairs per behaviour (:func:`probe_subsample`).
+    Returns :class:`~dpo_utils.training.DPORun`.
+
+    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb,
+    notebooks/10_misalignment_llm.ipynb.
+    """
+    train_pairs, probe_sets = behavior_pairs(cfg, behaviors, flip)
+    probe_sets = probe_subsample(probe_sets, probe_train)
+    if model is None or tokenizer is None:
+        model, tokenizer = _profile_model(cfg, mode)
+    return train_dpo(
+        cfg,
+        model,
+        tokenizer,
+        train_pairs,
+        mode=mode,
+        probe_sets=probe_sets,
+        max_steps=max_steps,
+        seed=seed,
+        probe_every=probe_every,
+        resume_from=resume_from,
+    )
+
+
+def _profile_model(cfg: config.ExperimentConfig, mode: str):
+    """The profile's model on this process's device. Full fine-tuning keeps fp32 master weights (bf16
+    autocast on GPU, as the authors ran): a pure-bf16 AdamW step of lr 1e-6 would round to nothing."""
+    device = (
+        f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+    )
+    model, tokenizer = models.load_model_and_tokenizer(
+        cfg.replace(dtype="float32") if mode == "full" else cfg, device
+    )
+    return model.train(), tokenizer
+
+
+def _run_key(cfg, behaviors, mode, flip, start, max_steps, seed, probe_every, probe_train) -> dict:
+    flip_key = (
+        flip
+        if isinstance(flip, bool)
+        else sorted(str(f) for f in ([flip] if isinstance(flip, (str, int)) else flip))
+    )
+    return dict(
+        cfg=cfg.to_dict(),
+        behaviors=[str(b) for b in behaviors],
+        mode=mode,
+        flip=flip_key,
+        start=None if start is None else Path(start).name,
+        max_steps=max_steps,
+        seed=seed,
+        probe_every=probe_every,
+        probe_train=probe_train,
+    )
+
+
+def run_dir(
+    cfg: config.ExperimentConfig,
+    behaviors,
+    *,
+    mode: str,
+    flip=False,
+    start=None,
+    max_steps=None,
+    seed=None,
+    probe_every: int = 1,
+    probe_train: int | None = None,
+    name: str = "dpo",
+) -> Path:
+    """Where :func:`load_or_train` keeps this run: ``results/<profile>/runs/<name>-<hash>/``.
+
+    The hash covers the whole config, the behaviours, mode, flip, the starting run (by its folder
+    name, which carries its own hash), steps, seed and probe settings.
+
+    Used in: notebooks/10_misalignment_llm.ipynb (to name chapter 08's aligned run as a start).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not allowed; choose one of {list(MODES)}.")
+    key = _run_key(cfg, behaviors, mode, flip, start, max_steps, seed, probe_every, probe_train)
+    return results_dir(cfg.profile) / "runs" / f"{name}-{config_hash(key)}"
+
+
+def load_or_train(
+    cfg: config.ExperimentConfig,
+    behaviors,
+    *,
+    mode: str,
+    flip=False,
+    start=None,
+    max_steps: int | None = None,
+    seed: int | None = None,
+    probe_every: int = 1,
+    probe_train: int | None = None,
+    name: str = "dpo",
+    force: bool | None = None,
+    with_model: bool = True,
+) -> DPORun:
+    """The saved run for these settings if there is one (:func:`~dpo_utils.training.load_trained`),
+    else :func:`train_behaviors` now, saved with ``save_trained`` (no optimizer checkpoint) and returned.
+
+    ``start`` is ``None`` (the profile's model) or the folder of an earlier run, whose merged model is
+    then the starting point and, for LoRA, also the reference. A loaded run's ``model`` is the merged
+    plain model; its ``probes.attrs`` hold ``path`` and ``from_cache``. ``force=None`` reads
+    ``$DPO_FORCE_RERUN``. ``with_model=False`` reads only the tables of a saved run (``model`` is
+    then None), which is what a chapter that only plots needs. A second book build retrains nothing.
+
+    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb,
+    notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
+    """
+    path = run_dir(
+        cfg,
+        behaviors,
+        mode=mode,
+        flip=flip,
+        start=start,
+        max_steps=max_steps,
+        seed=seed,
+        probe_every=probe_every,
+        probe_train=probe_train,
+        name=name,
+    )
+    force = os.environ.get("DPO_FORCE_RERUN", "") not in ("", "0") if force is None else force
+    device = "cuda" if _cuda() else None
+    if (path / "meta.json").is_file() and not force:
+        run = load_trained(path, device=device) if with_model else _tables_only(path)
+        from_cache = True
+    else:
+        model = tokenizer = None
+        if start is not None:
+            if not (Path(start) / "meta.json").is_file():
+                raise FileNotFoundError(
+                    f"start={str(start)!r} is not a saved run; train it first with load_or_train()."
+                )
+            begin = load_trained(start, device=device)
+            model, tokenizer = begin.model.train(), begin.tokenizer
+            if tokenizer is None:
+                tokenizer = models.load_model_and_tokenizer(cfg, "cpu")[1]
+        run = train_behaviors(
+            cfg,
+            behaviors,
+            mode=mode,
+            flip=flip,
+            max_steps=max_steps,
+            seed=seed,
+            model=model,
+            tokenizer=tokenizer,
+            probe_every=probe_every,
+            probe_train=probe_train,
+        )
+        # at 7B a merged copy per LoRA run would fill the disk: keep the adapter, rebuild on load
+        save_trained(run, path, checkpoint=False, merged_model=not cfg.requires_gpu, start=start)
+        for table, frame in run_tables(
+            path
+        ).items():  # the same values and dtypes as a cached run's
+            setattr(run, table, frame)
+        from_cache = False
+    run.probes.attrs.update(path=str(path), from_cache=from_cache)
+    return run
+
+
+def _tables_only(path: Path) -> DPORun:
+    meta = json.loads((path / "meta.json").read_text())
+    return DPORun(model=None, mode=meta["mode"], seed=meta["seed"], **run_tables(path))
+
+
+def _cuda() -> bool:
+    return torch.cuda.is_available()
