@@ -30,14 +30,17 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def start_chapter(cfg: ExperimentConfig, show: bool = True, **provenance: Any) -> str:
+def start_chapter(
+    cfg: ExperimentConfig, show: bool = True, synthetic: bool = False, **provenance: Any
+) -> str:
     """Prepare a chapter for ``cfg``; return its torch device ("cpu" or "cuda").
 
     * CPU profile: no network (``HF_HUB_OFFLINE=1`` etc. via ``setdefault``, so a caller may
       override them); telemetry is off for every profile;
     * a GPU profile without a GPU stops here with a clear message (:func:`config.require_device`);
     * torch is seeded with ``cfg.seed``, the plot theme is applied, library noise is silenced;
-    * with ``show``, a provenance banner says which profile and model produced the page.
+    * with ``show``, a provenance banner says which profile and model produced the page; with
+      ``synthetic``, it says the page uses synthetic features and no language model.
 
     Used in: every notebook (the cell after ``parameters``).
     """
@@ -59,5 +62,13 @@ def start_chapter(cfg: ExperimentConfig, show: bool = True, **provenance: Any) -
     if show:
         from IPython.display import Markdown, display
 
-        display(Markdown(f"```{{note}}\n{describe(cfg, **provenance)}\n```"))
+        banner = describe(cfg, **provenance)
+        if synthetic:
+            settings = ", ".join(f"{k.replace('_', ' ')} **{v}**" for k, v in provenance.items())
+            banner = (
+                f"Outputs on this page were produced with profile **{cfg.profile}** on synthetic "
+                f"features (no language model is used on this page){', ' if settings else ''}"
+                f"{settings}."
+            )
+        display(Markdown(f"```{{note}}\n{banner}\n```"))
     return device

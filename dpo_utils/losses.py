@@ -19,6 +19,8 @@ from .config import ConfigError
 
 __all__ = [
     "check_beta",
+    "check_count",
+    "rlhf_optimal_policy",
     "implicit_rewards",
     "reward_margins",
     "dpo_loss",
@@ -37,6 +39,33 @@ def check_beta(beta: float) -> float:
     ):
         raise ConfigError(f"beta={beta!r} is not allowed; beta must be a finite float > 0.")
     return float(beta)
+
+
+def check_count(name: str, value: int, minimum: int = 1) -> int:
+    """Return ``value`` or raise :class:`ConfigError` unless it is an integer >= ``minimum``.
+
+    Used in: notebooks/04_prioritisation.ipynb, notebooks/05_misalignment.ipynb.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(
+            f"{name}={value!r} is not allowed; {name} must be an integer >= {minimum}."
+        )
+    return value
+
+
+def rlhf_optimal_policy(
+    ref_logps: torch.Tensor, rewards: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closed-form maximiser of E_pi[r] - beta KL(pi || pi_ref) over answers (last dimension).
+
+    Returns (log pi*, log Z) with pi*(y) = pi_ref(y) exp(r(y) / beta) / Z and
+    Z = sum_y pi_ref(y) exp(r(y) / beta); the maximum of the objective is beta log Z.
+
+    Used in: notebooks/01_dpo_single_token.ipynb.
+    """
+    scaled = ref_logps + rewards / check_beta(beta)
+    log_z = torch.logsumexp(scaled, dim=-1, keepdim=True)
+    return scaled - log_z, log_z.squeeze(-1)
 
 
 def implicit_rewards(
