@@ -10,9 +10,17 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
+from scipy.stats import spearmanr, t
 
-__all__ = ["early_slope", "time_to_accuracy", "rank_correlation", "metric_rows", "value_at_step"]
+__all__ = [
+    "early_slope",
+    "mean_interval",
+    "saturation",
+    "time_to_accuracy",
+    "rank_correlation",
+    "metric_rows",
+    "value_at_step",
+]
 
 
 def _per_run(table: pd.DataFrame) -> list[str]:
@@ -33,6 +41,58 @@ def early_slope(table: pd.DataFrame, k: int = 10) -> pd.DataFrame:
     out = rows[_per_run(table) + ["value"]].rename(columns={"value": "slope"}).copy()
     out["slope"] = out["slope"] / k
     return out.reset_index(drop=True)
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the Student-t confidence interval for the mean of a few seeds.
+
+    Uses the t quantile with n - 1 degrees of freedom (2.78 for n = 5 at 95 %), not 2 standard
+    errors, which is too narrow for small n.
+
+    Used in: notebooks/05_misalignment.ipynb.
+    """
+    x = np.asarray(values, dtype=float)
+    if x.size < 2 or not 0 < level < 1:
+        raise ValueError(
+            f"need >= 2 values and 0 < level < 1; got {x.size} values, level={level}."
+        )
+    half = t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+    return float(x.mean()), float(x.mean() - half), float(x.mean() + half)
+
+
+def saturation(
+    table: pd.DataFrame, early: int = 10, late: int = 100, fraction: float = 0.9
+) -> pd.DataFrame:
+    """One row per run of a long single-behaviour run: has it left the near-linear regime?
+
+    ``early_slope`` = ||W(early) - W(0)|| / early; ``late_slope`` = (||W(T) - W(0)|| -
+    ||W(T - late) - W(0)||) / late, with T the last step; ``final_loss`` and ``loss_drop`` =
+    L(0) - L(T) on the training set; ``steps_to_fraction``: first step at which the training loss
+    has made ``fraction`` of its final drop.
+
+    Used in: notebooks/02_update_rate.ipynb.
+    """
+    last = int(table.step.max())
+    if not 0 < early <= last or not 0 < late <= last:
+        raise ValueError(f"early={early} and late={late} must lie in 1..{last} (the run's steps).")
+    keys = _per_run(table)
+    rows = []
+    for key, part in table[table.split == "train"].groupby(keys, sort=False):
+        wc = part[part.metric == "weight_change"].set_index("step").value
+        loss = part[part.metric == "loss"].set_index("step").value
+        drop = loss[0] - loss[last]
+        made = (loss[0] - loss) >= fraction * drop
+        rows.append(
+            dict(
+                zip(keys, key, strict=True),
+                early_slope=wc[early] / early,
+                late_slope=(wc[last] - wc[last - late]) / late,
+                final_loss=loss[last],
+                loss_drop=drop,
+                steps_to_fraction=int(made.index[made.values].min()),
+            )
+        )
+    return pd.DataFrame(rows)
 
 
 def time_to_accuracy(
