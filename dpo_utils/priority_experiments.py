@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from scipy.optimize import minimize
+from scipy.stats import norm
 
 from . import linear, metrics, synthetic
 from .runtime import run_seed, single_threaded
@@ -23,7 +25,11 @@ __all__ = [
     "priority_pairs",
     "priority_agreement",
     "joint_behaviors",
+    "behaviors_with_cosines",
     "difference_vectors",
+    "first_step_gains",
+    "population_optimum",
+    "saturation_summary",
     "joint_training",
 ]
 
@@ -92,6 +98,8 @@ def priority_pairs(
                 gap_1=b1.mean_gap,
                 gap_2=b2.mean_gap,
                 priority_gap=float(metrics.priority_gap_matrix(d)[0, 1]),
+                difference_norm_1=float(d[0].norm()),
+                difference_norm_2=float(d[1].norm()),
                 mean_direction_norm=float(d.mean(0).norm()),
                 max_difference_norm=float(d.norm(dim=1).max()),
             )
@@ -175,6 +183,146 @@ def joint_behaviors(
             )
         )
     return out
+
+
+def behaviors_with_cosines(
+    mean_gaps: Sequence[float],
+    cosines: Sequence[Sequence[float]],
+    *,
+    dim: int = 64,
+    n_per_class: int = 250,
+    spread: float = 1.0,
+    seed: int = 0,
+) -> list[synthetic.Behavior]:
+    """K behaviours whose directions have the given K x K cosine matrix (every pair, not only to the first).
+
+    The directions are the rows of the Cholesky factor of ``cosines``, placed in a random
+    K-dimensional subspace of R^dim, so <v_k, v_l> = cosines[k][l] exactly. ``cosines`` must be
+    symmetric, with ones on the diagonal, and positive definite.
+
+    Used in: notebooks/04_prioritisation.ipynb.
+    """
+    c = torch.as_tensor(cosines, dtype=torch.float64)
+    k = len(mean_gaps)
+    if (
+        c.shape != (k, k)
+        or not torch.allclose(c, c.T)
+        or not torch.allclose(c.diag(), torch.ones(k, dtype=c.dtype))
+    ):
+        raise ValueError(
+            f"cosines {c.tolist()} must be a symmetric {k} x {k} matrix with ones on the diagonal."
+        )
+    chol, info = torch.linalg.cholesky_ex(c)
+    if int(info) != 0 or k > dim:
+        raise ValueError(
+            f"cosines {c.tolist()} must be positive definite with K={k} <= dim={dim} behaviours."
+        )
+    basis = torch.stack([random_direction(dim, run_seed(seed, "cosines", j)) for j in range(k)])
+    basis = torch.linalg.qr(basis.T).Q.T  # K orthonormal rows spanning a random subspace
+    directions = chol @ basis
+    return [
+        synthetic.sample_behavior(
+            n_per_class,
+            dim,
+            float(gap),
+            spread=spread,
+            direction=directions[j],
+            seed=run_seed(seed, "cosines", j, "sample"),
+        )
+        for j, gap in enumerate(mean_gaps)
+    ]
+
+
+def first_step_gains(differences: torch.Tensor, lr: float, beta: float) -> torch.Tensor:
+    """(D6) for K equal-size, class-balanced behaviours trained with the full batch.
+
+    After one step the mean margin of behaviour k is (lr beta^2 / 4) <b, d_k>, with b the mean of
+    all the d_k. Its sign says, before any training, whether behaviour k gains or goes backwards.
+
+    Used in: notebooks/04_prioritisation.ipynb.
+    """
+    return lr * beta**2 / 4 * differences @ differences.mean(0)
+
+
+def population_optimum(
+    mean_gaps: Sequence[float], cosines: Sequence[Sequence[float]], spread: float = 1.0
+) -> pd.DataFrame:
+    """Where joint training should end: the minimiser of the population DPO loss of the mixture.
+
+    Behaviour k has Gaussian classes at +-(g_k/2) v_k (isotropic, standard deviation ``spread``),
+    equal weights, and the cosines between the v_k given. The loss is a logistic loss of s u.e, so
+    its minimiser u* lies in the span of the v_k; per behaviour and class, u.e is Gaussian and each
+    expectation is a 1-D Gauss-Hermite sum. Returns, per behaviour, ``ceiling`` = Phi(g_k / 2 spread)
+    (the best accuracy of a rule trained on that behaviour alone) and ``joint_optimum_accuracy`` =
+    Phi(u*.d_k / (2 spread ||u*||)), the accuracy the mixture's minimiser gives it (any beta: beta
+    only rescales u*).
+
+    Used in: notebooks/04_prioritisation.ipynb.
+    """
+    c = np.asarray(cosines, dtype=float)
+    d = np.linalg.cholesky(c) * np.asarray(mean_gaps, dtype=float)[:, None]  # rows d_k in R^K
+    nodes, weights = np.polynomial.hermite_e.hermegauss(60)
+    weights = weights / weights.sum()
+
+    def loss(u: np.ndarray) -> tuple[float, np.ndarray]:
+        m = d @ u / 2  # mean of s u.e for every behaviour (both classes alike, by symmetry)
+        z = m[:, None] + spread * np.linalg.norm(u) * nodes[None, :]
+        value = float((np.logaddexp(0, -z) @ weights).mean())
+        sig = 1 / (1 + np.exp(z))  # -d softplus(-z)/dz
+        unit = u / max(np.linalg.norm(u), 1e-300)
+        grad_z_m = -(sig @ weights)  # per behaviour
+        grad_z_r = -((sig * nodes[None, :]) @ weights) * spread
+        grad = (grad_z_m[:, None] * d / 2).mean(0) + grad_z_r.mean() * unit
+        return value, grad
+
+    u = minimize(loss, d.mean(0), jac=True, method="BFGS").x
+    accuracy = norm.cdf(d @ u / (2 * spread * np.linalg.norm(u)))
+    return pd.DataFrame(
+        {
+            "behavior": [f"behavior {k + 1}" for k in range(len(d))],
+            "ceiling": norm.cdf(np.asarray(mean_gaps, dtype=float) / (2 * spread)),
+            "joint_optimum_accuracy": accuracy,
+        }
+    )
+
+
+def saturation_summary(
+    table: pd.DataFrame, ceilings: Mapping[str, float], fraction: float, early: int, late: int
+) -> pd.DataFrame:
+    """One row per behaviour of a long :func:`joint_training` run: how it started, saturated, ended.
+
+    Columns: ``margin_step_1``, ``reward_accuracy_step_1``, ``max_reward_accuracy``,
+    ``final_reward_accuracy``, ``final_margin``, ``min_margin`` and ``min_margin_step``;
+    ``early_loss_rate`` = (L(0) - L(early)) / early and ``late_loss_rate`` = |L(T) - L(T - late)| / late;
+    ``steps_to_fraction``: first step with reward accuracy >= ``fraction`` * ceilings[behaviour]
+    (NaN if never).
+
+    Used in: notebooks/04_prioritisation.ipynb.
+    """
+    last = int(table.step.max())
+    if not 0 < early <= last or not 0 < late <= last:
+        raise ValueError(f"early={early} and late={late} must lie in 1..{last} (the run's steps).")
+    rows = []
+    for name, part in table.groupby("behavior"):
+        series = {m: p.set_index("step").value for m, p in part.groupby("metric")}
+        loss, acc, margin = series["loss"], series["reward_accuracy"], series["mean_margin"]
+        hit = acc.index[acc.values >= fraction * ceilings[name]]
+        rows.append(
+            dict(
+                behavior=name,
+                margin_step_1=float(margin[1]),
+                reward_accuracy_step_1=float(acc[1]),
+                max_reward_accuracy=float(acc.max()),
+                final_reward_accuracy=float(acc[last]),
+                final_margin=float(margin[last]),
+                min_margin=float(margin.min()),
+                min_margin_step=int(margin.idxmin()),
+                early_loss_rate=float((loss[0] - loss[early]) / early),
+                late_loss_rate=float(abs(loss[last] - loss[last - late]) / late),
+                steps_to_fraction=float(hit.min()) if len(hit) else math.nan,
+            )
+        )
+    return pd.DataFrame(rows)
 
 
 def difference_vectors(behaviors: Sequence[synthetic.Behavior]) -> torch.Tensor:
