@@ -87,8 +87,8 @@ def _word_tokenizer():
 
 
 def test_loss_agrees_with_trl_on_the_same_log_probs(tmp_path):
-    """trl 1.16's DPOTrainer computes its sigmoid loss from summed completion log-probs; ours, fed the
-    same log-probs (computed here from the same collated batch), must give the same number."""
+    """trl 1.16's DPOTrainer computes its sigmoid loss from summed completion log-probs; ours, fed
+    the same log-probs (computed here from the same collated batch), must give the same number."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -137,3 +137,33 @@ def test_loss_agrees_with_trl_on_the_same_log_probs(tmp_path):
     ours = float(losses.dpo_loss(pc, pr, rc, rr, beta=0.3))
     assert abs(ours - math.log(2)) > 1e-3  # a real comparison, not the trivial ln 2
     assert abs(ours - trl_loss) < 1e-5
+
+
+def test_check_count_accepts_integers_and_names_the_bad_value():
+    assert losses.check_count("n_pairs", 3) == 3
+    for bad in (0, True, 2.0, "3"):
+        with pytest.raises(ConfigError, match="n_pairs="):
+            losses.check_count("n_pairs", bad)
+    with pytest.raises(ConfigError, match="integer >= 2"):
+        losses.check_count("n_seeds", 1, minimum=2)
+
+
+def test_rlhf_optimal_policy_maximises_the_kl_regularised_objective():
+    g = torch.Generator().manual_seed(3)
+    ref = torch.log_softmax(torch.randn(5, generator=g, dtype=torch.float64), -1)
+    reward = torch.randn(5, generator=g, dtype=torch.float64)
+    beta = 0.3
+    opt, log_z = losses.rlhf_optimal_policy(ref, reward, beta)
+
+    def objective(logp):
+        p = logp.exp()
+        return (p * reward).sum(-1) - beta * (p * (logp - ref)).sum(-1)
+
+    assert math.isclose(float(opt.exp().sum()), 1.0, rel_tol=1e-12)
+    assert math.isclose(float(objective(opt)), float(beta * log_z), rel_tol=1e-12)
+    others = torch.log_softmax(torch.randn(500, 5, generator=g, dtype=torch.float64), -1)
+    assert (objective(others) < objective(opt)).all()
+    # the reward is recovered up to beta log Z, which cancels in every Bradley-Terry probability
+    assert torch.allclose(beta * (opt - ref) + beta * log_z, reward, atol=1e-12)
+    with pytest.raises(ConfigError, match="beta"):
+        losses.rlhf_optimal_policy(ref, reward, 0.0)

@@ -1,4 +1,4 @@
-"""Hand-made cases for dpo_utils.metrics: distinguishability, concentration, trace, priority gap."""
+"""Hand-made cases for dpo_utils.metrics: distinguishability, concentration, trace, gaps."""
 
 import math
 
@@ -57,7 +57,8 @@ def test_priority_gap_hand_made_pairs():
     d = torch.tensor([[2.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
     gap = metrics.priority_gap_matrix(d)
     assert torch.allclose(gap, torch.tensor([[0.0, 0.5], [-0.5, 0.0]], dtype=torch.float64))
-    # orthogonal, equal length: symmetric, gap 0; unequal (3 and 1): b = (1.5, .5), p = (4.5, .5)/|b|
+    # orthogonal, equal length: symmetric, gap 0;
+    # unequal (3 and 1): b = (1.5, .5), p = (4.5, .5)/|b|
     d = torch.tensor([[3.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
     b_norm = math.sqrt(1.5**2 + 0.5**2)
     expected = (4.5 - 0.5) / b_norm / 3.0
@@ -104,3 +105,18 @@ def test_best_linear_accuracy_rejects_bad_covariance():
         metrics.best_linear_accuracy(torch.tensor([1.0]), 0)
     with pytest.raises(ValueError, match="shape"):
         metrics.best_linear_accuracy(torch.tensor([1.0, 0.0]), torch.eye(3))
+
+
+def test_two_behaviour_priority_gap_has_the_sign_of_the_norm_difference():
+    """Chapter 04: p_i - p_j = (||d_i||^2 - ||d_j||^2) / (2 ||b||), whatever the angle."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        d = torch.randn(2, 6, generator=g, dtype=torch.float64) * torch.rand(
+            2, 1, generator=g, dtype=torch.float64
+        )
+        b = d.mean(0)
+        norms = d.norm(dim=1)
+        expected = (norms[0] ** 2 - norms[1] ** 2) / (2 * b.norm() * norms.max())
+        gap = metrics.priority_gap_matrix(d)[0, 1]
+        assert math.isclose(float(gap), float(expected), rel_tol=1e-10, abs_tol=1e-14)
+        assert torch.sign(gap) == torch.sign(norms[0] - norms[1])
