@@ -20,7 +20,7 @@ _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 def quiet_libraries() -> None:
-    """Silence progress bars and advisory warnings of datasets/transformers/trl in executed pages."""
+    """Silence progress bars and advisory warnings of datasets/transformers/trl in a page."""
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings(

@@ -1,4 +1,4 @@
-"""The DPO objective and the quantities logged around it, for tensors of sequence log-probabilities.
+"""The DPO objective and the quantities logged around it, for tensors of log-probabilities.
 
 All functions take *summed* response log-probabilities (as trl's ``DPOTrainer`` and the authors'
 code use), one entry per preference pair, and broadcast over any leading shape.
@@ -134,7 +134,7 @@ def reward_accuracy(
 
 
 def output_accuracy(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor) -> torch.Tensor:
-    """Share of pairs the policy itself ranks correctly, log pi(y_w) > log pi(y_l), without the reference.
+    """Share of pairs the policy itself ranks correctly, log pi(y_w) > log pi(y_l), no reference.
 
     This is what the authors' plots call training/test accuracy (``outputs/accuracies``); before
     training it equals the base model's zero-shot agreement with the labels.

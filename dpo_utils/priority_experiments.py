@@ -1,9 +1,9 @@
 """Prioritisation on synthetic features (chapter 04): which behaviour DPO learns first, and why.
 
-Pairs and groups of synthetic behaviours (:mod:`dpo_utils.synthetic`) train jointly on one last-layer
-head (:func:`dpo_utils.linear.train_last_layer`); the tables record each behaviour's loss and margin
-per step with its distinguishability and priority gap, so the chapter can compare the prediction
-made before training with what training did.
+Pairs and groups of synthetic behaviours (:mod:`dpo_utils.synthetic`) train jointly on one
+last-layer head (:func:`dpo_utils.linear.train_last_layer`); the tables record each behaviour's
+loss and margin per step with its distinguishability and priority gap, so the chapter can compare
+the prediction made before training with what training did.
 """
 
 from __future__ import annotations
@@ -69,14 +69,15 @@ def priority_pairs(
     batch_size: int = 128,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Train ``n_pairs`` random two-behaviour mixtures, each twice: full batch and random mini-batches.
+    """Train ``n_pairs`` random two-behaviour mixtures, with the full batch and with mini-batches.
 
-    Per pair, behaviour 1 and 2 (gaps drawn from ``gap_range``, cosine between their directions uniform
-    on [-1, 1]) are concatenated into one training set. The table has the per-behaviour mean margin and
-    loss at every step, the pair's priority gap (:func:`metrics.priority_gap_matrix` on the empirical
-    d_1, d_2, so gap > 0 predicts behaviour 1 first) with ||b|| (``mean_direction_norm``) and
-    max ||d_k|| (``max_difference_norm``), ``cosine`` and ``batching`` ("full" or
-    "minibatch", random unbalanced batches of ``batch_size`` as in the authors' scripts).
+    Per pair, behaviour 1 and 2 (gaps drawn from ``gap_range``, cosine between their directions
+    uniform on [-1, 1]) are concatenated into one training set. The table has the per-behaviour
+    mean margin and loss at every step, the pair's priority gap
+    (:func:`metrics.priority_gap_matrix` on the empirical d_1, d_2, so gap > 0 predicts behaviour 1
+    first) with ||b|| (``mean_direction_norm``) and max ||d_k|| (``max_difference_norm``),
+    ``cosine`` and ``batching`` ("full" or "minibatch", random unbalanced batches of ``batch_size``
+    as in the authors' scripts).
 
     Used in: notebooks/04_prioritisation.ipynb.
     """
@@ -157,10 +158,11 @@ def joint_behaviors(
     spread: float = 1.0,
     seed: int = 0,
 ) -> list[synthetic.Behavior]:
-    """K behaviours for one joint training set; behaviour k's direction has the given cosine with the first.
+    """K behaviours for one training set, each direction at the given cosine to the first one.
 
-    ``cosines_to_first[0]`` must be 1. Other directions are cosine * v_1 + sin * (a random unit vector
-    orthogonal to v_1), so behaviours k, l > 1 are nearly orthogonal to each other in high dimension.
+    ``cosines_to_first[0]`` must be 1. Other directions are cosine * v_1 + sin * (a random unit
+    vector orthogonal to v_1), so behaviours k, l > 1 are nearly orthogonal to each other in high
+    dimension.
 
     Used in: notebooks/04_prioritisation.ipynb.
     """
@@ -171,7 +173,7 @@ def joint_behaviors(
         )
     v1 = random_direction(dim, run_seed(seed, "joint", 0))
     out = []
-    for k, (gap, cos) in enumerate(zip(mean_gaps, cosines_to_first)):
+    for k, (gap, cos) in enumerate(zip(mean_gaps, cosines_to_first, strict=True)):
         if not -1 <= cos <= 1:
             raise ValueError(f"cosines_to_first[{k}]={cos} must lie in [-1, 1].")
         w = random_direction(dim, run_seed(seed, "joint", k, "w"))
@@ -194,7 +196,7 @@ def behaviors_with_cosines(
     spread: float = 1.0,
     seed: int = 0,
 ) -> list[synthetic.Behavior]:
-    """K behaviours whose directions have the given K x K cosine matrix (every pair, not only to the first).
+    """K behaviours whose directions have the given K x K matrix of cosines (every pair).
 
     The directions are the rows of the Cholesky factor of ``cosines``, placed in a random
     K-dimensional subspace of R^dim, so <v_k, v_l> = cosines[k][l] exactly. ``cosines`` must be
@@ -252,10 +254,10 @@ def population_optimum(
     Behaviour k has Gaussian classes at +-(g_k/2) v_k (isotropic, standard deviation ``spread``),
     equal weights, and the cosines between the v_k given. The loss is a logistic loss of s u.e, so
     its minimiser u* lies in the span of the v_k; per behaviour and class, u.e is Gaussian and each
-    expectation is a 1-D Gauss-Hermite sum. Returns, per behaviour, ``ceiling`` = Phi(g_k / 2 spread)
-    (the best accuracy of a rule trained on that behaviour alone) and ``joint_optimum_accuracy`` =
-    Phi(u*.d_k / (2 spread ||u*||)), the accuracy the mixture's minimiser gives it (any beta: beta
-    only rescales u*).
+    expectation is a 1-D Gauss-Hermite sum. Returns, per behaviour, ``ceiling`` = Phi(g_k / 2
+    spread) (the best accuracy of a rule trained on that behaviour alone) and
+    ``joint_optimum_accuracy`` = Phi(u*.d_k / (2 spread ||u*||)), the accuracy the mixture's
+    minimiser gives it (any beta: beta only rescales u*).
 
     Used in: notebooks/04_prioritisation.ipynb.
     """
@@ -289,13 +291,13 @@ def population_optimum(
 def saturation_summary(
     table: pd.DataFrame, ceilings: Mapping[str, float], fraction: float, early: int, late: int
 ) -> pd.DataFrame:
-    """One row per behaviour of a long :func:`joint_training` run: how it started, saturated, ended.
+    """One row per behaviour of a long :func:`joint_training` run: start, saturation, end.
 
     Columns: ``margin_step_1``, ``reward_accuracy_step_1``, ``max_reward_accuracy``,
     ``final_reward_accuracy``, ``final_margin``, ``min_margin`` and ``min_margin_step``;
-    ``early_loss_rate`` = (L(0) - L(early)) / early and ``late_loss_rate`` = |L(T) - L(T - late)| / late;
-    ``steps_to_fraction``: first step with reward accuracy >= ``fraction`` * ceilings[behaviour]
-    (NaN if never).
+    ``early_loss_rate`` = (L(0) - L(early)) / early and ``late_loss_rate`` = |L(T) - L(T - late)| /
+    late; ``steps_to_fraction``: first step with reward accuracy >= ``fraction`` *
+    ceilings[behaviour] (NaN if never).
 
     Used in: notebooks/04_prioritisation.ipynb.
     """
@@ -346,12 +348,12 @@ def joint_training(
     batch_size: int | None = 128,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Train all ``behaviors`` together, once per weighting (one loss weight per behaviour), batched.
+    """Train all ``behaviors`` together, once per weighting (one loss weight per behaviour).
 
-    ``weightings`` maps a name to K per-behaviour weights (default ``{"uniform": [1] * K}``); weight w_k
-    multiplies the loss of every pair of behaviour k, which in expectation equals re-sampling behaviour
-    k w_k times as often. Columns: step, behavior, split ("train"), metric (loss, reward_accuracy,
-    output_accuracy, mean_margin), value, seed, weighting, mean_gap.
+    ``weightings`` maps a name to K per-behaviour weights (default ``{"uniform": [1] * K}``);
+    weight w_k multiplies the loss of every pair of behaviour k, which in expectation equals
+    re-sampling behaviour k w_k times as often. Columns: step, behavior, split ("train"), metric
+    (loss, reward_accuracy, output_accuracy, mean_margin), value, seed, weighting, mean_gap.
 
     Used in: notebooks/04_prioritisation.ipynb.
     """
@@ -370,7 +372,7 @@ def joint_training(
             torch.cat(
                 [
                     torch.full((len(b.signs),), float(x), dtype=features.dtype)
-                    for b, x in zip(behaviors, w)
+                    for b, x in zip(behaviors, w, strict=True)
                 ]
             )
             for w in weightings.values()

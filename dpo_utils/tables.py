@@ -29,7 +29,7 @@ def _per_run(table: pd.DataFrame) -> list[str]:
 
 
 def early_slope(table: pd.DataFrame, k: int = 10) -> pd.DataFrame:
-    """One row per run: ``slope`` = ||W(k) - W(0)|| / k, the mean update rate over the first k steps.
+    """One row per run: ``slope`` = ||W(k) - W(0)|| / k, the mean update rate over k steps.
 
     Used in: notebooks/02_update_rate.ipynb.
     """

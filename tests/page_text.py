@@ -1,8 +1,7 @@
 """The prose a reader sees on each page of the book, for the page-scanning tests.
 
 Markdown cells of the chapter notebooks, the captions and alt texts of their figures, and the
-book's
-markdown pages; without code, glued values, citations, cross-references and link targets.
+book's markdown pages; without code, glued values, citations, cross-references and link targets.
 """
 
 from __future__ import annotations
@@ -80,9 +79,7 @@ def page_texts(path: Path) -> list[tuple[str, str]]:
 
 
 def sentences(text: str) -> list[str]:
-    """Split prose into sentences: at . ! ? before a capital, at blank lines, headings, list items
-    and
-    table rows."""
+    """Split prose into sentences (at . ! ? before a capital, headings, lists, tables)."""
     text = re.sub(r"\n(?=\s*(?:#|[-*+] |\d+\. |\|))", "\n\n", text)
     text = re.sub(r"\s+", " ", text.replace("\n\n", " \u2029 "))
     parts = re.split(r"(?<=[.!?])\s+(?=[A-Z*(\"\u201c])|\u2029", text)

@@ -2,8 +2,7 @@
 10).
 
 The scan reads the prose of every page (markdown cells, figure captions and alt texts of the
-chapter
-notebooks; the book's markdown pages; see ``page_text``) and flags, sentence by sentence:
+chapter notebooks; the book's markdown pages; see ``page_text``) and flags, sentence by sentence:
 
 * a decimal number or a percentage (``0.93``, ``95 %``) that is not an input of the page (a value
 after
@@ -12,14 +11,11 @@ after
 * a multiplicative comparison (``twice as fast``, ``ten times smaller``, ``3 times larger``).
 
 Glued values ({glue:text}`...`) are removed before the scan, so a glued number never counts. A
-flagged
-sentence passes only if it contains a snippet of ``ALLOWED`` for its page, each with the reason it
-is
-not a typed result (a unit, a date, a constant, an input, a prediction derived on the page).
-Chapters 06-12 are being rewritten by another helper: they are in ``page_text.PENDING`` and
-reported,
-not enforced (``test_attributions`` fails once a pending page passes both scans, so the set
-only shrinks).
+flagged sentence passes only if it contains a snippet of ``ALLOWED`` for its page, each with the
+reason it is not a typed result (a unit, a date, a constant, an input, a prediction derived on the
+page). Chapters 06-12 are being rewritten by another helper: they are in ``page_text.PENDING`` and
+reported, not enforced (``test_attributions`` fails once a pending page passes both scans, so the
+set only shrinks).
 """
 
 from __future__ import annotations
