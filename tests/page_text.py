@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted(ROOT.glob("notebooks/*.ipynb")) + sorted(ROOT.glob("book/*.md"))
-# Chapters being rewritten by another helper (issue "Real behaviours, an honest stand-in"): the
+# Chapters being rewritten by another helper ("Real behaviours, an honest stand-in"): the
 # page
 # scans report them but do not enforce; each scan fails once a pending page passes, so the set
 # shrinks

@@ -1,4 +1,4 @@
-"""The book attributes to the paper only what we know it says (issue 13, item 12).
+"""The book attributes to the paper only what we know it says.
 
 What the paper contains is listed in the project's notes on the paper; its theorem statements,
 constants and reported numbers are unknown to us. The phrases below attributed such unknowns to the
@@ -58,7 +58,7 @@ def test_pending_pages_are_still_pending(path):
         pytest.fail(f"{path.name} passes both page scans: remove it from page_text.PENDING")
 
 
-def test_the_scan_catches_the_phrases_of_the_issue():
+def test_the_scan_catches_the_phrases_the_review_found():
     samples = {
         "a.md": "The paper's bound is sharper because it uses the data's distribution.",
         "b.md": "The authors show it with UMAP pictures.",
