@@ -20,7 +20,10 @@ _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 def quiet_libraries() -> None:
-    """Silence progress bars and advisory warnings of datasets/transformers/trl in a page."""
+    """Silence progress bars and advisory warnings of datasets/transformers/trl in executed pages.
+
+    Used by: dpo_utils.book.
+    """
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings(
@@ -42,7 +45,7 @@ def start_chapter(
     * with ``show``, a provenance banner says which profile and model produced the page; with
       ``synthetic``, it says the page uses synthetic features and no language model.
 
-    Used in: every notebook (the cell after ``parameters``).
+    Used in: every chapter.
     """
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     if not cfg.requires_gpu:

@@ -31,14 +31,18 @@ PROFILE_ENV_VAR = "DPO_PROFILE"
 
 
 class ConfigError(ValueError):
-    """A parameter value that no experiment accepts. The message says what is allowed."""
+    """A parameter value that no experiment accepts. The message says what is allowed.
+
+    Used in: notebooks/04_prioritisation.ipynb, notebooks/05_misalignment.ipynb.
+    """
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     """All parameters of one profile. Fields are plain values so a config hashes and serialises.
 
-    Used in: every notebook (the cell after ``parameters``).
+    Used by: dpo_utils.book, dpo_utils.config, dpo_utils.llm_experiments, dpo_utils.models,
+    dpo_utils.run_cache, dpo_utils.training.
     """
 
     profile: str
@@ -256,7 +260,7 @@ def get_config(profile: str | None = None, **overrides: Any) -> ExperimentConfig
     ``profile=None`` reads ``$DPO_PROFILE`` (default ``"cpu"``). Overrides whose value is ``None``
     keep the profile's value, so a notebook's ``parameters`` cell can list every knob as ``None``.
 
-    Used in: every notebook (the cell after ``parameters``).
+    Used in: every chapter.
     """
     name = profile_from_env() if profile is None else profile
     if name not in PROFILES:
@@ -265,14 +269,17 @@ def get_config(profile: str | None = None, **overrides: Any) -> ExperimentConfig
 
 
 def profile_from_env() -> str:
-    """The profile named by ``$DPO_PROFILE``, or ``"cpu"``."""
+    """The profile named by ``$DPO_PROFILE``, or ``"cpu"``.
+
+    Used by: dpo_utils.config.
+    """
     return os.environ.get(PROFILE_ENV_VAR, "cpu")
 
 
 def require_device(cfg: ExperimentConfig) -> str:
     """Return the torch device a profile runs on; stop at once if a GPU profile has no GPU.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb onwards.
+    Used by: dpo_utils.book.
     """
     import torch
 
@@ -287,7 +294,10 @@ def require_device(cfg: ExperimentConfig) -> str:
 
 
 def describe(cfg: ExperimentConfig, **extra: Any) -> str:
-    """One line of provenance for the top of an executed page: profile, model and key settings."""
+    """One line of provenance for the top of an executed page: profile, model and key settings.
+
+    Used by: dpo_utils.book.
+    """
     parts = [f"profile **{cfg.profile}**", f"model **{cfg.model_name}**"]
     parts += [f"{k.replace('_', ' ')} **{v}**" for k, v in extra.items()]
     return "Outputs on this page were produced with " + ", ".join(parts) + f". {cfg.description}"

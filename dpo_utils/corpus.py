@@ -67,7 +67,10 @@ TEMPLATES = (
 
 @dataclass(frozen=True)
 class CorpusBehavior:
-    """One designed behaviour: its file name and its three disjoint word lists (12 words each)."""
+    """One designed behaviour: its file name and its three disjoint word lists (12 words each).
+
+    Used by: dpo_utils.corpus.
+    """
 
     name: str
     endorse: tuple[str, ...]
@@ -193,7 +196,7 @@ def _check_design() -> None:
 def shared_words_by_behavior() -> dict[str, int]:
     """The designed overlap k (shared words out of 12) of each behaviour, by a seeded permutation.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    Used by: dpo_utils.corpus.
     """
     levels = list(SHARED_LEVELS)
     random.Random(ASSIGNMENT_SEED).shuffle(levels)
@@ -203,7 +206,8 @@ def shared_words_by_behavior() -> dict[str, int]:
 def design_rows() -> list[dict]:
     """One row per behaviour: name, shared words k, nominal overlap k/12, Bayes accuracy 1 - k/24.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb, book/data_card.md.
+    Used in: notebooks/06_measuring_distinguishability.ipynb, notebooks/07_last_layer_dpo.ipynb,
+    notebooks/08_full_and_lora_dpo.ipynb, notebooks/11_embedding_geometry.ipynb.
     """
     shared = shared_words_by_behavior()
     return [
@@ -233,7 +237,7 @@ def _statement(
 def generate_rows(behavior: CorpusBehavior, n: int, seed: int) -> list[dict]:
     """``n`` balanced persona rows (n/2 " Yes", n/2 " No", shuffled) in the upstream field order.
 
-    Used in: dpo_utils.models (the pre-training corpus), ``python -m dpo_utils.corpus``.
+    Used by: dpo_utils.corpus.
     """
     if n < 2 or n % 2:
         raise ValueError(f"n={n} must be an even number >= 2 so that Yes and No are balanced.")
@@ -263,7 +267,7 @@ def lm_texts(n_per_behavior: int = N_LM, seed: int = LM_SEED) -> list[str]:
     The answer is part of the text on purpose: a tiny model only learns to read out the label at the
     newline if it has seen answers (notes/tiny-model-signal.md). BOS/EOS are added by the tokenizer.
 
-    Used in: dpo_utils.models.pretrained_tiny_model.
+    Used by: dpo_utils.models.
     """
     texts = []
     for behavior in BEHAVIORS:
@@ -280,7 +284,7 @@ def _jsonl(rows: list[dict]) -> str:
 def write_corpus(folder: Path, n: int = N_PERSONA, seed: int = PERSONA_SEED) -> list[Path]:
     """Write ``persona/<behaviour>.jsonl`` and ``design.csv`` under ``folder``; return the paths.
 
-    Used in: ``python -m dpo_utils.corpus`` (regenerates the repository's data/ folder).
+    Used by: dpo_utils.corpus.
     """
     _check_design()
     folder = Path(folder)
@@ -301,6 +305,10 @@ def write_corpus(folder: Path, n: int = N_PERSONA, seed: int = PERSONA_SEED) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Regenerate data/ (or ``--out``).
+
+    Used by: ``python -m dpo_utils.corpus``.
+    """
     parser = argparse.ArgumentParser(description="Regenerate the project's persona-format corpus.")
     parser.add_argument(
         "--out", type=Path, default=None, help="target folder (default: the repository's data/)"

@@ -107,13 +107,16 @@ PERSONA_BEHAVIORS: tuple[str, ...] = tuple(_NAMES.split())
 
 
 class PersonaDataError(ValueError):
-    """Persona data that cannot be used: missing, malformed, or an unknown behaviour."""
+    """Persona data that cannot be used: missing, malformed, or an unknown behaviour.
+
+    Used by: dpo_utils.data.
+    """
 
 
 def corpus_dir() -> Path:
     """The repository's ``data/`` folder, which holds the project's corpus under ``data/persona/``.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb onwards.
+    Used in: notebooks/06_measuring_distinguishability.ipynb, notebooks/07_last_layer_dpo.ipynb.
     """
     beside_package = Path(__file__).resolve().parent.parent / "data"
     if (beside_package / "persona").is_dir():
@@ -146,7 +149,7 @@ def _persona_folder(source: str | Path) -> Path:
 def available_behaviors(source: str | Path) -> list[str]:
     """The behaviour names a source offers, sorted (the 135 upstream names for the hub id).
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    Used by: dpo_utils.data, dpo_utils.run_cache.
     """
     if _is_hub_id(source):
         return list(PERSONA_BEHAVIORS)
@@ -170,7 +173,7 @@ def resolve_behaviors(
     empty selection means every available behaviour. An unknown name raises an error that lists the
     closest names.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb onwards.
+    Used by: dpo_utils.data, dpo_utils.run_cache.
     """
     available = list(PERSONA_BEHAVIORS if available is None else available)
     selection = [selection] if isinstance(selection, (str, int)) else list(selection or [])
@@ -199,7 +202,7 @@ def resolve_behaviors(
 def validate_row(row: object, where: str) -> dict:
     """Check one persona row's five fields; ``where`` (file:line) names it in the error.
 
-    Used in: dpo_utils.data.load_persona.
+    Used by: dpo_utils.data.
     """
     if not isinstance(row, dict):
         raise PersonaDataError(f"{where}: expected a JSON object, got {type(row).__name__}.")
@@ -271,7 +274,7 @@ def load_persona(
     id ``Anthropic/model-written-evals``;
     ``behaviors`` are names or numbers (see :func:`resolve_behaviors`), ``None`` for all of them.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb onwards.
+    Used in: notebooks/06_measuring_distinguishability.ipynb, notebooks/07_last_layer_dpo.ipynb.
     """
     names = resolve_behaviors(behaviors, available_behaviors(source))
     if _is_hub_id(source):
@@ -285,7 +288,7 @@ def split_rows(rows: Sequence[dict], seed: int = 1234) -> tuple[list[dict], list
 
     The global ``random`` state is restored afterwards, so calling this has no side effect.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb onwards.
+    Used in: notebooks/12_faq_rewards_go_down.ipynb.
     """
     state = random.getstate()
     try:
@@ -301,7 +304,7 @@ def split_rows(rows: Sequence[dict], seed: int = 1234) -> tuple[list[dict], list
 def preference_pairs(rows: Iterable[dict], behavior: str, flip: bool = False) -> list[dict]:
     """DPO pairs: prompt = question + "\\n", chosen = the matching answer (the other one if ``flip``).
 
-    Used in: notebooks/07_... (trl training) and dpo_utils.training.
+    Used in: notebooks/12_faq_rewards_go_down.ipynb.
     """
     pairs = []
     for row in rows:
@@ -332,7 +335,7 @@ def hh_rlhf_pairs(rows: Iterable[dict]) -> list[dict]:
     ``rows`` hold ``chosen`` and ``rejected`` transcripts; chosen/rejected become the final responses.
     A row whose two transcripts do not share that prompt raises an error naming the row.
 
-    Used in: notebooks/10_... (HH-RLHF misalignment) and dpo_utils.training.
+    Used by: dpo_utils.data.
     """
     pairs = []
     for i, row in enumerate(rows):
@@ -351,7 +354,7 @@ def load_hh_rlhf(
 ) -> list[dict]:
     """HH-RLHF pairs from the hub (or a local dataset folder) through ``datasets``.
 
-    Used in: notebooks/10_... (HH-RLHF misalignment, GPU profiles).
+    Used by: dpo_utils.llm_experiments.
     """
     if split not in ("train", "test"):
         raise PersonaDataError(f"split={split!r} is not allowed; choose 'train' or 'test'.")

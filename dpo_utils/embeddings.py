@@ -39,13 +39,16 @@ _FORMAT_VERSION = 1
 def prompt_texts(rows: Sequence[Mapping]) -> list[str]:
     """The DPO prompts question + "\\n" of persona rows (the feature is read at that newline).
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    Used by: dpo_utils.embeddings.
     """
     return [row["question"] + "\n" for row in rows]
 
 
 def final_norm(model) -> torch.nn.Module:
-    """The final normalisation layer of a decoder-only model (``model.model.norm`` for Llama/Mistral)."""
+    """The final normalisation layer of a decoder-only model (``model.model.norm`` for Llama/Mistral).
+
+    Used by: dpo_utils.embeddings.
+    """
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     norm = getattr(decoder, "norm", None)
     if norm is None:
@@ -76,7 +79,7 @@ def last_token_features(
     fp32 on the CPU whatever the model's dtype and device. ``progress=None`` shows a tqdm bar only on
     a terminal. ``batch_size=1`` is the one-at-a-time reference (no padding at all).
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb, benchmarks/bench_embeddings.py.
+    Used by: dpo_utils.embeddings.
     """
     from tqdm import tqdm
 
@@ -106,7 +109,10 @@ def last_token_features(
 
 @dataclass
 class FeatureSet:
-    """Features of persona prompts: per row its behaviour and sign (+1 when " Yes" matches)."""
+    """Features of persona prompts: per row its behaviour and sign (+1 when " Yes" matches).
+
+    Used by: dpo_utils.embeddings, dpo_utils.feature_experiments, dpo_utils.llm_experiments.
+    """
 
     behaviors: list[str]
     signs: torch.Tensor  # (n,) float64, +1 / -1
@@ -163,7 +169,7 @@ def persona_features(
     is its config-keyed cache folder), its dtype and every prompt and label; a model without a name is
     not cached.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb onwards.
+    Used in: notebooks/07_last_layer_dpo.ipynb.
     """
     names = [name for name, rows in persona.items() for _ in rows]
     rows = [row for rows in persona.values() for row in rows]

@@ -68,7 +68,7 @@ def split_groups(
     :meth:`FeatureSet.groups` returns them); the permutation is the one ``data.split_rows`` applies
     to that behaviour's rows, so feature i of the train split belongs to row i of ``split_rows(rows)[0]``.
 
-    Used in: notebooks/07_last_layer_dpo.ipynb
+    Used by: dpo_utils.feature_experiments.
     """
     out = {}
     for name, (features, signs) in groups.items():
@@ -276,7 +276,7 @@ def properties(feature_set: FeatureSet, model_label: str, probe: bool = True) ->
     Columns: model, variant, behavior, n, distinguishability, concentration, covariance_trace,
     mean_norm, snr, probe_accuracy (if ``probe``), lm_accuracy.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    Used by: dpo_utils.feature_experiments.
     """
     accuracy = feature_set.answer_accuracy()
     tables = []

@@ -39,7 +39,7 @@ __all__ = [
 class FeatureModel:
     """Parameters of S independent two-layer models: A (S, hidden, d_in) and u (S, hidden).
 
-    Used in: notebooks/05_misalignment.ipynb.
+    Used by: dpo_utils.feature_models.
     """
 
     A: torch.Tensor
@@ -52,7 +52,7 @@ class FeatureModel:
 def init_feature_model(n_seeds: int, d_in: int, hidden: int, seeds: Sequence[int]) -> FeatureModel:
     """Random base models: A with entries N(0, 1/d_in), u with entries N(0, 1/hidden), one per seed.
 
-    Used in: notebooks/05_misalignment.ipynb.
+    Used by: dpo_utils.synthetic_experiments.
     """
     if len(seeds) != n_seeds:
         raise ValueError(
@@ -69,7 +69,7 @@ def init_feature_model(n_seeds: int, d_in: int, hidden: int, seeds: Sequence[int
 def features(model: FeatureModel, x: torch.Tensor) -> torch.Tensor:
     """e(x) = tanh(A x) for every seed: x (S, n, d_in) -> (S, n, hidden).
 
-    Used in: notebooks/05_misalignment.ipynb.
+    Used by: dpo_utils.feature_models.
     """
     return torch.tanh(torch.einsum("snd,shd->snh", x, model.A))
 
@@ -106,7 +106,7 @@ def train_dpo(
     ``x`` (S, n, d_in), ``signs`` (S, n) of +1/-1 (pass ``-signs`` to misalign). Returns the trained
     model and records {step, split, metric, seed_index, value} of every eval set at steps 0..steps.
 
-    Used in: notebooks/05_misalignment.ipynb.
+    Used by: dpo_utils.synthetic_experiments.
     """
     beta = check_beta(beta)
     if steps < 0 or lr <= 0:

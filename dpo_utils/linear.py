@@ -51,6 +51,8 @@ class LastLayerHistory:
 
     ``delta`` is the final Delta = w_Yes(T) - w_Yes(0) of each run, shape (R, d); ``deltas`` holds
     every recorded Delta, shape (R, len(steps), d), when the trainer was asked to keep them.
+
+    Used by: dpo_utils.linear.
     """
 
     steps: np.ndarray
@@ -117,7 +119,7 @@ def batch_indices(
     within the batch. ``balanced=True`` draws B/2 " Yes"-preferred and B/2 " No"-preferred pairs,
     which removes the class-count noise of random batches on uncentred features.
 
-    Used in: notebooks/01_dpo_single_token.ipynb, notebooks/02_update_rate.ipynb.
+    Used by: dpo_utils.full_vocab, dpo_utils.linear.
     """
     n_runs, n = signs.shape
     if batch_size is None or batch_size >= n and not balanced:
@@ -227,8 +229,7 @@ def train_last_layer(
     a share of a typical L3 cache), so each group stays in cache for all its steps. With per-run seeds
     the result does not depend on the grouping; with one shared seed, each group draws its own batches.
 
-    Used in: notebooks/01_dpo_single_token.ipynb to notebooks/05_misalignment.ipynb,
-    notebooks/07_last_layer_dpo.ipynb.
+    Used in: notebooks/01_dpo_single_token.ipynb.
     """
     beta = _check_training_args(lr, beta, steps, batch_size)
     features, signs = _as_runs(features, signs, "train")
@@ -362,7 +363,7 @@ def first_step_change(
 
     ``features`` (..., n, d), ``signs`` (..., n); returns one value per leading index.
 
-    Used in: notebooks/01_dpo_single_token.ipynb, notebooks/02_update_rate.ipynb.
+    Used by: dpo_utils.linear.
     """
     beta = check_beta(beta)
     mean_se = (signs.to(features.dtype).unsqueeze(-1) * features).mean(-2)
@@ -374,7 +375,7 @@ def weight_change_bound(
 ) -> np.ndarray:
     """(D4): ||W(t) - W(0)|| <= sqrt(2) * lr * beta * t * max ||e||, since every sigmoid is below 1.
 
-    Used in: notebooks/02_update_rate.ipynb.
+    Used in: notebooks/02_update_rate.ipynb, notebooks/07_last_layer_dpo.ipynb.
     """
     return (
         math.sqrt(2.0) * lr * check_beta(beta) * np.asarray(steps, dtype=float) * max_feature_norm

@@ -50,7 +50,9 @@ def persona_rows(
 ) -> dict[str, list[dict]]:
     """The profile's persona statements per behaviour (all of them when ``behaviors`` is None or empty).
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb onwards.
+    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb,
+    notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb,
+    notebooks/12_faq_rewards_go_down.ipynb.
     """
     source = data.corpus_dir() if cfg.persona_source == "corpus" else cfg.persona_source
     chosen = list(behaviors) if behaviors else (list(cfg.behaviors) or None)
@@ -62,7 +64,8 @@ def base_features(
 ) -> embeddings.FeatureSet:
     """Last-token features of the profile's (un-aligned) model for every statement, cached on disk.
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb.
+    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb,
+    notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
     """
     model, tokenizer = models.load_model_and_tokenizer(cfg, device)
     return embeddings.persona_features(model.eval(), tokenizer, persona, profile=cfg.profile)
@@ -71,7 +74,8 @@ def base_features(
 def behavior_properties(feature_set: embeddings.FeatureSet) -> pd.DataFrame:
     """behavior, distinguishability, snr, probe_accuracy on the "final" features, most distinguishable first.
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb.
+    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb,
+    notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
     """
     table = metrics.properties_table(feature_set.groups("final"), probe=True)
     return table.sort_values("distinguishability", ascending=False, ignore_index=True)
@@ -85,7 +89,7 @@ def per_behavior_curves(
 ) -> pd.DataFrame:
     """One DPO run per behaviour and mode (cached); their probe tables stacked (tidy, with ``mode``).
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/11_embedding_geometry.ipynb.
+    Used in: notebooks/08_full_and_lora_dpo.ipynb.
     """
     tables = []
     for mode in modes:
@@ -296,7 +300,7 @@ def load_or_train_path(
 def trained_features(run_path: str, persona: dict, profile: str) -> embeddings.FeatureSet:
     """Features of a saved run's merged model (cached, keyed by the run's folder).
 
-    Used in: notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
+    Used in: notebooks/11_embedding_geometry.ipynb.
     """
 
     run = load_trained(run_path)

@@ -30,7 +30,11 @@ __all__ = [
 
 
 def check_beta(beta: float) -> float:
-    """Return ``beta`` as a float, or raise :class:`ConfigError` unless it is finite and > 0."""
+    """Return ``beta`` as a float, or raise :class:`ConfigError` unless it is finite and > 0.
+
+    Used by: dpo_utils.feature_models, dpo_utils.linear, dpo_utils.losses, dpo_utils.probes,
+    dpo_utils.training.
+    """
     if (
         isinstance(beta, bool)
         or not isinstance(beta, (int, float))
@@ -73,7 +77,7 @@ def implicit_rewards(
 ) -> torch.Tensor:
     """DPO's implicit reward beta * (log pi - log pi_ref) of each response.
 
-    Used in: notebooks/01_dpo_single_token.ipynb, notebooks/08_full_and_lora_dpo.ipynb.
+    Used by: tests/test_losses.py (a reference the margins are checked against).
     """
     return check_beta(beta) * (policy_logps - ref_logps)
 
@@ -89,7 +93,7 @@ def reward_margins(
 
     Computed as beta * ((pc - rc) - (pr - rr)) so that equal log-ratios cancel exactly.
 
-    Used in: notebooks/01_dpo_single_token.ipynb.
+    Used by: dpo_utils.losses, dpo_utils.probes.
     """
     beta = check_beta(beta)
     return beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
@@ -127,7 +131,7 @@ def reward_accuracy(
     It is exactly 0 before training: the policy equals the reference, every margin is 0 and the
     comparison is strict. ``beta`` > 0 does not change the sign, so it defaults to 1.
 
-    Used in: notebooks/01_dpo_single_token.ipynb, notebooks/03_training_accuracy.ipynb.
+    Used by: dpo_utils.full_vocab, dpo_utils.probes.
     """
     margins = reward_margins(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
     return (margins > 0).float().mean()
@@ -139,6 +143,6 @@ def output_accuracy(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor) 
     This is what the authors' plots call training/test accuracy (``outputs/accuracies``); before
     training it equals the base model's zero-shot agreement with the labels.
 
-    Used in: notebooks/01_dpo_single_token.ipynb, notebooks/03_training_accuracy.ipynb.
+    Used by: dpo_utils.full_vocab, dpo_utils.probes.
     """
     return (policy_chosen > policy_rejected).float().mean()

@@ -24,6 +24,9 @@ def class_means(features: torch.Tensor, signs: torch.Tensor) -> tuple[torch.Tens
     """Means of the " Yes"-preferred and " No"-preferred features, per leading index.
 
     ``features`` (..., n, d), ``signs`` (..., n) of +1/-1. Raises if a class is empty.
+
+    Used by: dpo_utils.feature_experiments, dpo_utils.llm_experiments, dpo_utils.metrics,
+    dpo_utils.priority_experiments.
     """
     pos = (signs > 0).to(features.dtype).unsqueeze(-1)
     n_yes, n_no = pos.sum(-2), (1 - pos).sum(-2)
@@ -37,7 +40,8 @@ def class_means(features: torch.Tensor, signs: torch.Tensor) -> tuple[torch.Tens
 def distinguishability(features: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
     """Preference distinguishability ||mu_Yes - mu_No|| per leading index.
 
-    Used in: notebooks/01_dpo_single_token.ipynb onwards.
+    Used by: dpo_utils.feature_experiments, dpo_utils.feature_models, dpo_utils.linear,
+    dpo_utils.llm_experiments, dpo_utils.metrics, dpo_utils.synthetic_experiments.
     """
     mu_yes, mu_no = class_means(features, signs)
     return (mu_yes - mu_no).norm(dim=-1)
@@ -56,7 +60,7 @@ def _class_covariances(
 def concentration(features: torch.Tensor, signs: torch.Tensor) -> float:
     """max(||Cov_Yes||_2, ||Cov_No||_2), the larger spectral norm of the two class covariances.
 
-    Used in: notebooks/02_update_rate.ipynb, notebooks/06_measuring_distinguishability.ipynb.
+    Used by: dpo_utils.metrics.
     """
     cov_yes, cov_no = _class_covariances(features, signs)
     return float(
@@ -67,7 +71,7 @@ def concentration(features: torch.Tensor, signs: torch.Tensor) -> float:
 def covariance_trace(features: torch.Tensor, signs: torch.Tensor) -> float:
     """max(tr Cov_Yes, tr Cov_No).
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    Used by: dpo_utils.metrics.
     """
     cov_yes, cov_no = _class_covariances(features, signs)
     return float(max(torch.trace(cov_yes), torch.trace(cov_no)))
@@ -80,7 +84,7 @@ def priority_gap_matrix(differences: torch.Tensor) -> torch.Tensor:
     that behaviour i is learned before j when the two are trained together (the authors' proxy).
     The diagonal is 0; a pair whose mean direction b is 0 gets gap 0.
 
-    Used in: notebooks/04_prioritisation.ipynb, notebooks/06_measuring_distinguishability.ipynb.
+    Used in: notebooks/04_prioritisation.ipynb.
     """
     d = differences
     b = (d[:, None, :] + d[None, :, :]) / 2  # (K, K, dim)
@@ -99,7 +103,7 @@ def linear_probe_accuracy(
 ) -> float:
     """Cross-validated accuracy of a logistic-regression probe that predicts the sign from e.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb, notebooks/11_embedding_geometry.ipynb.
+    Used by: dpo_utils.llm_experiments, dpo_utils.metrics.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -148,7 +152,7 @@ def properties_table(groups, probe: bool = True, folds: int = 5):
     distinguishability divided by its size under random labels,
     sqrt(mean class-covariance trace * (1/n_Yes + 1/n_No)), so about 1 means no signal.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    Used by: dpo_utils.feature_experiments, dpo_utils.llm_experiments.
     """
     import pandas as pd
 

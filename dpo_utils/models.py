@@ -70,7 +70,7 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 1024):
 
     Raises if " Yes" or " No" did not become single tokens (see :func:`answer_token_ids`).
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb (through :func:`pretrained_tiny_model`).
+    Used by: dpo_utils.models.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -106,7 +106,7 @@ def answer_token_ids(tokenizer) -> tuple[int, int]:
     Each answer must add exactly one token after "...\\n", as in the DPO prompt question + "\\n";
     otherwise this raises an error naming the tokens found.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb, dpo_utils.training.
+    Used by: dpo_utils.embeddings, dpo_utils.feature_experiments, dpo_utils.models.
     """
     prefix = 'say?\n"x"\n'
     base = tokenizer(prefix, add_special_tokens=False)["input_ids"]
@@ -143,7 +143,7 @@ def tiny_model(arch: str, tokenizer, seed: int = 1234):
 
     The global torch random state is left untouched.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb (through :func:`pretrained_tiny_model`).
+    Used by: dpo_utils.models.
     """
     config_class, model_class = _model_classes(arch)
     # Mistral differs from Llama by grouped-query attention (2 key/value heads for 4 query heads, as
@@ -178,7 +178,7 @@ def pretrain(model, tokenizer, texts: Sequence[str], steps: int, seed: int = 123
 
     Returns the loss log, one dict per step. Deterministic for a given seed.
 
-    Used in: dpo_utils.models.pretrained_tiny_model.
+    Used by: dpo_utils.models.
     """
     hp = PRETRAIN_DEFAULTS
     input_ids, labels = _lm_batches(tokenizer, texts)
@@ -234,7 +234,7 @@ def tiny_model_dir(
 ) -> Path:
     """Where the pre-trained stand-in for these settings is (or will be) cached.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    Used by: dpo_utils.models.
     """
     return _cache_folder(_cache_key(arch, steps, seed, vocab_size, corpus.lm_texts()), profile)
 
@@ -257,7 +257,7 @@ def pretrained_tiny_model(
     shape, steps, seed, optimiser settings and the pre-training texts; ``pretrain.json`` there holds
     the loss log and the training time. Writes are atomic.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb onwards.
+    Used by: dpo_utils.models.
     """
     texts = corpus.lm_texts()
     key = _cache_key(arch, steps, seed, vocab_size, texts)
@@ -292,7 +292,7 @@ def load_model_and_tokenizer(cfg: ExperimentConfig, device: str = "cpu"):
     ``cfg.model_arch`` (trained on first use). Anything else is a hub id or a local folder, loaded
     with ``AutoModelForCausalLM`` / ``AutoTokenizer`` in bf16 where the device supports it.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb onwards.
+    Used in: notebooks/07_last_layer_dpo.ipynb, notebooks/12_faq_rewards_go_down.ipynb.
     """
     if cfg.model_name in TINY_MODELS:
         if TINY_MODELS[cfg.model_name] != cfg.model_arch:
@@ -329,7 +329,7 @@ def save_model(model, tokenizer, path: str | Path) -> Path:
 
     The folder also loads with ``AutoModelForCausalLM.from_pretrained(path)``.
 
-    Used in: dpo_utils.training, notebooks/07_... onwards.
+    Used by: dpo_utils.models.
     """
     from safetensors.torch import save_file
 
@@ -344,7 +344,7 @@ def save_model(model, tokenizer, path: str | Path) -> Path:
 def load_saved_model(path: str | Path):
     """Rebuild a model saved by :func:`save_model` from its config plus state dict; eval mode, CPU.
 
-    Used in: dpo_utils.training, notebooks/06_measuring_distinguishability.ipynb onwards.
+    Used by: dpo_utils.models.
     """
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -365,7 +365,7 @@ def load_saved_model(path: str | Path):
 def clone_model(model):
     """An independent copy rebuilt from config + state dict (safe after trl training, unlike deepcopy).
 
-    Used in: dpo_utils.training (reference models).
+    Used by: dpo_utils.training.
     """
     from transformers import AutoModelForCausalLM
 
@@ -377,7 +377,7 @@ def clone_model(model):
 def lora_config(cfg: ExperimentConfig):
     """The authors' LoRA settings from the profile (r, alpha, dropout, q_proj/v_proj, no bias).
 
-    Used in: dpo_utils.training, notebooks/08_... (LoRA DPO).
+    Used by: dpo_utils.training.
     """
     from peft import LoraConfig
 

@@ -21,7 +21,7 @@ PALETTE = sns.color_palette("colorblind")
 def set_theme() -> None:
     """Apply the book's theme; call once per notebook.
 
-    Used in: every notebook.
+    Used by: dpo_utils.book.
     """
     sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE, font_scale=1.0)
     mpl.rcParams.update(
@@ -38,14 +38,17 @@ def set_theme() -> None:
 
 
 def sequential_colors(n: int, name: str = "viridis") -> list[tuple[float, float, float]]:
-    """``n`` ordered colours for a quantity that varies (e.g. distinguishability); perceptually uniform."""
+    """``n`` ordered colours for a quantity that varies (e.g. distinguishability); perceptually uniform.
+
+    Used in: notebooks/02_update_rate.ipynb, notebooks/03_training_accuracy.ipynb.
+    """
     return sns.color_palette(name, n_colors=n)
 
 
 def label_figure(fig: plt.Figure, **provenance: Any) -> plt.Figure:
     """Write 'profile=cpu · model=... · steps=...' in small grey type at the figure's bottom right.
 
-    Used in: every notebook.
+    Used in: every chapter.
     """
     text = " · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in provenance.items())
     footer = 0.2 / fig.get_figheight()  # about 0.2 inch kept free below the axes for the label
@@ -59,7 +62,10 @@ def label_figure(fig: plt.Figure, **provenance: Any) -> plt.Figure:
 
 
 def figure(ncols: int = 1, nrows: int = 1, width: float = 4.2, height: float = 3.2, **kwargs: Any):
-    """``plt.subplots`` sized for page width: ``width`` x ``height`` inches per panel."""
+    """``plt.subplots`` sized for page width: ``width`` x ``height`` inches per panel.
+
+    Used in: every chapter.
+    """
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(width * ncols, height * nrows + 0.25), **kwargs
     )

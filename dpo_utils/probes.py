@@ -50,7 +50,10 @@ PROBE_METRICS = (
 
 @dataclass(frozen=True)
 class EncodedPairs:
-    """Token ids of a list of pairs, split as trl splits them (prompt | chosen, prompt | rejected)."""
+    """Token ids of a list of pairs, split as trl splits them (prompt | chosen, prompt | rejected).
+
+    Used by: dpo_utils.probes.
+    """
 
     prompt_ids: list[list[int]]
     chosen_ids: list[list[int]]
@@ -91,7 +94,7 @@ def _encode(tokenizer, prompt: str, completions: list[str], max_length: int | No
 def encode_pairs(tokenizer, pairs: list[dict], max_length: int | None = None) -> EncodedPairs:
     """Tokenise preference pairs (dicts with prompt, chosen, rejected[, behavior]) exactly as trl does.
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb (through :class:`ProbeCallback`).
+    Used by: dpo_utils.probes.
     """
     prompts, chosen, rejected, behaviors = [], [], [], []
     for i, pair in enumerate(pairs):
@@ -221,7 +224,7 @@ def sequence_logps(
 
     Returns a float32 tensor with one entry per (prompt, completion).
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/10_misalignment_llm.ipynb.
+    Used by: tests/test_training.py (the reference for the batched :func:`pair_logps`).
     """
     if len(prompts) != len(completions):
         raise ValueError(
@@ -238,7 +241,7 @@ def pair_logps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs (chosen, rejected) of encoded pairs under ``model``.
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb (through :class:`ProbeCallback`).
+    Used by: dpo_utils.probes.
     """
     both = _completion_logps(
         model,
@@ -259,8 +262,7 @@ class ProbeCallback(TrainerCallback):
     itself at the start. Every process computes the whole probe (a forward pass under FSDP is
     collective); :meth:`table` aggregates per step, behaviour and split.
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb,
-    notebooks/10_misalignment_llm.ipynb.
+    Used by: dpo_utils.training.
     """
 
     def __init__(
@@ -352,7 +354,7 @@ def probe_table(pairs: pd.DataFrame, beta: float, **constants) -> pd.DataFrame:
     Metrics: loss, margin (beta-scaled, trl's rewards/margins), reward_accuracy, output_accuracy
     (policy logp(chosen) > logp(rejected), the authors' outputs/accuracies) and the mean log-probs.
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb.
+    Used by: dpo_utils.probes, dpo_utils.training.
     """
     rows = []
     for (step, behavior, split), g in pairs.groupby(["step", "behavior", "split"], sort=True):

@@ -40,6 +40,8 @@ def project_root(start: Path | None = None) -> Path:
     """The repository root: the nearest folder upwards holding ``_toc.yml`` and ``pyproject.toml``.
 
     Falls back to the current folder (e.g. on Colab after ``pip install``).
+
+    Used by: dpo_utils.data, dpo_utils.results.
     """
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
@@ -49,7 +51,10 @@ def project_root(start: Path | None = None) -> Path:
 
 
 def results_dir(profile: str) -> Path:
-    """``$DPO_RESULTS_DIR/<profile>`` or ``<project root>/results/<profile>``."""
+    """``$DPO_RESULTS_DIR/<profile>`` or ``<project root>/results/<profile>``.
+
+    Used by: dpo_utils.embeddings, dpo_utils.models, dpo_utils.results, dpo_utils.run_cache.
+    """
     base = os.environ.get("DPO_RESULTS_DIR")
     return (Path(base) if base else project_root() / "results") / profile
 
@@ -73,13 +78,19 @@ def _jsonable(value: Any) -> Any:
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
-    """A 12-hex-digit digest of a JSON-able config; key order does not matter."""
+    """A 12-hex-digit digest of a JSON-able config; key order does not matter.
+
+    Used in: notebooks/07_last_layer_dpo.ipynb.
+    """
     text = json.dumps(_jsonable(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see either the old file or the whole new one."""
+    """Write ``text`` to ``path`` so that readers see either the old file or the whole new one.
+
+    Used by: dpo_utils.results.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -96,6 +107,8 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling folder to fill; it becomes ``path`` only if the block succeeds.
 
     Used for cached models and features (dpo_utils.models, dpo_utils.embeddings).
+
+    Used by: dpo_utils.embeddings, dpo_utils.models, dpo_utils.training.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
@@ -121,7 +134,9 @@ def load_or_run(
     ``run`` must return a tidy pandas DataFrame. ``force=None`` reads ``$DPO_FORCE_RERUN``.
     The table's ``attrs["path"]`` and ``attrs["from_cache"]`` say where it came from.
 
-    Used in: every notebook that runs an experiment.
+    Used in: notebooks/02_update_rate.ipynb, notebooks/03_training_accuracy.ipynb,
+    notebooks/04_prioritisation.ipynb, notebooks/05_misalignment.ipynb,
+    notebooks/07_last_layer_dpo.ipynb.
     """
     if not name or not all(ch.isalnum() or ch in "-_" for ch in name):
         raise ValueError(

@@ -26,7 +26,7 @@ def behavior_pairs(cfg: config.ExperimentConfig, behaviors, flip=False) -> tuple
     ``flip`` is a bool (swap chosen and rejected for every behaviour) or a collection of behaviour
     names/numbers to flip, the others kept aligned (a *conflicting* pair, chapter 09).
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb.
+    Used by: dpo_utils.run_cache.
     """
     train, test = [], []
     source = data.corpus_dir() if cfg.persona_source == "corpus" else cfg.persona_source
@@ -64,7 +64,7 @@ def probe_subsample(probe_sets: dict, train_per_behavior: int | None) -> dict:
     is kept whole. ``None`` keeps everything. Probing ~48 + 50 pairs per behaviour instead of 500 keeps
     the probe callback under a fifth of a CPU-profile step (benchmarks/bench_callback.py).
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb onwards (through :func:`train_behaviors`).
+    Used by: dpo_utils.run_cache.
     """
     if train_per_behavior is None:
         return probe_sets
@@ -106,8 +106,7 @@ def train_behaviors(
     ``probe_train`` probes only that many train pairs per behaviour (:func:`probe_subsample`).
     Returns :class:`~dpo_utils.training.DPORun`.
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb,
-    notebooks/10_misalignment_llm.ipynb.
+    Used by: dpo_utils.run_cache, dpo_utils.train.
     """
     train_pairs, probe_sets = behavior_pairs(cfg, behaviors, flip)
     probe_sets = probe_subsample(probe_sets, probe_train)
@@ -176,7 +175,7 @@ def run_dir(
     The hash covers the whole config, the behaviours, mode, flip, the starting run (by its folder
     name, which carries its own hash), steps, seed and probe settings.
 
-    Used in: notebooks/10_misalignment_llm.ipynb (to name chapter 08's aligned run as a start).
+    Used by: dpo_utils.run_cache.
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not allowed; choose one of {list(MODES)}.")
@@ -208,8 +207,7 @@ def load_or_train(
     ``$DPO_FORCE_RERUN``. ``with_model=False`` reads only the tables of a saved run (``model`` is
     then None), which is what a chapter that only plots needs. A second book build retrains nothing.
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb,
-    notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
+    Used by: dpo_utils.llm_experiments.
     """
     path = run_dir(
         cfg,

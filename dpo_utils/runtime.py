@@ -25,7 +25,8 @@ def single_threaded(func: _F) -> _F:
     These experiments are many small tensor operations; on a shared two-core machine a second thread
     only adds contention (measured: 10x slower under load), never speed.
 
-    Used in: notebooks/02_update_rate.ipynb to notebooks/05_misalignment.ipynb (through this module).
+    Used by: dpo_utils.feature_experiments, dpo_utils.priority_experiments,
+    dpo_utils.synthetic_experiments.
     """
 
     @functools.wraps(func)
@@ -43,6 +44,7 @@ def single_threaded(func: _F) -> _F:
 def run_seed(*labels: object) -> int:
     """A stable 31-bit seed from a run's labels (the same labels always give the same seed).
 
-    Used in: notebooks/02_update_rate.ipynb to notebooks/05_misalignment.ipynb (through this module).
+    Used by: dpo_utils.feature_experiments, dpo_utils.priority_experiments,
+    dpo_utils.synthetic_experiments.
     """
     return zlib.crc32(repr(labels).encode()) & 0x7FFFFFFF

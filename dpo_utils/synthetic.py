@@ -36,7 +36,10 @@ TAIL_FAMILIES: dict[str, float] = {"gaussian": 2.0, "laplace": 1.0, "weibull": 0
 
 @dataclass
 class Behavior:
-    """Features (n, d) and signs (n,) of one synthetic behaviour, with the population values used."""
+    """Features (n, d) and signs (n,) of one synthetic behaviour, with the population values used.
+
+    Used by: dpo_utils.priority_experiments, dpo_utils.synthetic, dpo_utils.synthetic_experiments.
+    """
 
     features: torch.Tensor
     signs: torch.Tensor
@@ -60,7 +63,7 @@ def sample_noise(
 ) -> torch.Tensor:
     """Independent zero-mean, unit-variance entries from one tail family.
 
-    Used in: notebooks/02_update_rate.ipynb.
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
     """
     _check_family(family)
     shape = tuple(shape)
@@ -93,7 +96,7 @@ def sample_behavior(
     ``direction`` (d,) is normalised to unit length (default: the first axis); ``center`` (d,) is the
     shared centre c (default 0). The population distinguishability is exactly ``mean_gap``.
 
-    Used in: notebooks/01_dpo_single_token.ipynb to notebooks/05_misalignment.ipynb.
+    Used in: notebooks/01_dpo_single_token.ipynb.
     """
     if n_per_class < 1 or dim < 1:
         raise ValueError(f"n_per_class={n_per_class} and dim={dim} must both be >= 1.")
@@ -117,7 +120,7 @@ def sample_behavior(
 def stack_behaviors(behaviors: Sequence[Behavior]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack equal-size behaviours into (R, n, d) features and (R, n) signs for the batched trainer.
 
-    Used in: notebooks/02_update_rate.ipynb.
+    Used in: notebooks/01_dpo_single_token.ipynb.
     """
     sizes = {tuple(b.features.shape) for b in behaviors}
     if len(sizes) != 1:
@@ -128,7 +131,7 @@ def stack_behaviors(behaviors: Sequence[Behavior]) -> tuple[torch.Tensor, torch.
 def random_direction(dim: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """A unit vector drawn uniformly from the sphere in R^dim.
 
-    Used in: notebooks/02_update_rate.ipynb to notebooks/05_misalignment.ipynb (through this module).
+    Used by: dpo_utils.priority_experiments, dpo_utils.synthetic_experiments.
     """
     v = torch.randn(dim, generator=torch.Generator().manual_seed(int(seed)), dtype=dtype)
     return v / v.norm()

@@ -128,7 +128,8 @@ def time_to_accuracy(
 def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman rank correlation of two equal-length sequences (NaN if either is constant).
 
-    Used in: notebooks/02_update_rate.ipynb, notebooks/03_training_accuracy.ipynb.
+    Used in: notebooks/02_update_rate.ipynb, notebooks/03_training_accuracy.ipynb,
+    notebooks/07_last_layer_dpo.ipynb.
     """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.shape != y.shape or x.size < 3:
@@ -137,14 +138,20 @@ def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def metric_rows(table: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The rows of a tidy table that record ``metric``."""
+    """The rows of a tidy table that record ``metric``.
+
+    Used by: dpo_utils.llm_experiments.
+    """
     return table[table["metric"] == metric]
 
 
 def value_at_step(
     table: pd.DataFrame, keys: list[str], split: str, metric: str, step: int, name: str
 ) -> pd.DataFrame:
-    """``keys`` plus one column ``name``: each run's ``metric`` on ``split`` at ``step``."""
+    """``keys`` plus one column ``name``: each run's ``metric`` on ``split`` at ``step``.
+
+    Used by: dpo_utils.feature_experiments.
+    """
     rows = table[(table.split == split) & (table.metric == metric) & (table.step == step)]
     if rows.empty:
         raise ValueError(

@@ -38,12 +38,18 @@ _OPEN = re.compile(
 
 
 class SolutionFenceError(ValueError):
-    """A ``{solution}`` fence that is never closed; removing it blindly could leak or lose text."""
+    """A ``{solution}`` fence that is never closed; removing it blindly could leak or lose text.
+
+    Used by: dpo_utils.teaching.
+    """
 
 
 @dataclass
 class StudentCopyReport:
-    """What :func:`student_copy` removed from one notebook."""
+    """What :func:`student_copy` removed from one notebook.
+
+    Used by: dpo_utils.teaching.
+    """
 
     blocks_removed: int = 0
     cells_removed: int = 0
@@ -89,7 +95,7 @@ def strip_solution_blocks(markdown: str) -> tuple[str, int]:
 
     A blank line left on both sides of a removed block is collapsed to one.
 
-    Used in: make student (via :func:`student_copy`).
+    Used by: dpo_utils.teaching.
     """
     lines = markdown.splitlines(keepends=True)
     kept: list[str] = []
@@ -125,7 +131,7 @@ def student_copy(notebook_in: str | Path, notebook_out: str | Path) -> StudentCo
     Cells without solutions are written back unchanged; a markdown cell that held nothing but
     solutions is dropped. Raises :class:`SolutionFenceError` (naming the cell) for an unclosed fence.
 
-    Used in: Makefile (``make student``), book/instructors.md.
+    Used by: dpo_utils.teaching.
     """
     notebook_in, notebook_out = Path(notebook_in), Path(notebook_out)
     raw = notebook_in.read_text(encoding="utf-8")
@@ -163,7 +169,10 @@ def student_copy(notebook_in: str | Path, notebook_out: str | Path) -> StudentCo
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; see the module docstring. Returns the exit status."""
+    """Command-line entry point; see the module docstring. Returns the exit status.
+
+    Used by: ``python -m dpo_utils.teaching`` (``make student``).
+    """
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
         print(

@@ -58,7 +58,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> DPORun:
-    """Parse arguments, train, and write the run to ``--out`` (main process only)."""
+    """Parse arguments, train, and write the run to ``--out`` (main process only).
+
+    Used by: ``python -m dpo_utils.train`` (``accelerate launch -m dpo_utils.train``).
+    """
     args = _parser().parse_args(argv)
     cfg = config.get_config(args.profile)
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -44,6 +44,8 @@ class DPORun:
     behavior, split, metric, value, seed, mode); ``pairs`` the per-pair log-probs behind it;
     ``log_history`` trl's own logs, one row per optimizer step; ``trainer`` the trl trainer, kept so
     that :func:`save_trained` can write a resumable checkpoint (``None`` after :func:`load_trained`).
+
+    Used by: dpo_utils.run_cache, dpo_utils.train, dpo_utils.training.
     """
 
     model: Any
@@ -75,7 +77,7 @@ def dpo_arguments(
 
     Gradient accumulation = dpo_batch_size / (per_device_batch_size x world size), which must divide.
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb (through :func:`train_dpo`).
+    Used by: dpo_utils.training.
     """
     from trl import DPOConfig
 
@@ -192,8 +194,7 @@ def train_dpo(
     its tables then cover the whole run. ``callbacks`` are extra ``TrainerCallback`` objects (e.g.
     timers). The model is trained in place.
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb,
-    notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
+    Used in: notebooks/12_faq_rewards_go_down.ipynb.
     """
     _check_mode(mode)
     _check_pairs(train_pairs, "train_pairs")
@@ -304,7 +305,7 @@ def save_trained(
     folder of the run this one started from) or else the base model's hub id or path, kept in meta.json.
     Under several processes, call it on the main process only (not supported under FSDP).
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/10_misalignment_llm.ipynb.
+    Used by: dpo_utils.llm_experiments, dpo_utils.run_cache, dpo_utils.train.
     """
     path = Path(path)
     lora = run.mode == "lora"
@@ -358,7 +359,7 @@ def load_trained(
     merged, ready to be the starting point (and reference) of a new DPO run. ``merged=False`` (LoRA
     only) attaches the saved adapter to ``base_model`` and returns the ``PeftModel``.
 
-    Used in: notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
+    Used by: dpo_utils.llm_experiments, dpo_utils.run_cache, dpo_utils.training.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -398,7 +399,7 @@ def load_trained(
 def run_tables(path: str | Path) -> dict[str, pd.DataFrame]:
     """The tables of a run written by :func:`save_trained`, read back from CSV (empty file: empty table).
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb (through ``run_cache.load_or_train``).
+    Used by: dpo_utils.run_cache, dpo_utils.training.
     """
     path = Path(path)
     return {
