@@ -1,7 +1,45 @@
 """dpo_utils: the helper package of the companion book to Im & Li (ICML 2024).
 
-Modules (one idea each): config, losses, linear, synthetic, metrics, results, plotting, book.
+Three layers; data flows down this list, never up (tests/test_layers.py checks the imports, and the
+chapters in brackets against the notebooks' code: tests/chapter_index.py).
+
+Mechanisms (import only each other):
+    config                  profiles and parameter validation [01-12]
+    losses                  the DPO loss, implicit rewards, margins, both accuracies [01]
+    linear                  last-layer DPO, single-token answers: the two-row trainer [01 02 07]
+    full_vocab              its full-vocabulary autograd reference [01]
+    synthetic               synthetic behaviours: samplers, random_direction [01 02 06]
+    feature_models          trainable features under a one-token head [via synthetic_experiments]
+    metrics                 distinguishability, concentration, priority gaps, probes [03 04]
+    data                    persona behaviours and HH-RLHF as preference pairs [06 07 12]
+    corpus                  the project's own persona-format corpus [06 07 08 11]
+    models                  hub models, or tiny pre-trained Llama / Mistral stand-ins [06 07 12]
+    embeddings              last-token features of a causal LM, cached [07]
+    probes                  per-pair log-probs and the probe callback [via training]
+    training                DPO through trl's DPOTrainer [12]
+    run_cache               the notebooks' cache of DPO runs [via llm_experiments]
+    results                 load-or-run: tidy tables saved with their config [02 03 04 05 07]
+    runtime                 single_threaded, run_seed [via the experiment modules]
+    tables                  summaries of tidy tables: slopes, times, rank correlations [02 03 07]
+    train                   the command line (python -m dpo_utils.train) over run_cache [none]
+
+Chapter experiments (import mechanisms; each returns tidy tables, never plots):
+    synthetic_experiments   chapters 01-03 and 05 on synthetic features [02 03 05]
+    priority_experiments    chapter 04's prioritisation [04]
+    feature_experiments     chapters 06-07: measuring features, last-layer DPO on them [06 07]
+    llm_experiments         chapters 08-12: full and LoRA DPO on language models [08-12]
+
+Book infrastructure (may import anything):
+    book                    start_chapter: validate, go offline, provenance banner [01-12]
+    plotting                the theme, palette and figure labels [01-12]
+    teaching                student copies without solutions (make student) [none]
+
 Import the module you need, e.g. ``from dpo_utils import config, linear``.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("dpo-utils")
+except PackageNotFoundError:  # a source checkout on sys.path without `pip install -e .`
+    __version__ = "0+unknown"

@@ -265,7 +265,7 @@ def lm_texts(n_per_behavior: int = N_LM, seed: int = LM_SEED) -> list[str]:
     """Pre-training texts: question, newline, answer, sampled independently of the persona files.
 
     The answer is part of the text on purpose: a tiny model only learns to read out the label at the
-    newline if it has seen answers (notes/tiny-model-signal.md). BOS/EOS are added by the tokenizer.
+    newline if it has seen answers (our CPU trials). BOS/EOS are added by the tokenizer.
 
     Used by: dpo_utils.models.
     """

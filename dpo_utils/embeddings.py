@@ -7,7 +7,7 @@ prompt token. Two variants, both computed in one forward pass:
   last entry of ``hidden_states`` (and the backbone's ``last_hidden_state``) is already the output of
   the final RMSNorm; the tests check this, and that ``lm_head(e)`` reproduces the model's logits.
 * ``authors``: the authors' released code applies that RMSNorm once more to ``hidden_states[-1]``
-  (notes/paper.md 4.4), so its features are normalised twice. Kept to compare with the paper.
+  (its feature extraction script), so its features are normalised twice. Kept for comparison.
 
 Prompts are processed in length-sorted batches, right-padded, and gathered at position length - 1,
 which is exact: with right padding the real tokens' positions and attention are unchanged.

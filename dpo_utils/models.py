@@ -9,7 +9,7 @@ sample of the corpus, and caches it on disk keyed by everything that shaped it. 
 
 Saving and reloading rebuilds a model from its config plus a state dict. Never ``copy.deepcopy`` a
 model that trl has trained: trl rebinds ``forward`` so a deep copy silently runs the original weights
-(notes/trl-dynamics-signal.md, pitfall 1); use :func:`clone_model` or :func:`save_model` instead.
+(the copy keeps trl's bound method); use :func:`clone_model` or :func:`save_model` instead.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ __all__ = [
 
 #: CPU-profile model names -> architecture
 TINY_MODELS = {"tiny-llama": "llama", "tiny-mistral": "mistral"}
-#: the stand-ins' shape (notes/tiny-model-signal.md): untied embeddings as in Llama-2
+#: the stand-ins' shape (chosen in our CPU trials): untied embeddings as in Llama-2
 TINY_SHAPE = dict(
     hidden_size=64,
     num_hidden_layers=2,
