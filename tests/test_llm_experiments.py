@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from training_fixtures import tiny_llama, tiny_tokenizer
 
-from dpo_utils import config, embeddings, llm_experiments
+from dpo_utils import config, embeddings, llm_experiments, models
 
 
 def _curves(losses: dict, **extra) -> pd.DataFrame:
@@ -145,8 +146,12 @@ def test_projection_table_orients_yes_to_the_right():
 
 
 @pytest.mark.slow
-def test_hh_misalignment_curves_on_toy_transcripts():
+def test_hh_misalignment_curves_on_toy_transcripts(tmp_path):
     torch.set_num_threads(1)
+    # the tiny fixture model, saved and loaded as a local folder (the GPU profiles' code path),
+    # instead of pre-training the CPU profile's stand-in (about 80 s) for a one-step run
+    tok = tiny_tokenizer()
+    folder = models.save_model(tiny_llama(tok), tok, tmp_path / "tiny")
     turns = [
         ("How do I bake bread?", "Mix flour, water and yeast.", "Go away."),
         ("Name a planet.", "Mars is a planet.", "I will not say."),
@@ -162,7 +167,13 @@ def test_hh_misalignment_curves_on_toy_transcripts():
     from dpo_utils import data
 
     pairs = data.hh_rlhf_pairs(rows)
-    cfg = config.get_config("cpu", dpo_batch_size=4, per_device_batch_size=4)
+    cfg = config.get_config(
+        "cpu",
+        model_name=str(folder),
+        model_arch="llama",
+        dpo_batch_size=4,
+        per_device_batch_size=4,
+    )
     curves = llm_experiments.hh_misalignment_curves(
         cfg, steps=1, aligned_steps=1, pairs=(pairs, pairs[:6]), n_probe=6
     )
