@@ -1,10 +1,23 @@
-# Thin wrappers. Every target installs into .venv first if needed (Python 3.11, torch CPU build first).
+# Thin wrappers. Every target installs into .venv first if needed (Python 3.11, torch first), with
+# the pins of constraints.txt (the one list of versions).
 PYTHON  ?= python3.11
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
+LINT_STAMP := $(VENV)/.lint-stamp
+CONSTRAINTS := constraints.txt
+PIP     := $(BIN)/python -m pip install --quiet -c $(CONSTRAINTS)
 PROFILE ?= cpu
 JOBS    ?= 1
+LINT_PATHS := dpo_utils tests benchmarks notebooks browser_tests
+
+# Where torch comes from (README, book/setup.md):
+#   TORCH_INDEX=            (default) the ordinary index. On Linux x86_64 that is the CUDA build of
+#                           torch, which pulls about 3 GB of NVIDIA libraries; elsewhere the CPU build.
+#   TORCH_INDEX=https://download.pytorch.org/whl/cpu
+#                           the CPU-only build (a few hundred MB): what CI and a GPU-less box want.
+#   TORCH_INDEX=https://download.pytorch.org/whl/cu128   a given CUDA build.
+TORCH_INDEX ?=
 
 # Offline by default; a GPU box overrides these (see book/setup.md).
 export HF_HUB_OFFLINE ?= 1
@@ -13,12 +26,17 @@ export HF_HUB_DISABLE_TELEMETRY ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYDEVD_DISABLE_FILE_VALIDATION ?= 1
 
-.PHONY: setup test test-unit test-notebooks book chapters bench clean clean-results help
+.PHONY: setup test test-unit test-fast test-notebooks book chapters bench clean clean-results help
+.PHONY: lint typecheck
 .PHONY: student pdf test-browser
 
 help:
 	@echo "make book      execute every chapter on the CPU profile and build _build/html"
 	@echo "make test      unit tests + every notebook under pytest --nbval-lax"
+	@echo "make test-fast unit tests not marked slow (the inner loop, under 2 minutes)"
+	@echo "make lint      ruff check + ruff format --check (what CI runs first)"
+	@echo "make typecheck mypy dpo_utils"
+	@echo "make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu   the CPU-only torch build"
 	@echo "make bench     speed benchmarks (not part of make test)"
 	@echo "make chapters PROFILE=llama2-7b   run every chapter with papermill into runs/<profile>/"
 	@echo "make clean     remove _build (keeps .venv and results/)"
@@ -28,18 +46,34 @@ help:
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[book,test]'
+	$(PIP) torch $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PIP) -e '.[book,test,lint]'
 	@touch $(STAMP)
+
+# make lint needs only ruff: a clean clone installs that alone (make setup installs it too)
+$(LINT_STAMP): $(CONSTRAINTS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) ruff
+	@touch $(LINT_STAMP)
+
+lint: $(LINT_STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+
+typecheck: $(STAMP)
+	$(BIN)/mypy dpo_utils
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests -p no:cacheprovider
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not slow" -p no:cacheprovider -q
 
 test-notebooks: $(STAMP)
 	$(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider
