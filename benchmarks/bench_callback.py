@@ -4,9 +4,9 @@
 
 The CPU profile (batch 32, max_length 64, the pre-trained tiny Llama) trains on one behaviour
 (450 train pairs) and probes, as chapters 08-11 do, a fixed sample of its train split (the first
-``--probe-train`` pairs, default ``llm_experiments.PROBE_TRAIN`` = 48) plus its whole test split (50 pairs)
-every ``--probe-every`` steps; ``--probe-train 0`` probes all 450 train pairs. Prints seconds per
-training step without the probe, seconds per probe, and the whole-run overhead.
+``--probe-train`` pairs, default ``llm_experiments.PROBE_TRAIN`` = 48) plus its whole test split
+(50 pairs) every ``--probe-every`` steps; ``--probe-train 0`` probes all 450 train pairs. Prints
+seconds per training step without the probe, seconds per probe, and the whole-run overhead.
 """
 
 from __future__ import annotations
@@ -96,10 +96,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(
         f"CPU profile, {args.mode}, batch {cfg.dpo_batch_size}, {cfg.dpo_max_steps} steps, "
-        f"{torch.get_num_threads()} thread(s); probe {n_probe} pairs every {args.probe_every} step(s)"
+        f"{torch.get_num_threads()} thread(s); "
+        f"probe {n_probe} pairs every {args.probe_every} step(s)"
     )
     print(
-        f"  training step {step * 1e3:.0f} ms; one probe {probe * 1e3:.0f} ms = {100 * probe / step:.0f} % of a step;"
+        f"  training step {step * 1e3:.0f} ms; one probe {probe * 1e3:.0f} ms "
+        f"= {100 * probe / step:.0f} % of a step;"
         f" every {args.probe_every} step(s): {100 * amortised:.0f} % per step (target < 20 %)"
     )
     print(

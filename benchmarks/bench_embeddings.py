@@ -1,8 +1,10 @@
-"""Batched against one-at-a-time feature extraction on the CPU-profile model (the cached tiny Llama).
+"""Batched against one-at-a-time feature extraction on the CPU-profile model (the cached tiny
+Llama).
 
-Both paths run in this one process on the same prompts (question + "\\n" of the project's corpus), after
-one warm-up call each, and their features are compared (they must agree to 1e-5). Reports statements
-per second for both and their ratio; the issue expects the batched path to be 5 times faster or more.
+Both paths run in this one process on the same prompts (question + "\\n" of the project's corpus),
+after one warm-up call each, and their features are compared (they must agree to 1e-5). Reports
+statements per second for both and their ratio; the issue expects the batched path to be 5 times
+faster or more.
 
     python benchmarks/bench_embeddings.py                 # 4000 prompts batched, 400 one at a time
     python benchmarks/bench_embeddings.py --single 1000   # a longer one-at-a-time sample

@@ -1,8 +1,9 @@
-"""Two-row trainer against the full-vocabulary head at Llama-2 shape (|V| = 32000, d = 4096, batch 128, fp32).
+"""Two-row trainer against the full-vocabulary head at Llama-2 shape (|V| = 32000, d = 4096, batch
+128, fp32).
 
-Each trainer runs in its own subprocess so that its peak resident memory is measured alone. Both record
-their metrics on the 128 training pairs after every step, as they do in the chapters; time per step is the
-wall time of ``steps`` steps divided by ``steps``, after one warm-up call.
+Each trainer runs in its own subprocess so that its peak resident memory is measured alone. Both
+record their metrics on the 128 training pairs after every step, as they do in the chapters; time
+per step is the wall time of ``steps`` steps divided by ``steps``, after one warm-up call.
 
     python benchmarks/bench_linear.py            # prints both times, their ratio and peak memory
 """

@@ -1,13 +1,18 @@
-"""A sweep of last-layer DPO runs, batched into one tensor computation against a Python loop of runs.
+"""A sweep of last-layer DPO runs, batched into one tensor computation against a Python loop of
+runs.
 
-1,000 behaviour-seed runs of 100 steps at width 256 (the chapters' sweeps are of this kind): each run has
-its own synthetic behaviour (128 pairs per class) and draws a fresh random mini-batch of 128 pairs at
-every step, and every metric is recorded on its 256 training pairs after every step, as in the chapters.
+1,000 behaviour-seed runs of 100 steps at width 256 (the chapters' sweeps are of this kind): each
+run has its own synthetic behaviour (128 pairs per class) and draws a fresh random mini-batch of
+128 pairs at every step, and every metric is recorded on its 256 training pairs after every step,
+as in the chapters.
 
-* ``batched``: one call of :func:`dpo_utils.linear.train_last_layer` on (R, n, d) features, one batch
+* ``batched``: one call of :func:`dpo_utils.linear.train_last_layer` on (R, n, d) features, one
+batch
   sampler shared by all runs (one random draw per step);
-* ``batched, per-run seeds``: the same call with one sampler per run, which makes every run equal to
-  the same run made alone (checked here on the first runs), at the cost of a Python loop over samplers;
+* ``batched, per-run seeds``: the same call with one sampler per run, which makes every run equal
+to
+  the same run made alone (checked here on the first runs), at the cost of a Python loop over
+  samplers;
 * ``looped``: R separate calls, one per run.
 
     python benchmarks/bench_sweep.py                      # 1,000 runs, all three timings

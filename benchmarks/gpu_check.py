@@ -1,13 +1,15 @@
-"""GPU check: a few LoRA DPO steps on a Llama-2-7B-shaped model (random weights) through dpo_utils.training.
+"""GPU check: a few LoRA DPO steps on a Llama-2-7B-shaped model (random weights) through
+dpo_utils.training.
 
     python benchmarks/gpu_check.py            # one CUDA GPU; about 2-4 minutes on one H100
-    python benchmarks/gpu_check.py --tiny     # the same script at tiny size on CPU (exercised by the tests)
+    python benchmarks/gpu_check.py --tiny     # the same script at tiny size on CPU (exercised by
+    the tests)
 
 Prints seconds per optimizer step, tokens per second and peak GPU memory. The model is built from a
-``LlamaConfig`` (hidden 4096, 32 layers, 32 heads, intermediate 11008, vocab 32000) in bf16, so nothing
-is downloaded; timings do not depend on the weights. Batch: the paper's 128 pairs per optimizer step
-(32 per device x 4 accumulation steps on one GPU); sequence length ``--seq-len`` tokens (persona
-prompts are short; max_length stays the paper's 512).
+``LlamaConfig`` (hidden 4096, 32 layers, 32 heads, intermediate 11008, vocab 32000) in bf16, so
+nothing is downloaded; timings do not depend on the weights. Batch: the paper's 128 pairs per
+optimizer step (32 per device x 4 accumulation steps on one GPU); sequence length ``--seq-len``
+tokens (persona prompts are short; max_length stays the paper's 512).
 """
 
 from __future__ import annotations
@@ -152,7 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(
         f"{'tiny' if args.tiny else 'Llama-2-7B-shaped'} LoRA DPO on {result['device']}: "
-        f"batch {cfg.dpo_batch_size} pairs ({cfg.per_device_batch_size}/device), {args.seq_len} tokens/sequence"
+        f"batch {cfg.dpo_batch_size} pairs ({cfg.per_device_batch_size}/device), "
+        f"{args.seq_len} tokens/sequence"
     )
     print(
         f"  {per_step:.3f} s/step, {result['tokens_per_second']:.0f} tokens/s, "

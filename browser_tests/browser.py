@@ -1,9 +1,10 @@
 """Headless Debian chromium for the built book, offline, with MathJax served from a local copy.
 
 The book's HTML loads MathJax 3 from a CDN, which is right for readers but cannot load on a machine
-without network. Instead of changing the HTML, every request for the CDN's MathJax is answered from a
-local copy of the npm package ``mathjax@3`` (``make test-browser`` puts it in
-``~/.cache/dpo-companion/mathjax``, outside the book's sources), and every other request that leaves the local server is blocked and recorded.
+without network. Instead of changing the HTML, every request for the CDN's MathJax is answered from
+a local copy of the npm package ``mathjax@3`` (``make test-browser`` puts it in
+``~/.cache/dpo-companion/mathjax``, outside the book's sources), and every other request that
+leaves the local server is blocked and recorded.
 
 Used by browser_tests/test_pages.py (``make test-browser``) and browser_tests/print_pdf.py
 (``make pdf``).
@@ -45,7 +46,10 @@ async () => {
   const imgs = Array.from(document.images);
   imgs.forEach(img => { if (img.loading === 'lazy') img.loading = 'eager'; });
   await Promise.all(imgs.map(img => img.complete ? null :
-      new Promise(done => { img.addEventListener('load', done); img.addEventListener('error', done); })));
+      new Promise(done => {
+        img.addEventListener('load', done);
+        img.addEventListener('error', done);
+      })));
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
     await MathJax.startup.promise;
     return 'typeset';
@@ -62,7 +66,8 @@ class SetupError(RuntimeError):
 
 
 def find_chromium() -> str:
-    """Path of Debian's chromium (or $CHROMIUM); raises :class:`SetupError` naming the install command."""
+    """Path of Debian's chromium (or $CHROMIUM); raises :class:`SetupError` naming the install
+    command."""
     for candidate in (
         os.environ.get("CHROMIUM"),
         "chromium",
@@ -85,24 +90,28 @@ MATHJAX_PREFIX = (
 
 
 def find_mathjax() -> Path:
-    """Folder of the npm package mathjax@3 (holding es5/tex-mml-chtml.js); $MATHJAX_DIR overrides."""
+    """Folder of the npm package mathjax@3 (holding es5/tex-mml-chtml.js); $MATHJAX_DIR
+    overrides."""
     folder = Path(os.environ.get("MATHJAX_DIR") or MATHJAX_PREFIX / "node_modules" / "mathjax")
     if not (folder / "es5" / "tex-mml-chtml.js").is_file():
         raise SetupError(
             f"no local MathJax 3 in {folder}: run `bash browser_tests/ensure_tools.sh` "
-            "(make test-browser does this) or set MATHJAX_DIR to a folder with es5/tex-mml-chtml.js."
+            "(make test-browser does this) or set MATHJAX_DIR to a folder with "
+            "es5/tex-mml-chtml.js."
         )
     return folder
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+    # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
 @contextmanager
 def serve(directory: Path) -> Iterator[str]:
-    """Serve ``directory`` on 127.0.0.1 (a free port) in a thread; yields the base URL ending in '/'."""
+    """Serve ``directory`` on 127.0.0.1 (a free port) in a thread; yields the base URL ending in
+    '/'."""
     handler = functools.partial(_QuietHandler, directory=str(directory))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -124,7 +133,8 @@ def launch(playwright):
 def route_offline(
     context, base_url: str, mathjax_dir: Path, blocked: list[tuple[str, str]]
 ) -> None:
-    """Answer MathJax CDN requests from ``mathjax_dir``, pass local ones, block and record the rest.
+    """Answer MathJax CDN requests from ``mathjax_dir``, pass local ones, block and record the
+    rest.
 
     ``blocked`` receives (resource type, url) for every request that would have left the machine.
     """

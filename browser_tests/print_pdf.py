@@ -1,13 +1,14 @@
 """Print the built book (_build/html) to one PDF with headless Debian chromium.
 
-Usage: python browser_tests/print_pdf.py [BOOK_HTML_DIR] [OUT.pdf]   (defaults: _build/html, _build/book.pdf)
+Usage: python browser_tests/print_pdf.py [BOOK_HTML_DIR] [OUT.pdf]   (defaults: _build/html,
+_build/book.pdf)
 
-The pages are taken in the order of _toc.yml. Each page's article (the text, figures and outputs, not
-the navigation) is placed, one chapter per sheet, into a single page that keeps the book's own styles.
-That page is printed once MathJax has typeset all the math and every image has loaded. (Jupyter Book's
-``--builder singlehtml`` would be simpler, but with myst-nb 1.4 it stops on notebooks with hidden
-code cells: "unknown node type: HideCodeCellNode".) Solutions and hidden code stay folded, as on
-the web.
+The pages are taken in the order of _toc.yml. Each page's article (the text, figures and outputs,
+not the navigation) is placed, one chapter per sheet, into a single page that keeps the book's own
+styles. That page is printed once MathJax has typeset all the math and every image has loaded.
+(Jupyter Book's ``--builder singlehtml`` would be simpler, but with myst-nb 1.4 it stops on
+notebooks with hidden code cells: "unknown node type: HideCodeCellNode".) Solutions and hidden code
+stay folded, as on the web.
 """
 
 from __future__ import annotations

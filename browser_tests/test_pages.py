@@ -6,8 +6,8 @@ or rendered as an error; an internal link to a missing page or a missing #anchor
 without working Colab and Binder launch links. A screenshot of each page goes to
 _build/screenshots/ (the same relative path, .png).
 
-Run with ``make test-browser`` after ``make book``. Not part of ``make test``: it needs a built book,
-chromium and a local MathJax copy. Settings: BOOK_HTML (default _build/html), SCREENSHOTS
+Run with ``make test-browser`` after ``make book``. Not part of ``make test``: it needs a built
+book, chromium and a local MathJax copy. Settings: BOOK_HTML (default _build/html), SCREENSHOTS
 (default _build/screenshots), CHROMIUM, MATHJAX_DIR.
 """
 
@@ -52,23 +52,30 @@ PAGES = book_pages()
 # Errors raised by the themes themselves on every page, not by the book. Each is matched exactly
 # and must keep its reason; delete an entry when an upgrade fixes it.
 KNOWN_THEME_ERRORS = {
-    # sphinx-thebe 0.3.1 adds its inline `const THEBE_JS_URL = ...` script once per read phase, so a
-    # page can carry it twice; the second copy throws, the first has already set everything up
-    "JavaScript error: Identifier 'THEBE_JS_URL' has already been declared": "sphinx-thebe declares its settings twice",
+    # sphinx-thebe 0.3.1 adds its inline `const THEBE_JS_URL = ...` script once per read phase, so
+    # a page can carry it twice; the second copy throws, the first has already set everything up
+    "JavaScript error: Identifier 'THEBE_JS_URL' has already been declared": (
+        "sphinx-thebe declares its settings twice"
+    ),
     # pydata-sphinx-theme reads the colour mode from localStorage, finds "" on a first visit, logs
     # this and falls back to "auto"; a fresh browser profile is always a first visit
-    "console error: Got invalid theme mode: . Resetting to auto.": "pydata-sphinx-theme on a first visit",
+    "console error: Got invalid theme mode: . Resetting to auto.": (
+        "pydata-sphinx-theme on a first visit"
+    ),
 }
 
 # text that should have become typeset math; code blocks are excluded in the page script below
 RAW_MATH_JS = r"""
 () => {
-  const skip = new Set(['PRE', 'CODE', 'SCRIPT', 'STYLE', 'TEXTAREA', 'MJX-CONTAINER', 'KBD', 'SAMP']);
+  const skip = new Set(
+      ['PRE', 'CODE', 'SCRIPT', 'STYLE', 'TEXTAREA', 'MJX-CONTAINER', 'KBD', 'SAMP']);
   const found = [];
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT, {
     acceptNode(node) {
       for (let el = node.parentElement; el; el = el.parentElement) {
-        if (skip.has(el.tagName) || el.classList.contains('highlight')) return NodeFilter.FILTER_REJECT;
+        if (skip.has(el.tagName) || el.classList.contains('highlight')) {
+          return NodeFilter.FILTER_REJECT;
+        }
       }
       return NodeFilter.FILTER_ACCEPT;
     }
@@ -78,9 +85,11 @@ RAW_MATH_JS = r"""
   for (let n = walker.nextNode(); n; n = walker.nextNode()) {
     if (raw.test(n.textContent)) found.push(n.textContent.trim().slice(0, 80));
   }
-  // a stray "$" right beside typeset math: the markdown parser missed the math, MathJax caught part
+  // a stray "$" right beside typeset math: the markdown parser missed the math, MathJax caught
+  // part of it
   for (const m of document.querySelectorAll('mjx-container')) {
-    const host = m.parentElement && m.parentElement.classList.contains('math') ? m.parentElement : m;
+    const inMath = m.parentElement && m.parentElement.classList.contains('math');
+    const host = inMath ? m.parentElement : m;
     const before = host.previousSibling, after = host.nextSibling;
     if ((before && before.nodeType === 3 && /\$\s*$/.test(before.textContent)) ||
         (after && after.nodeType === 3 && /^\s*\$/.test(after.textContent))) {
@@ -88,7 +97,8 @@ RAW_MATH_JS = r"""
     }
   }
   const unrendered = Array.from(document.querySelectorAll('.math'))
-      .filter(el => !el.querySelector('mjx-container')).map(el => el.textContent.trim().slice(0, 80));
+      .filter(el => !el.querySelector('mjx-container'))
+      .map(el => el.textContent.trim().slice(0, 80));
   const errors = Array.from(document.querySelectorAll('mjx-merror, [data-mjx-error]'))
       .map(el => (el.getAttribute('data-mjx-error') || el.textContent).slice(0, 120));
   return {raw: found, unrendered: unrendered, errors: errors};
@@ -145,8 +155,8 @@ def broken_internal_links(hrefs: list[str], base_url: str) -> list[str]:
 
 
 def launch_link_problems(page_rel: str, hrefs: list[str]) -> list[str]:
-    """For an executable page: its Colab link must open a notebook (.ipynb) that is in the repository,
-    and its Binder link must name the page's source file."""
+    """For an executable page: its Colab link must open a notebook (.ipynb) that is in the
+    repository, and its Binder link must name the page's source file."""
     stem = page_rel[: -len(".html")]
     if not (HTML_DIR / "_sources" / (stem + ".ipynb")).is_file():
         return []  # not executable: the theme shows no launch buttons

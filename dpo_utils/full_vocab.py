@@ -1,9 +1,9 @@
 """The reference for the last-layer trainer: a whole |V| x d unembedding trained by autograd.
 
-:func:`dpo_utils.linear.train_last_layer` uses the identities (D1)-(D2) to track only the two answer
-rows. This module trains the full head through log-softmax with plain SGD, one run at a time, so the
-tests and chapter 01 can check the exact trainer against it (and benchmarks/bench_linear.py can time
-the difference).
+:func:`dpo_utils.linear.train_last_layer` uses the identities (D1)-(D2) to track only the two
+answer rows. This module trains the full head through log-softmax with plain SGD, one run at a
+time, so the tests and chapter 01 can check the exact trainer against it (and
+benchmarks/bench_linear.py can time the difference).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def train_full_vocab(
     """Reference trainer: the whole |V| x d unembedding under autograd and plain SGD (one run).
 
     Policy log-probs come from log_softmax(W e) at the two answer ids; reference log-probs from the
-    initial ``weight``. Batches are drawn exactly as in :func:`train_last_layer` with the same seed, so
-    the two trainers can be compared step by step. Returns the final head and a table of
+    initial ``weight``. Batches are drawn exactly as in :func:`train_last_layer` with the same
+    seed, so the two trainers can be compared step by step. Returns the final head and a table of
     (step, loss, reward_accuracy, output_accuracy, weight_change) on the training set.
 
     Used in: notebooks/01_dpo_single_token.ipynb, tests/test_linear.py, benchmarks/bench_linear.py.

@@ -38,7 +38,8 @@ def set_theme() -> None:
 
 
 def sequential_colors(n: int, name: str = "viridis") -> list[tuple[float, float, float]]:
-    """``n`` ordered colours for a quantity that varies (e.g. distinguishability); perceptually uniform.
+    """``n`` ordered colours for a quantity that varies (e.g. distinguishability); perceptually
+    uniform.
 
     Used in: notebooks/02_update_rate.ipynb, notebooks/03_training_accuracy.ipynb.
     """
@@ -54,7 +55,8 @@ def label_figure(fig: plt.Figure, **provenance: Any) -> plt.Figure:
     footer = 0.2 / fig.get_figheight()  # about 0.2 inch kept free below the axes for the label
     engine = fig.get_layout_engine()
     if engine is not None and hasattr(engine, "set") and "rect" in engine.get():
-        engine.set(rect=(0, footer, 1, 1 - footer))
+        # constrained/tight layout engines take rect; the base class's signature does not say so
+        engine.set(rect=(0, footer, 1, 1 - footer))  # type: ignore[call-arg]
     else:
         fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, footer + 0.1))
     fig.text(0.995, 0.004, text, ha="right", va="bottom", fontsize=7, color="0.4")

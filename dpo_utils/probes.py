@@ -1,18 +1,18 @@
 """Sequence log-probabilities as trl's DPOTrainer computes them, and a callback that records them.
 
-trl logs only batch means. The book needs per-pair and per-behaviour curves on fixed probe sets (the
-authors' train and test accuracies), so :class:`ProbeCallback` runs its own forward passes before
-training and after every optimizer step and keeps one row per pair.
+trl logs only batch means. The book needs per-pair and per-behaviour curves on fixed probe sets
+(the authors' train and test accuracies), so :class:`ProbeCallback` runs its own forward passes
+before training and after every optimizer step and keeps one row per pair.
 
 Tokenisation follows trl 1.16 exactly: the prompt is tokenised alone and together with each
 completion (EOS appended); the completion is what follows the common prefix of the two encodings; a
 sequence longer than ``max_length`` keeps its start. The log-probability of a completion is the sum
 over its tokens, EOS included.
 
-The forward pass is cheaper than trl's: the token prefix all probe prompts share runs once; a pair's
-chosen and rejected answers share the prompt, so the prompt runs once (left-padded, with a key/value
-cache) and only the completion tokens run twice; the unembedding is applied only where a completion
-token is predicted.
+The forward pass is cheaper than trl's: the token prefix all probe prompts share runs once; a
+pair's chosen and rejected answers share the prompt, so the prompt runs once (left-padded, with a
+key/value cache) and only the completion tokens run twice; the unembedding is applied only where a
+completion token is predicted.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class EncodedPairs:
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):  # the shorter one bounds the prefix
         if x != y:
             break
         n += 1
@@ -75,7 +75,8 @@ def _with_eos(text: str, eos: str) -> str:
 
 
 def _encode(tokenizer, prompt: str, completions: list[str], max_length: int | None):
-    """Prompt ids and completion ids for one prompt, as trl's tokenize step and collator produce them."""
+    """Prompt ids and completion ids for one prompt, as trl's tokenize step and collator produce
+    them."""
     eos = tokenizer.eos_token
     if eos is None:
         raise ValueError("the tokenizer has no eos_token; DPO appends EOS to every completion.")
@@ -92,7 +93,8 @@ def _encode(tokenizer, prompt: str, completions: list[str], max_length: int | No
 
 
 def encode_pairs(tokenizer, pairs: list[dict], max_length: int | None = None) -> EncodedPairs:
-    """Tokenise preference pairs (dicts with prompt, chosen, rejected[, behavior]) exactly as trl does.
+    """Tokenise preference pairs (dicts with prompt, chosen, rejected[, behavior]) exactly as trl
+    does.
 
     Used by: dpo_utils.probes.
     """
@@ -116,7 +118,8 @@ def encode_pairs(tokenizer, pairs: list[dict], max_length: int | None = None) ->
 
 
 def _backbone_and_head(model):
-    """The decoder stack and the unembedding of a causal LM, a PeftModel included (adapters stay active)."""
+    """The decoder stack and the unembedding of a causal LM, a PeftModel included (adapters stay
+    active)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.get_decoder(), base.get_output_embeddings()
 
@@ -137,7 +140,8 @@ def _target_logps(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Te
 
 
 def _shared_prefix(backbone, prompts, device):
-    """Run the token prefix that every prompt shares (persona prompts share ~half their tokens) once."""
+    """Run the token prefix that every prompt shares (persona prompts share ~half their tokens)
+    once."""
     width = min(len(p) for p in prompts) - 1  # keep at least one token of each prompt
     n = 0
     while n < width and all(p[n] == prompts[0][n] for p in prompts):
@@ -230,7 +234,9 @@ def sequence_logps(
         raise ValueError(
             f"{len(prompts)} prompts but {len(completions)} completions; give one completion each."
         )
-    encoded = [_encode(tokenizer, p, [c], max_length) for p, c in zip(prompts, completions)]
+    encoded = [
+        _encode(tokenizer, p, [c], max_length) for p, c in zip(prompts, completions, strict=True)
+    ]
     return _completion_logps(model, [e[0] for e in encoded], [e[1] for e in encoded], batch_size)[
         :, 0
     ]
@@ -246,21 +252,22 @@ def pair_logps(
     both = _completion_logps(
         model,
         encoded.prompt_ids,
-        [list(cr) for cr in zip(encoded.chosen_ids, encoded.rejected_ids)],
+        [list(cr) for cr in zip(encoded.chosen_ids, encoded.rejected_ids, strict=True)],
         batch_size,
     )
     return both[:, 0], both[:, 1]
 
 
 class ProbeCallback(TrainerCallback):
-    """Records per-pair log-probs on fixed probe sets at step 0 and after every ``every``-th optimizer step.
+    """Records per-pair log-probs on fixed probe sets at step 0 and after every ``every``-th
+    optimizer step.
 
-    ``probe_sets`` maps a split name ("train", "test", ...) to a list of pair dicts (prompt, chosen,
-    rejected, behavior). Reference log-probs are computed once, at the start of training: from
-    ``ref_model`` when it is set (full fine-tuning; :func:`dpo_utils.training.train_dpo` sets it to
-    trl's reference), otherwise from the policy with its LoRA adapter disabled, or from the policy
-    itself at the start. Every process computes the whole probe (a forward pass under FSDP is
-    collective); :meth:`table` aggregates per step, behaviour and split.
+    ``probe_sets`` maps a split name ("train", "test", ...) to a list of pair dicts (prompt,
+    chosen, rejected, behavior). Reference log-probs are computed once, at the start of training:
+    from ``ref_model`` when it is set (full fine-tuning; :func:`dpo_utils.training.train_dpo` sets
+    it to trl's reference), otherwise from the policy with its LoRA adapter disabled, or from the
+    policy itself at the start. Every process computes the whole probe (a forward pass under FSDP
+    is collective); :meth:`table` aggregates per step, behaviour and split.
 
     Used by: dpo_utils.training.
     """
@@ -336,7 +343,8 @@ class ProbeCallback(TrainerCallback):
             self.record(model, state.global_step)
 
     def pair_table(self) -> pd.DataFrame:
-        """One row per (step, split, pair): policy and reference log-probs of chosen and rejected."""
+        """One row per (step, split, pair): policy and reference log-probs of chosen and
+        rejected."""
         if not self.records:
             return pd.DataFrame(columns=["step", "split", "pair", "behavior", *PROBE_METRICS[4:]])
         return pd.concat(self.records, ignore_index=True).drop_duplicates(
@@ -344,12 +352,14 @@ class ProbeCallback(TrainerCallback):
         )
 
     def table(self, **constants) -> pd.DataFrame:
-        """Tidy long table: step, behavior, split, metric, value, plus ``constants`` (e.g. seed, mode)."""
+        """Tidy long table: step, behavior, split, metric, value, plus ``constants`` (e.g. seed,
+        mode)."""
         return probe_table(self.pair_table(), self.beta, **constants)
 
 
 def probe_table(pairs: pd.DataFrame, beta: float, **constants) -> pd.DataFrame:
-    """Aggregate a per-pair table (see :meth:`ProbeCallback.pair_table`) per step, behaviour and split.
+    """Aggregate a per-pair table (see :meth:`ProbeCallback.pair_table`) per step, behaviour and
+    split.
 
     Metrics: loss, margin (beta-scaled, trl's rewards/margins), reward_accuracy, output_accuracy
     (policy logp(chosen) > logp(rejected), the authors' outputs/accuracies) and the mean log-probs.

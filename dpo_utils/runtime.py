@@ -22,8 +22,8 @@ _F = TypeVar("_F", bound=Callable)
 def single_threaded(func: _F) -> _F:
     """Run ``func`` with one torch intra-op thread, then restore the previous setting.
 
-    These experiments are many small tensor operations; on a shared two-core machine a second thread
-    only adds contention (measured: 10x slower under load), never speed.
+    These experiments are many small tensor operations; on a shared two-core machine a second
+    thread only adds contention (measured: 10x slower under load), never speed.
 
     Used by: dpo_utils.feature_experiments, dpo_utils.priority_experiments,
     dpo_utils.synthetic_experiments.

@@ -131,10 +131,10 @@ def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
     Used in: notebooks/02_update_rate.ipynb, notebooks/03_training_accuracy.ipynb,
     notebooks/07_last_layer_dpo.ipynb.
     """
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if x.shape != y.shape or x.size < 3:
-        raise ValueError(f"need two sequences of equal length >= 3; got {x.shape} and {y.shape}.")
-    return float(spearmanr(x, y).statistic)
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if a.shape != b.shape or a.size < 3:
+        raise ValueError(f"need two sequences of equal length >= 3; got {a.shape} and {b.shape}.")
+    return float(spearmanr(a, b).statistic)
 
 
 def metric_rows(table: pd.DataFrame, metric: str) -> pd.DataFrame:

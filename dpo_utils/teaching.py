@@ -3,8 +3,8 @@
 Two kinds of solution are removed:
 
 * a ``{solution}`` block from sphinx-exercise inside a markdown cell, fenced with backticks or
-  colons (```` ```{solution} ex-id ```` ... ```` ``` ````, or ``:::{solution}`` ... ``:::``), and the
-  gated form ``{solution-start}`` ... ``{solution-end}``;
+  colons (```` ```{solution} ex-id ```` ... ```` ``` ````, or ``:::{solution}`` ... ``:::``), and
+  the gated form ``{solution-start}`` ... ``{solution-end}``;
 * any cell tagged ``solution``.
 
 Every other cell is written back exactly as it was read, so a notebook without solutions is copied
@@ -63,13 +63,15 @@ def _closing_index(lines: list[str], start: int, fence: str) -> int:
         if closing.match(lines[i]):
             return i
     raise SolutionFenceError(
-        f"the {{solution}} fence opened on line {start + 1} ({lines[start].strip()!r}) is never closed; "
+        f"the {{solution}} fence opened on line {start + 1} ({lines[start].strip()!r}) "
+        "is never closed; "
         f"close it with a line of at least {width} {char!r} characters."
     )
 
 
 def _solution_span(lines: list[str], start: int) -> tuple[int, int] | None:
-    """(first, last) line indices of the solution starting at ``start``, or None if none starts there."""
+    """(first, last) line indices of the solution starting at ``start``, or None if none starts
+    there."""
     match = _OPEN.match(lines[start])
     if not match:
         return None
@@ -126,10 +128,12 @@ def _has_solution_tag(cell: dict) -> bool:
 
 
 def student_copy(notebook_in: str | Path, notebook_out: str | Path) -> StudentCopyReport:
-    """Write ``notebook_out``: ``notebook_in`` without solution blocks and ``solution``-tagged cells.
+    """Write ``notebook_out``: ``notebook_in`` without solution blocks and ``solution``-tagged
+    cells.
 
     Cells without solutions are written back unchanged; a markdown cell that held nothing but
-    solutions is dropped. Raises :class:`SolutionFenceError` (naming the cell) for an unclosed fence.
+    solutions is dropped. Raises :class:`SolutionFenceError` (naming the cell) for an unclosed
+    fence.
 
     Used by: dpo_utils.teaching.
     """
@@ -198,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1
         print(
-            f"{nb_out}: removed {report.blocks_removed} solution block(s), {report.cells_removed} cell(s)"
+            f"{nb_out}: removed {report.blocks_removed} solution block(s), "
+            f"{report.cells_removed} cell(s)"
         )
     return 0
 

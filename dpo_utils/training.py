@@ -1,15 +1,16 @@
 """DPO through trl's DPOTrainer, full fine-tuning or LoRA, with per-behaviour probe curves.
 
-One function, :func:`train_dpo`, runs every LLM experiment of the book (chapters 08-11): the profile's
-hyperparameters (``config.py``), trl's sigmoid loss on summed response log-probs, AdamW at a constant
-learning rate without warmup or weight decay, and a :class:`~dpo_utils.probes.ProbeCallback` that
-records per-pair log-probs before training and after every optimizer step. The notebook and the
-command line (``python -m dpo_utils.train``, also under ``accelerate launch``) call the same code.
+One function, :func:`train_dpo`, runs every LLM experiment of the book (chapters 08-11): the
+profile's hyperparameters (``config.py``), trl's sigmoid loss on summed response log-probs, AdamW
+at a constant learning rate without warmup or weight decay, and a
+:class:`~dpo_utils.probes.ProbeCallback` that records per-pair log-probs before training and after
+every optimizer step. The notebook and the command line (``python -m dpo_utils.train``, also under
+``accelerate launch``) call the same code.
 
-``train_dpo`` trains the model it is given *in place* (trl patches its ``forward``; LoRA injects its
-layers into it). Never ``copy.deepcopy`` a model trl has trained: the copy keeps calling the original's
-patched forward. Use ``models.clone_model`` (rebuilt from config + state dict) or :func:`save_trained`
-/ :func:`load_trained` instead.
+``train_dpo`` trains the model it is given *in place* (trl patches its ``forward``; LoRA injects
+its layers into it). Never ``copy.deepcopy`` a model trl has trained: the copy keeps calling the
+original's patched forward. Use ``models.clone_model`` (rebuilt from config + state dict) or
+:func:`save_trained` / :func:`load_trained` instead.
 """
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ RUN_TABLES = ("probes", "pairs", "log_history")  # the CSV tables save_trained w
 class DPORun:
     """What :func:`train_dpo` returns: the trained model and its tidy tables.
 
-    ``model`` is the trained policy (a ``PeftModel`` for LoRA); ``probes`` the tidy long table (step,
-    behavior, split, metric, value, seed, mode); ``pairs`` the per-pair log-probs behind it;
-    ``log_history`` trl's own logs, one row per optimizer step; ``trainer`` the trl trainer, kept so
-    that :func:`save_trained` can write a resumable checkpoint (``None`` after :func:`load_trained`).
+    ``model`` is the trained policy (a ``PeftModel`` for LoRA); ``probes`` the tidy long table
+    (step, behavior, split, metric, value, seed, mode); ``pairs`` the per-pair log-probs behind it;
+    ``log_history`` trl's own logs, one row per optimizer step; ``trainer`` the trl trainer, kept
+    so that :func:`save_trained` can write a resumable checkpoint (``None`` after
+    :func:`load_trained`).
 
     Used by: dpo_utils.run_cache, dpo_utils.train, dpo_utils.training.
     """
@@ -73,9 +75,11 @@ def dpo_arguments(
     seed: int | None = None,
     use_cpu: bool | None = None,
 ):
-    """trl ``DPOConfig`` for a profile: lr by mode, effective batch via gradient accumulation, bf16 on GPU.
+    """trl ``DPOConfig`` for a profile: lr by mode, effective batch via gradient accumulation, bf16
+    on GPU.
 
-    Gradient accumulation = dpo_batch_size / (per_device_batch_size x world size), which must divide.
+    Gradient accumulation = dpo_batch_size / (per_device_batch_size x world size), which must
+    divide.
 
     Used by: dpo_utils.training.
     """
@@ -188,11 +192,12 @@ def train_dpo(
 
     ``mode="full"`` trains every parameter against ``ref_model`` (default: a clone of the starting
     model); ``mode="lora"`` trains a fresh adapter (``models.lora_config(cfg)``) against the
-    adapter-disabled model (trl sets every dropout, LoRA's included, to 0, as in the authors' runs). ``probe_sets`` ({split: pairs}) are probed at step 0 and after every
-    ``probe_every``-th optimizer step. ``max_steps``/``seed`` override the profile. ``resume_from``
-    continues a run saved by :func:`save_trained` (pass the same starting model, data and settings);
-    its tables then cover the whole run. ``callbacks`` are extra ``TrainerCallback`` objects (e.g.
-    timers). The model is trained in place.
+    adapter-disabled model (trl sets every dropout, LoRA's included, to 0, as in the authors'
+    runs). ``probe_sets`` ({split: pairs}) are probed at step 0 and after every ``probe_every``-th
+    optimizer step. ``max_steps``/``seed`` override the profile. ``resume_from`` continues a run
+    saved by :func:`save_trained` (pass the same starting model, data and settings); its tables
+    then cover the whole run. ``callbacks`` are extra ``TrainerCallback`` objects (e.g. timers).
+    The model is trained in place.
 
     Used in: notebooks/12_faq_rewards_go_down.ipynb.
     """
@@ -203,7 +208,8 @@ def train_dpo(
         checkpoint = Path(resume_from) / "checkpoint"
         if not checkpoint.is_dir():
             raise FileNotFoundError(
-                f"resume_from={str(resume_from)!r} holds no checkpoint/; save it with save_trained()."
+                f"resume_from={str(resume_from)!r} holds no checkpoint/; "
+                "save it with save_trained()."
             )
     scratch = None if output_dir else tempfile.mkdtemp(prefix="dpo-run-")
     args = dpo_arguments(
@@ -259,7 +265,8 @@ def train_dpo(
 
 
 def _merged_copy(peft_model, adapter_dir: Path):
-    """The base model with the adapter merged, rebuilt cleanly (the trained PeftModel is left untouched)."""
+    """The base model with the adapter merged, rebuilt cleanly (the trained PeftModel is left
+    untouched)."""
     from peft import PeftModel
 
     base = peft_model.get_base_model()
@@ -276,7 +283,8 @@ def _merged_copy(peft_model, adapter_dir: Path):
 
 
 def _save_checkpoint(trainer, target: Path) -> None:
-    """trl/transformers checkpoint (weights, AdamW state, scheduler, RNG, trainer state) into ``target``."""
+    """trl/transformers checkpoint (weights, AdamW state, scheduler, RNG, trainer state) into
+    ``target``."""
     scratch = tempfile.mkdtemp(prefix="dpo-ckpt-")
     old = trainer.args.output_dir
     try:
@@ -297,13 +305,15 @@ def save_trained(
     start: str | Path | None = None,
 ) -> Path:
     """Write a run to ``path`` atomically: ``model/`` (full model, or LoRA merged into the base),
-    ``adapter/`` (LoRA only), the tables as CSV, ``meta.json`` and, if ``checkpoint`` and the run still
-    has its trainer, ``checkpoint/`` (optimizer and RNG state) for ``train_dpo(resume_from=path)``.
+    ``adapter/`` (LoRA only), the tables as CSV, ``meta.json`` and, if ``checkpoint`` and the run
+    still has its trainer, ``checkpoint/`` (optimizer and RNG state) for
+    ``train_dpo(resume_from=path)``.
 
-    ``merged_model=False`` (LoRA only) skips ``model/``: a merged 7B model is 13-27 GB, the adapter a
-    few MB. :func:`load_trained` then rebuilds the merged model from the base, which is ``start`` (the
-    folder of the run this one started from) or else the base model's hub id or path, kept in meta.json.
-    Under several processes, call it on the main process only (not supported under FSDP).
+    ``merged_model=False`` (LoRA only) skips ``model/``: a merged 7B model is 13-27 GB, the adapter
+    a few MB. :func:`load_trained` then rebuilds the merged model from the base, which is ``start``
+    (the folder of the run this one started from) or else the base model's hub id or path, kept in
+    meta.json. Under several processes, call it on the main process only (not supported under
+    FSDP).
 
     Used by: dpo_utils.llm_experiments, dpo_utils.run_cache, dpo_utils.train.
     """
@@ -335,7 +345,8 @@ def save_trained(
 
 
 def _rebuild_merged(path: Path, meta: dict):
-    """The merged model of an adapter-only LoRA run: its base (a start run, or a hub id / path) + adapter."""
+    """The merged model of an adapter-only LoRA run: its base (a start run, or a hub id / path) +
+    adapter."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -355,9 +366,10 @@ def load_trained(
 ) -> DPORun:
     """Load a run written by :func:`save_trained` (no trainer; tables from CSV).
 
-    ``merged=True`` gives a plain model: the fully fine-tuned one, or the base with the LoRA adapter
-    merged, ready to be the starting point (and reference) of a new DPO run. ``merged=False`` (LoRA
-    only) attaches the saved adapter to ``base_model`` and returns the ``PeftModel``.
+    ``merged=True`` gives a plain model: the fully fine-tuned one, or the base with the LoRA
+    adapter merged, ready to be the starting point (and reference) of a new DPO run.
+    ``merged=False`` (LoRA only) attaches the saved adapter to ``base_model`` and returns the
+    ``PeftModel``.
 
     Used by: dpo_utils.llm_experiments, dpo_utils.run_cache, dpo_utils.training.
     """
@@ -397,7 +409,8 @@ def load_trained(
 
 
 def run_tables(path: str | Path) -> dict[str, pd.DataFrame]:
-    """The tables of a run written by :func:`save_trained`, read back from CSV (empty file: empty table).
+    """The tables of a run written by :func:`save_trained`, read back from CSV (empty file: empty
+    table).
 
     Used by: dpo_utils.run_cache, dpo_utils.training.
     """

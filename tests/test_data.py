@@ -208,5 +208,8 @@ def test_data_card_table_matches_the_corpus():
     design = {r["behavior"]: r for r in corpus.design_rows()}
     for name, rows in persona.items():
         ambiguous = sum(r["label_confidence"] == 0.5 for r in rows)
-        expected = f"| {name} | {design[name]['shared_words']} | {ambiguous} of {len(rows)} | {design[name]['bayes_accuracy']:.3f}"
+        expected = (
+            f"| {name} | {design[name]['shared_words']} | {ambiguous} of {len(rows)} "
+            f"| {design[name]['bayes_accuracy']:.3f}"
+        )
         assert expected in card, expected

@@ -1,4 +1,5 @@
-"""Last-token features: what hidden_states[-1] is, batching exactness, caching, and the properties table."""
+"""Last-token features: what hidden_states[-1] is, batching exactness, caching, and the properties
+table."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Experiment A on model features: the split, u0 from the head, batched == one by one, flipped labels,
-and the speed summary and rank correlations on synthetic behaviours of known distinguishability."""
+"""Experiment A on model features: the split, u0 from the head, batched == one by one, flipped
+labels, and the speed summary and rank correlations on synthetic behaviours of known
+distinguishability."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ ARGS = dict(lr=1.0, beta=0.01, steps=30, batch_size=32)
 def _behavior(
     n: int, dim: int, gap: float, seed: int, offset: float = 3.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """n rows (shuffled labels) with class means +-gap/2 along a random direction, around an uncentred mean."""
+    """n rows (shuffled labels) with class means +-gap/2 along a random direction, around an
+    uncentred mean."""
     g = torch.Generator().manual_seed(seed)
     signs = torch.where(torch.rand(n, generator=g) < 0.5, 1.0, -1.0).double()
     direction = torch.randn(dim, generator=g, dtype=torch.float64)
@@ -119,7 +121,10 @@ def test_flipped_labels_give_the_same_loss_and_the_complementary_output_accuracy
         a = aligned[aligned.metric == metric]["value"].to_numpy()
         f = flipped[flipped.metric == metric]["value"].to_numpy()
         np.testing.assert_allclose(a, f, rtol=1e-10, atol=1e-13)
-    acc0 = lambda t: t[(t.metric == "output_accuracy") & (t.step == 0)]["value"].to_numpy()
+
+    def acc0(t):
+        return t[(t.metric == "output_accuracy") & (t.step == 0)]["value"].to_numpy()
+
     np.testing.assert_allclose(acc0(aligned) + acc0(flipped), 1.0)  # no ties: u0.e != 0 a.s.
 
 
@@ -157,12 +162,13 @@ def test_speed_summary_values_and_positive_rank_correlation(groups, u0):
 
 
 def test_flipped_output_accuracy_reaches_one_half_sooner_when_more_distinguishable():
-    # every behaviour along one direction, and a reference head that already prefers the matching answer
+    # every behaviour along one direction, and a reference head that already prefers the matching
+    # answer
     direction = torch.zeros(16, dtype=torch.float64)
     direction[0] = 1.0
     g = torch.Generator().manual_seed(5)
     groups = {}
-    for i, gap in enumerate([1.0, 2.0, 4.0, 8.0]):
+    for gap in [1.0, 2.0, 4.0, 8.0]:
         signs = torch.tensor([1.0, -1.0] * 100, dtype=torch.float64)
         noise = torch.randn(200, 16, generator=g, dtype=torch.float64)
         groups[f"g{gap:g}"] = (2.0 + 0.5 * gap * signs[:, None] * direction + noise, signs)

@@ -101,3 +101,20 @@ def test_package_docstring_lists_every_module_under_its_layer_with_its_chapters(
         named = set() if chapters == "none" or chapters.startswith("via") else _chapters(chapters)
         expected = by_module.get(module, set())
         assert named == expected, f"{module}: docstring {sorted(named)}, code {sorted(expected)}"
+
+
+def test_readme_lists_the_same_modules_layers_and_chapters_as_the_package_docstring():
+    docstring, layer = {}, None
+    for line in dpo_utils.__doc__.splitlines():
+        heading = next((i for i, n in enumerate(NAMES) if line.lower().startswith(n)), None)
+        if heading is not None:
+            layer = heading
+        elif m := re.match(r"    (\w+)\s+.*\[(.*)\]$", line):
+            docstring[m.group(1)] = (layer, _chapters(m.group(2)))
+    readme, layer = {}, None
+    for line in (ix.ROOT / "README.md").read_text().splitlines():
+        m = re.match(r"\|\s*([a-z ]*?)\s*\| `(\w+)` \| .* \| (.*) \|$", line)
+        if m:
+            layer = NAMES.index(m.group(1)) if m.group(1) else layer
+            readme[m.group(2)] = (layer, _chapters(m.group(3).replace(",", " ")))
+    assert readme == docstring

@@ -1,4 +1,5 @@
-"""dpo_utils.llm_experiments: the chapter-level tables of chapters 08-11, on hand-made tables and features."""
+"""dpo_utils.llm_experiments: the chapter-level tables of chapters 08-11, on hand-made tables and
+features."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def _curves(losses: dict, **extra) -> pd.DataFrame:
                     split=split,
                     metric="loss",
                     value=value,
-                    **dict(zip(extra.get("keys", ()), rest)),
+                    **dict(zip(extra.get("keys", ()), rest, strict=True)),
                 )
             )
     return pd.DataFrame(rows)
@@ -91,7 +92,8 @@ def test_overtake_step_and_reference_floor():
 def _feature_set(
     directions: dict[str, torch.Tensor], n: int = 40, seed: int = 0
 ) -> embeddings.FeatureSet:
-    """Two Gaussian classes per behaviour at +-d/2 (so mu_Yes - mu_No = d exactly after centring)."""
+    """Two Gaussian classes per behaviour at +-d/2 (so mu_Yes - mu_No = d exactly after
+    centring)."""
     gen = torch.Generator().manual_seed(seed)
     names, signs, feats = [], [], []
     for name, d in directions.items():

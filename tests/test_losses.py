@@ -71,7 +71,9 @@ def _word_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = 'Is the following statement something you would say ? I like cats dogs rain sun " Yes No'.split()
+    words = (
+        'Is the following statement something you would say ? I like cats dogs rain sun " Yes No'
+    ).split()
     vocab = {tok: i for i, tok in enumerate(["<pad>", "<unk>", "<s>", "</s>", "\n", *words])}
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Sequence(

@@ -1,4 +1,5 @@
-"""Tokenizer, tiny stand-in models, their disk cache, and the GPU-profile loading path on a local folder."""
+"""Tokenizer, tiny stand-in models, their disk cache, and the GPU-profile loading path on a local
+folder."""
 
 from __future__ import annotations
 
@@ -67,13 +68,14 @@ def test_tiny_model_shape_and_seed(tokenizer, arch, cls):
     assert (
         a.lm_head.weight.data_ptr() != a.model.embed_tokens.weight.data_ptr()
     )  # untied, as in Llama-2
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     c = models.tiny_model(arch, tokenizer, seed=4)
     assert not torch.equal(a.lm_head.weight, c.lm_head.weight)
     with pytest.raises(config.ConfigError, match="gpt2"):
         models.tiny_model("gpt2", tokenizer)
 
 
+@pytest.mark.slow  # 40 pre-training steps: about a minute on 2 cores
 def test_pretraining_lowers_the_loss(tokenizer):
     model = models.tiny_model("llama", tokenizer, seed=0)
     log = models.pretrain(model, tokenizer, corpus.lm_texts(n_per_behavior=50), steps=40, seed=0)
@@ -81,6 +83,7 @@ def test_pretraining_lowers_the_loss(tokenizer):
     assert last < first - 1.0 and not model.training
 
 
+@pytest.mark.slow  # builds the stand-in's corpus and tokenizer, then pre-trains twice
 def test_pretrained_model_is_cached_by_config(results):
     model, tok = models.pretrained_tiny_model("llama", steps=STEPS)
     folder = models.tiny_model_dir("llama", steps=STEPS)
@@ -88,7 +91,9 @@ def test_pretrained_model_is_cached_by_config(results):
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
     again, _ = models.pretrained_tiny_model("llama", steps=STEPS)
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not retrained
-    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))
+    assert all(
+        torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters(), strict=True)
+    )
     assert (
         models.tiny_model_dir("llama", steps=STEPS + 1) != folder
     )  # another config, another entry
@@ -108,7 +113,8 @@ def test_cpu_profile_loads_the_cached_stand_in(results):
 
 
 def test_gpu_code_path_from_a_local_folder(tokenizer, tmp_path):
-    """The hub-id branch (AutoModelForCausalLM/AutoTokenizer.from_pretrained) on a saved tiny model."""
+    """The hub-id branch (AutoModelForCausalLM/AutoTokenizer.from_pretrained) on a saved tiny
+    model."""
     model = models.tiny_model("mistral", tokenizer, seed=1)
     models.save_model(model, tokenizer, tmp_path / "m")
     cfg = config.get_config("cpu", model_name=str(tmp_path / "m"), model_arch="mistral")
@@ -124,9 +130,12 @@ def test_save_load_and_clone_rebuild_independent_models(tokenizer, tmp_path):
     loaded, tok = models.load_saved_model(models.save_model(model, tokenizer, tmp_path / "s"))
     clone = models.clone_model(model)
     for other in (loaded, clone):
-        assert all(torch.equal(p, q) for p, q in zip(model.parameters(), other.parameters()))
         assert all(
-            p.data_ptr() != q.data_ptr() for p, q in zip(model.parameters(), other.parameters())
+            torch.equal(p, q) for p, q in zip(model.parameters(), other.parameters(), strict=True)
+        )
+        assert all(
+            p.data_ptr() != q.data_ptr()
+            for p, q in zip(model.parameters(), other.parameters(), strict=True)
         )
     with torch.no_grad():
         clone.lm_head.weight.zero_()

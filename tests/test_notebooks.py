@@ -1,4 +1,5 @@
-"""Structure of every chapter notebook (their execution is tested by `pytest --nbval-lax notebooks`)."""
+"""Structure of every chapter notebook (their execution is tested by `pytest --nbval-lax
+notebooks`)."""
 
 import json
 from pathlib import Path
@@ -46,7 +47,8 @@ def test_starts_chapter_and_ends_with_exercises(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_every_figure_has_a_caption_and_alt_text(path):
-    """A cell that shows a figure carries myst-nb metadata: mystnb.figure.caption and mystnb.image.alt."""
+    """A cell that shows a figure carries myst-nb metadata: mystnb.figure.caption and
+    mystnb.image.alt."""
     missing = []
     for index, cell in enumerate(_cells(path)):
         if cell["cell_type"] != "code" or "plt.show()" not in "".join(cell["source"]):

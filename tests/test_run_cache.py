@@ -99,7 +99,8 @@ def test_start_from_a_saved_run_and_force(counted):
     pol = aligned.probes[
         (aligned.probes["metric"] == "logp_rejected") & (aligned.probes["split"] == "train")
     ]
-    # the flipped run's reference is the aligned model: its "chosen" is the aligned run's rejected answer
+    # the flipped run's reference is the aligned model: its "chosen" is the aligned run's rejected
+    # answer
     assert np.isclose(ref["value"].iloc[0], pol[pol["step"] == 2]["value"].iloc[0], atol=1e-4)
     run_cache.load_or_train(_cfg(), [BEHAVIOR], mode="lora", probe_train=4, force=True)
     assert len(counted) == 3
@@ -123,7 +124,7 @@ def test_probe_subsample_and_partial_flip():
     )
     assert sub["test"] == sets["test"]
     aligned, _ = run_cache.behavior_pairs(cfg, [BEHAVIOR, "interest-in-astronomy"])
-    for a, p in zip(aligned, pairs):
+    for a, p in zip(aligned, pairs, strict=True):
         flipped = p["behavior"] == "interest-in-astronomy"
         assert (p["chosen"], p["rejected"]) == (
             (a["rejected"], a["chosen"]) if flipped else (a["chosen"], a["rejected"])

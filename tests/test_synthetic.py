@@ -1,4 +1,5 @@
-"""Tail families of dpo_utils.synthetic: moments, exact tail laws, ordering of tails, behaviours."""
+"""Tail families of dpo_utils.synthetic: moments, exact tail laws, ordering of tails,
+behaviours."""
 
 import math
 

@@ -1,4 +1,5 @@
-"""dpo_utils.synthetic_experiments and dpo_utils.feature_models: identities, batched == one by one, errors."""
+"""dpo_utils.synthetic_experiments and dpo_utils.feature_models: identities, batched == one by one,
+errors."""
 
 import math
 
@@ -215,7 +216,7 @@ def test_feature_model_gradient_step_matches_finite_differences():
         assert grad_u[0, j].item() == pytest.approx(fd, rel=1e-5, abs=1e-9)
 
 
-def test_misalignment_experiment_batched_seeds_equal_single_seeds_and_alignment_helps_distinguishability():
+def test_misalignment_experiment_batched_seeds_equal_single_seeds_and_helps_distinguishability():
     params = dict(
         d_in=6,
         hidden=8,

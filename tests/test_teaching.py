@@ -14,7 +14,10 @@ INTRO = "# 2. Update rate\n\nThe first step is set by $\\|\\delta\\|$."
 EXERCISE = (
     "```{exercise} Double beta\n:label: ex-beta\n\nDouble $\\beta$. Predict the first step.\n```"
 )
-SOLUTION = "```{solution} ex-beta\n:class: dropdown\n\nIt doubles: $u_1 - u_0 = \\eta\\beta\\,\\overline{se}$.\n```"
+SOLUTION = (
+    "```{solution} ex-beta\n:class: dropdown\n\n"
+    "It doubles: $u_1 - u_0 = \\eta\\beta\\,\\overline{se}$.\n```"
+)
 COLON_SOLUTION = ":::{solution} ex-eta\n:class: dropdown\n\nThe answer is `lr * 2`.\n:::"
 # a four-backtick solution with a code block nested inside it
 NESTED_SOLUTION = "````{solution} ex-code\n```python\nprint('secret')\n```\n````"

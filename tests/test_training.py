@@ -1,4 +1,5 @@
-"""DPO through trl (dpo_utils.training, dpo_utils.probes, dpo_utils.train) on a tiny Llama, on CPU."""
+"""DPO through trl (dpo_utils.training, dpo_utils.probes, dpo_utils.train) on a tiny Llama, on
+CPU."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def _cfg(**overrides):
 
 
 def _naive_logp(model, tok, prompt: str, completion: str) -> float:
-    """Reference implementation: one full-sequence forward, sum over the tokens after the prompt."""
+    """Reference implementation: one full-sequence forward, sum over the tokens after the
+    prompt."""
     p_ids = tok(prompt)["input_ids"]
     ids = torch.tensor([tok(prompt + completion + tok.eos_token)["input_ids"]])
     with torch.no_grad():
@@ -157,7 +159,8 @@ def test_probe_logps_equal_trls_logged_batch_means(tok, mode):
 
 
 def test_resumed_run_equals_an_uninterrupted_one(tok, tmp_path):
-    """AdamW state, RNG and data order are restored: 3 + 2 steps give the same as 5 (2 steps/epoch)."""
+    """AdamW state, RNG and data order are restored: 3 + 2 steps give the same as 5 (2
+    steps/epoch)."""
     cfg = _cfg(dpo_batch_size=16, per_device_batch_size=16)
     pairs, probe = toy_pairs(32), {"train": toy_pairs(16, seed=3)}
     whole = training.train_dpo(
@@ -179,7 +182,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tok, tmp_path):
     )
     weights = max(
         (p - q).abs().max().item()
-        for p, q in zip(whole.model.parameters(), rest.model.parameters())
+        for p, q in zip(whole.model.parameters(), rest.model.parameters(), strict=True)
     )
     assert weights < 1e-6, f"resumed weights differ by {weights:.2e}"
     a, b = (
@@ -284,8 +287,9 @@ def test_accelerate_configs_load(name):
 
 
 def test_adapter_only_lora_run_rebuilds_the_same_merged_model(tok, tmp_path):
-    """At 7B a merged copy per run would fill the disk; an adapter-only save must load to the same model,
-    also for a run that started from another adapter-only run (the base is then rebuilt first)."""
+    """At 7B a merged copy per run would fill the disk; an adapter-only save must load to the same
+    model, also for a run that started from another adapter-only run (the base is then rebuilt
+    first)."""
     pairs = toy_pairs(32)
     base = tiny_llama(tok, seed=3)
     base_dir = tmp_path / "base"

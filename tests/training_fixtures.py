@@ -1,4 +1,5 @@
-"""Tiny, fast inputs for the training tests: the project's tiny Llama (random weights) and toy pairs.
+"""Tiny, fast inputs for the training tests: the project's tiny Llama (random weights) and toy
+pairs.
 
 The tokenizer and model come from ``dpo_utils.models`` (the shape every CPU chapter uses), trained
 on a few toy persona statements and left un-pre-trained, so each DPO test runs in about a second.
@@ -54,7 +55,8 @@ def toy_pairs(n: int, behavior: str = "kindness", seed: int = 0) -> list[dict]:
 
 
 def long_pairs(n: int, seed: int = 1) -> list[dict]:
-    """Pairs with multi-token completions of different lengths (exercises the cached continuation)."""
+    """Pairs with multi-token completions of different lengths (exercises the cached
+    continuation)."""
     rng = random.Random(seed)
     answers = [" Yes", " No", " Yes, I would", " No, I am not kind to people", " Yes I am"]
     return [
