@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -26,6 +27,9 @@ import torch.nn.functional as F
 from transformers import TrainerCallback
 
 from . import losses
+
+if TYPE_CHECKING:  # for annotations only
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
     "EncodedPairs",
@@ -92,7 +96,9 @@ def _encode(tokenizer, prompt: str, completions: list[str], max_length: int | No
     return p_ids[:n], [ids[n:][:keep] for ids in full]
 
 
-def encode_pairs(tokenizer, pairs: list[dict], max_length: int | None = None) -> EncodedPairs:
+def encode_pairs(
+    tokenizer: PreTrainedTokenizerBase, pairs: list[dict], max_length: int | None = None
+) -> EncodedPairs:
     """Tokenise preference pairs (dicts with prompt, chosen, rejected[, behavior]) exactly as trl
     does.
 
@@ -108,12 +114,10 @@ def encode_pairs(tokenizer, pairs: list[dict], max_length: int | None = None) ->
         p, (c, r) = _encode(
             tokenizer, pair["prompt"], [pair["chosen"], pair["rejected"]], max_length
         )
-        (
-            prompts.append(p),
-            chosen.append(c),
-            rejected.append(r),
-            behaviors.append(pair.get("behavior", "all")),
-        )
+        prompts.append(p)
+        chosen.append(c)
+        rejected.append(r)
+        behaviors.append(pair.get("behavior", "all"))
     return EncodedPairs(prompts, chosen, rejected, behaviors)
 
 
@@ -222,8 +226,13 @@ def _completion_logps(model, prompts, completions, batch_size: int) -> torch.Ten
 
 
 def sequence_logps(
-    model, tokenizer, prompts, completions, batch_size: int = 64, max_length: int | None = None
-):
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    completions: list[str],
+    batch_size: int = 64,
+    max_length: int | None = None,
+) -> torch.Tensor:
     """Summed log-prob of each completion (EOS appended) given its prompt, tokenised as trl does.
 
     Returns a float32 tensor with one entry per (prompt, completion).
@@ -243,7 +252,7 @@ def sequence_logps(
 
 
 def pair_logps(
-    model, encoded: EncodedPairs, batch_size: int = 64
+    model: PreTrainedModel, encoded: EncodedPairs, batch_size: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs (chosen, rejected) of encoded pairs under ``model``.
 
@@ -317,6 +326,7 @@ class ProbeCallback(TrainerCallback):
         """Probe ``model`` now and store the per-pair rows under ``step``."""
         if self.reference is None:
             self._reference(model)
+        assert self.reference is not None  # set by _reference
         for split, enc in self.encoded.items():
             chosen, rejected = pair_logps(model, enc, self.batch_size)
             ref_c, ref_r = self.reference[split]

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -30,6 +30,11 @@ from . import losses, models
 from .config import ConfigError, ExperimentConfig
 from .probes import ProbeCallback, probe_table
 from .results import atomic_directory
+
+if TYPE_CHECKING:  # for annotations only: importing these costs seconds
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from trl import DPOTrainer
 
 __all__ = ["MODES", "DPORun", "dpo_arguments", "train_dpo", "save_trained", "load_trained"]
 
@@ -50,14 +55,16 @@ class DPORun:
     Used by: dpo_utils.run_cache, dpo_utils.train, dpo_utils.training.
     """
 
+    # a PreTrainedModel, a PeftModel for LoRA, or None for a run read back as tables only: Any,
+    # because the callers use whichever they know they hold
     model: Any
     probes: pd.DataFrame
     pairs: pd.DataFrame
     log_history: pd.DataFrame
     mode: str
     seed: int
-    trainer: Any = field(default=None, repr=False)
-    tokenizer: Any = field(default=None, repr=False)
+    trainer: DPOTrainer | None = field(default=None, repr=False)
+    tokenizer: PreTrainedTokenizerBase | None = field(default=None, repr=False)
 
 
 def _world_size() -> int:
@@ -173,13 +180,13 @@ def _build_trainer(cfg, model, tokenizer, train_pairs, mode, ref_model, args, ca
 
 def train_dpo(
     cfg: ExperimentConfig,
-    model,
-    tokenizer,
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
     train_pairs: list[dict],
     *,
     mode: str = "lora",
     probe_sets: dict[str, list[dict]] | None = None,
-    ref_model=None,
+    ref_model: PreTrainedModel | None = None,
     output_dir: str | None = None,
     max_steps: int | None = None,
     seed: int | None = None,
@@ -212,9 +219,9 @@ def train_dpo(
                 "save it with save_trained()."
             )
     scratch = None if output_dir else tempfile.mkdtemp(prefix="dpo-run-")
-    args = dpo_arguments(
-        cfg, mode, output_dir=output_dir or scratch, max_steps=max_steps, seed=seed
-    )
+    run_dir = output_dir or scratch
+    assert run_dir is not None  # one of the two is set
+    args = dpo_arguments(cfg, mode, output_dir=run_dir, max_steps=max_steps, seed=seed)
     probe = None
     if probe_sets is not None:
         probe = ProbeCallback(
@@ -245,7 +252,7 @@ def train_dpo(
             shutil.rmtree(scratch, ignore_errors=True)
     pairs = probe.pair_table() if probe else pd.DataFrame()
     if checkpoint is not None and probe is not None:
-        earlier = pd.read_csv(Path(resume_from) / "pairs.csv")
+        earlier = pd.read_csv(checkpoint.parent / "pairs.csv")
         pairs = pd.concat(
             [earlier[earlier["step"] < pairs["step"].min()], pairs], ignore_index=True
         )
@@ -362,7 +369,11 @@ def _rebuild_merged(path: Path, meta: dict):
 
 
 def load_trained(
-    path: str | Path, *, merged: bool = True, base_model=None, device: str | None = None
+    path: str | Path,
+    *,
+    merged: bool = True,
+    base_model: PreTrainedModel | None = None,
+    device: str | None = None,
 ) -> DPORun:
     """Load a run written by :func:`save_trained` (no trainer; tables from CSV).
 
@@ -381,6 +392,7 @@ def load_trained(
             f"{str(path)!r} is not a saved run (no meta.json); write one with save_trained()."
         )
     meta = json.loads((path / "meta.json").read_text())
+    model: PreTrainedModel | PeftModel
     if merged and (path / "model" / "config.json").is_file():
         model = AutoModelForCausalLM.from_pretrained(str(path / "model"), dtype="auto")
     elif merged and meta["mode"] == "lora":
@@ -400,7 +412,8 @@ def load_trained(
         else None
     )
     return DPORun(
-        model=model.to(device) if device else model,
+        # transformers 5.24 types PreTrainedModel.to through a wrapper that misstates its args
+        model=model.to(device) if device else model,  # type: ignore[arg-type]
         mode=meta["mode"],
         seed=meta["seed"],
         tokenizer=tokenizer,
