@@ -5,12 +5,12 @@ chapters in brackets against the notebooks' code: tests/chapter_index.py).
 
 Mechanisms (import only each other):
     config                  profiles and parameter validation [01-12]
-    losses                  the DPO loss, implicit rewards, margins, both accuracies [01]
+    losses                  the DPO loss, implicit rewards, margins, both accuracies [01 04 05]
     linear                  last-layer DPO, single-token answers: the two-row trainer [01 02 07]
     full_vocab              its full-vocabulary autograd reference [01]
     synthetic               synthetic behaviours: samplers, random_direction [01 02 06]
     feature_models          trainable features under a one-token head [via synthetic_experiments]
-    metrics                 distinguishability, concentration, priority gaps, probes [03 04]
+    metrics                 distinguishability, concentration, priority gaps, probes [02 03 04]
     data                    persona behaviours and HH-RLHF as preference pairs [06 07 12]
     corpus                  the project's own persona-format corpus [06 07 08 11]
     models                  hub models, or tiny pre-trained Llama / Mistral stand-ins [06 07 12]
@@ -20,7 +20,7 @@ Mechanisms (import only each other):
     run_cache               the notebooks' cache of DPO runs [via llm_experiments]
     results                 load-or-run: tidy tables saved with their config [02 03 04 05 07]
     runtime                 single_threaded, run_seed [via the experiment modules]
-    tables                  summaries of tidy tables: slopes, times, rank correlations [02 03 07]
+    tables                  summaries of tidy tables: slopes, times, rank correlations [02 03 05 07]
     train                   the command line (python -m dpo_utils.train) over run_cache [none]
 
 Chapter experiments (import mechanisms; each returns tidy tables, never plots):

@@ -33,7 +33,8 @@ PROFILE_ENV_VAR = "DPO_PROFILE"
 class ConfigError(ValueError):
     """A parameter value that no experiment accepts. The message says what is allowed.
 
-    Used in: notebooks/04_prioritisation.ipynb, notebooks/05_misalignment.ipynb.
+    Used by: dpo_utils.config, dpo_utils.linear, dpo_utils.losses, dpo_utils.models,
+    dpo_utils.training.
     """
 
 

@@ -124,7 +124,7 @@ def best_linear_accuracy(difference: torch.Tensor, covariance: torch.Tensor | fl
     accuracy is Phi(sqrt(d' S^-1 d) / 2). ``covariance`` is a (d, d) matrix or a scalar variance s^2
     (S = s^2 I). Only exact for Gaussian classes; for other tails it is a reference line, not a ceiling.
 
-    Used in: notebooks/03_training_accuracy.ipynb.
+    Used in: notebooks/02_update_rate.ipynb, notebooks/03_training_accuracy.ipynb.
     """
     d = difference.double()
     if isinstance(covariance, (int, float)):

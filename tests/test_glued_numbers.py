@@ -118,6 +118,7 @@ ALLOWED: dict[str, dict[str, str]] = {
         "Llama-2-7B has 6.7 B parameters": "memory arithmetic from the parameter count",
         "about 108 GB for the policy": "memory arithmetic from the parameter count",
         "about 27 GB of policy state": "memory arithmetic from the parameter count",
+        "the CUDA build of torch with its NVIDIA libraries, about 3 GB": "download size, a unit",
     },
 }
 
