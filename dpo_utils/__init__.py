@@ -20,7 +20,7 @@ Mechanisms (import only each other):
     run_cache               the notebooks' cache of DPO runs [via llm_experiments]
     results                 load-or-run: tidy tables saved with their config [02 03 04 05 07]
     runtime                 single_threaded, run_seed [via the experiment modules]
-    tables                  summaries of tidy tables: slopes, times, rank correlations [02 03 05 07]
+    tables                  tidy-table summaries: slopes, times, rank correlations [02 03 05 07]
     train                   the command line (python -m dpo_utils.train) over run_cache [none]
 
 Chapter experiments (import mechanisms; each returns tidy tables, never plots):

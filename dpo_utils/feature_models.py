@@ -1,7 +1,7 @@
 """A small model whose features move: a trainable feature map under a single-token unembedding.
 
-The last-layer theory (chapters 2-4) keeps the features e(x) fixed. The paper's misalignment argument
-needs features that DPO itself changes, so chapter 5 uses the smallest such model:
+The last-layer theory (chapters 2-4) keeps the features e(x) fixed. The paper's misalignment
+argument needs features that DPO itself changes, so chapter 5 uses the smallest such model:
 
     e(x) = tanh(A x),    logits = W e(x),
 
@@ -12,7 +12,8 @@ partition function cancels in the DPO argument, which depends only on u = w_Yes 
     h_i = beta * s_i * (u . e(x_i) - u_ref . e_ref(x_i)),
 
 so the model stores (A, u); the other rows of W receive no gradient. All seeds train at once: every
-parameter carries a leading seed dimension S, and autograd runs on the summed loss of independent runs.
+parameter carries a leading seed dimension S, and autograd runs on the summed loss of independent
+runs.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class FeatureModel:
 
 
 def init_feature_model(n_seeds: int, d_in: int, hidden: int, seeds: Sequence[int]) -> FeatureModel:
-    """Random base models: A with entries N(0, 1/d_in), u with entries N(0, 1/hidden), one per seed.
+    """Random base models: A with entries N(0, 1/d_in), u with entries N(0, 1/hidden), one per
+    seed.
 
     Used by: dpo_utils.synthetic_experiments.
     """
@@ -101,10 +103,12 @@ def train_dpo(
     ref: FeatureModel | None = None,
     eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[FeatureModel, list[dict]]:
-    """Full-batch gradient descent on the DPO loss of every seed; ``ref`` defaults to the start model.
+    """Full-batch gradient descent on the DPO loss of every seed; ``ref`` defaults to the start
+    model.
 
-    ``x`` (S, n, d_in), ``signs`` (S, n) of +1/-1 (pass ``-signs`` to misalign). Returns the trained
-    model and records {step, split, metric, seed_index, value} of every eval set at steps 0..steps.
+    ``x`` (S, n, d_in), ``signs`` (S, n) of +1/-1 (pass ``-signs`` to misalign). Returns the
+    trained model and records {step, split, metric, seed_index, value} of every eval set at steps
+    0..steps.
 
     Used by: dpo_utils.synthetic_experiments.
     """

@@ -78,11 +78,12 @@ def covariance_trace(features: torch.Tensor, signs: torch.Tensor) -> float:
 
 
 def priority_gap_matrix(differences: torch.Tensor) -> torch.Tensor:
-    """gap[i, j] = (p_i - p_j) / max(||d_i||, ||d_j||) with p_k = <b, d_k>/||b||, b = (d_i + d_j)/2.
+    """gap[i, j] = (p_i - p_j) / max(||d_i||, ||d_j||) with p_k = <b, d_k>/||b||, b = (d_i +
+    d_j)/2.
 
-    ``differences`` (K, d) holds each behaviour's d_k = mu_Yes - mu_No. A positive gap[i, j] predicts
-    that behaviour i is learned before j when the two are trained together (the authors' proxy).
-    The diagonal is 0; a pair whose mean direction b is 0 gets gap 0.
+    ``differences`` (K, d) holds each behaviour's d_k = mu_Yes - mu_No. A positive gap[i, j]
+    predicts that behaviour i is learned before j when the two are trained together (the authors'
+    proxy). The diagonal is 0; a pair whose mean direction b is 0 gets gap 0.
 
     Used in: notebooks/04_prioritisation.ipynb.
     """
@@ -118,11 +119,13 @@ def linear_probe_accuracy(
 
 
 def best_linear_accuracy(difference: torch.Tensor, covariance: torch.Tensor | float) -> float:
-    """Highest accuracy any linear rule reaches on two balanced Gaussian classes with a shared covariance.
+    """Highest accuracy any linear rule reaches on two balanced Gaussian classes with a shared
+    covariance.
 
-    For classes N(mu_Yes, S) and N(mu_No, S) with d = mu_Yes - mu_No, the Bayes rule is linear and its
-    accuracy is Phi(sqrt(d' S^-1 d) / 2). ``covariance`` is a (d, d) matrix or a scalar variance s^2
-    (S = s^2 I). Only exact for Gaussian classes; for other tails it is a reference line, not a ceiling.
+    For classes N(mu_Yes, S) and N(mu_No, S) with d = mu_Yes - mu_No, the Bayes rule is linear and
+    its accuracy is Phi(sqrt(d' S^-1 d) / 2). ``covariance`` is a (d, d) matrix or a scalar
+    variance s^2 (S = s^2 I). Only exact for Gaussian classes; for other tails it is a reference
+    line, not a ceiling.
 
     Used in: notebooks/02_update_rate.ipynb, notebooks/03_training_accuracy.ipynb.
     """
@@ -145,8 +148,8 @@ def best_linear_accuracy(difference: torch.Tensor, covariance: torch.Tensor | fl
 
 
 def properties_table(groups, probe: bool = True, folds: int = 5):
-    """One row per behaviour: n, distinguishability, concentration, covariance_trace, mean_norm, snr,
-    and (if ``probe``) the cross-validated linear-probe accuracy of Yes vs No.
+    """One row per behaviour: n, distinguishability, concentration, covariance_trace, mean_norm,
+    snr, and (if ``probe``) the cross-validated linear-probe accuracy of Yes vs No.
 
     ``groups`` maps a behaviour name to its (features (n, d), signs (n,)). ``snr`` is
     distinguishability divided by its size under random labels,

@@ -4,7 +4,8 @@ A *behaviour* here is two classes of prompt features in R^d: prompts whose prefe
 " Yes" (sign s = +1) and prompts whose preferred answer is " No" (s = -1). Their means are
 c + (gap/2) v and c - (gap/2) v for a unit direction v and a shared centre c, so the behaviour's
 preference distinguishability ||mu_Yes - mu_No|| equals ``mean_gap``. Around its mean each feature
-is ``spread`` times a vector of independent, zero-mean, unit-variance coordinates from a tail family:
+is ``spread`` times a vector of independent, zero-mean, unit-variance coordinates from a tail
+family:
 
 * ``gaussian``: alpha = 2 (sub-Gaussian);
 * ``laplace``: alpha = 1 (sub-exponential);
@@ -91,10 +92,11 @@ def sample_behavior(
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
 ) -> Behavior:
-    """Sample one balanced behaviour: ``n_per_class`` " Yes"-preferred then as many " No"-preferred.
+    """Sample one balanced behaviour: ``n_per_class`` " Yes"-preferred then as many "
+    No"-preferred.
 
-    ``direction`` (d,) is normalised to unit length (default: the first axis); ``center`` (d,) is the
-    shared centre c (default 0). The population distinguishability is exactly ``mean_gap``.
+    ``direction`` (d,) is normalised to unit length (default: the first axis); ``center`` (d,) is
+    the shared centre c (default 0). The population distinguishability is exactly ``mean_gap``.
 
     Used in: notebooks/01_dpo_single_token.ipynb.
     """
@@ -118,7 +120,8 @@ def sample_behavior(
 
 
 def stack_behaviors(behaviors: Sequence[Behavior]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack equal-size behaviours into (R, n, d) features and (R, n) signs for the batched trainer.
+    """Stack equal-size behaviours into (R, n, d) features and (R, n) signs for the batched
+    trainer.
 
     Used in: notebooks/01_dpo_single_token.ipynb.
     """

@@ -1,14 +1,15 @@
 """Experiments of the theory chapters on synthetic features, each returning a tidy table.
 
-Chapters 01-03 and 05 (chapter 04's prioritisation runs are in :mod:`dpo_utils.priority_experiments`).
-Every function builds synthetic behaviours (:mod:`dpo_utils.synthetic`), trains the exact last-layer
-DPO trainer (:func:`dpo_utils.linear.train_last_layer`) on all of them as one batched computation, and
-returns a long table with columns ``step, behavior, split, metric, value, seed`` plus descriptors
-(``family``, ``mean_gap``, ``spread``, ``distinguishability``, ...). Small summary helpers turn those
-tables into one row per run (:mod:`dpo_utils.tables`).
+Chapters 01-03 and 05 (chapter 04's prioritisation runs are in
+:mod:`dpo_utils.priority_experiments`). Every function builds synthetic behaviours
+(:mod:`dpo_utils.synthetic`), trains the exact last-layer DPO trainer
+(:func:`dpo_utils.linear.train_last_layer`) on all of them as one batched computation, and returns
+a long table with columns ``step, behavior, split, metric, value, seed`` plus descriptors
+(``family``, ``mean_gap``, ``spread``, ``distinguishability``, ...). Small summary helpers turn
+those tables into one row per run (:mod:`dpo_utils.tables`).
 
-Each behaviour's data and batch order depend only on its own labels (family, gap, spread, seed), never
-on its position in a sweep, so a sweep run in one batch equals the same runs made one by one.
+Each behaviour's data and batch order depend only on its own labels (family, gap, spread, seed),
+never on its position in a sweep, so a sweep run in one batch equals the same runs made one by one.
 """
 
 from __future__ import annotations
@@ -72,9 +73,10 @@ def sweep_behaviors(
 
     Each run has its own behaviour (random direction per seed, centre 0) and batch stream.
     ``base_margin`` > 0 gives the "pretrained" head u_0 a random direction of that norm, so output
-    accuracy starts at a base rate while reward accuracy starts at 0. ``n_test_per_class`` > 0 adds a
-    held-out ``test`` split from the same distributions. Columns: step, behavior, split, metric, value,
-    seed, family, mean_gap, spread, distinguishability (empirical, training set), max_feature_norm.
+    accuracy starts at a base rate while reward accuracy starts at 0. ``n_test_per_class`` > 0 adds
+    a held-out ``test`` split from the same distributions. Columns: step, behavior, split, metric,
+    value, seed, family, mean_gap, spread, distinguishability (empirical, training set),
+    max_feature_norm.
 
     Used in: notebooks/02_update_rate.ipynb, notebooks/03_training_accuracy.ipynb.
     """
@@ -147,13 +149,15 @@ def fixed_feature_flip(
     steps: int = 100,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """(D7) with fixed features: align, misalign from the base head, misalign from the aligned head.
+    """(D7) with fixed features: align, misalign from the base head, misalign from the aligned
+    head.
 
-    One Gaussian behaviour, full-batch training. The aligned head is u_0 after ``align_steps`` steps on
-    the labels. Three runs are then trained for ``steps`` steps in one batch: ``align`` (labels, from
-    u_0), ``misalign from base`` (flipped labels, from u_0, reference u_0) and ``misalign from aligned``
-    (flipped labels, from and with reference the aligned head). Metrics are measured against the labels
-    each run is trained on. Columns: step, behavior, split, metric, value, seed, run.
+    One Gaussian behaviour, full-batch training. The aligned head is u_0 after ``align_steps``
+    steps on the labels. Three runs are then trained for ``steps`` steps in one batch: ``align``
+    (labels, from u_0), ``misalign from base`` (flipped labels, from u_0, reference u_0) and
+    ``misalign from aligned`` (flipped labels, from and with reference the aligned head). Metrics
+    are measured against the labels each run is trained on. Columns: step, behavior, split, metric,
+    value, seed, run.
 
     Used in: notebooks/05_misalignment.ipynb.
     """
@@ -191,14 +195,15 @@ def misalignment_experiment(
     misalign_steps: int = 50,
     n_test_per_class: int = 500,
 ) -> pd.DataFrame:
-    """Align a base model by DPO, then misalign (flipped labels) both the base and the aligned model.
+    """Align a base model by DPO, then misalign (flipped labels) both the base and the aligned
+    model.
 
-    Phases, each a tidy block with column ``phase``: ``align`` (base model trained on the labels, ref =
-    base); ``misalign`` with ``start`` = ``base`` (ref = base) and ``aligned`` (ref = aligned model), both
-    trained on flipped labels for ``misalign_steps``. Metrics per step and split (train, test): loss,
-    reward_accuracy, output_accuracy, mean_margin (all w.r.t. the labels being trained on) and
-    distinguishability of the features e(x). Columns: step, behavior, split, metric, value, seed,
-    phase, start.
+    Phases, each a tidy block with column ``phase``: ``align`` (base model trained on the labels,
+    ref = base); ``misalign`` with ``start`` = ``base`` (ref = base) and ``aligned`` (ref = aligned
+    model), both trained on flipped labels for ``misalign_steps``. Metrics per step and split
+    (train, test): loss, reward_accuracy, output_accuracy, mean_margin (all w.r.t. the labels being
+    trained on) and distinguishability of the features e(x). Columns: step, behavior, split,
+    metric, value, seed, phase, start.
 
     Used in: notebooks/05_misalignment.ipynb.
     """
