@@ -8,6 +8,12 @@ LINT_STAMP := $(VENV)/.lint-stamp
 CONSTRAINTS := constraints.txt
 PIP     := $(BIN)/python -m pip install --quiet -c $(CONSTRAINTS)
 PROFILE ?= cpu
+# the profiles of dpo_utils/config.py (tests/test_bad_inputs.py keeps the two lists equal); PROFILE
+# is checked here, before any recipe expands it into a shell command
+PROFILES := cpu llama2-7b mistral-7b
+ifneq ($(words $(PROFILE)) $(filter-out $(PROFILES),$(PROFILE)),1 )
+$(error PROFILE='$(PROFILE)' is not a known profile; choose one of: $(PROFILES))
+endif
 JOBS    ?= 1
 LINT_PATHS := dpo_utils tests benchmarks notebooks browser_tests
 
@@ -79,13 +85,13 @@ test-notebooks: $(STAMP)
 	$(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider
 
 book: $(STAMP)
-	DPO_PROFILE=$(PROFILE) $(BIN)/jupyter-book build . -W -n --keep-going
+	DPO_PROFILE='$(PROFILE)' $(BIN)/jupyter-book build . -W -n --keep-going
 
 chapters: $(STAMP)
-	@mkdir -p runs/$(PROFILE)
+	@mkdir -p 'runs/$(PROFILE)'
 	@for nb in notebooks/*.ipynb; do \
 	  echo "== $$nb ($(PROFILE))"; \
-	  $(BIN)/papermill --cwd notebooks "$$nb" "runs/$(PROFILE)/$$(basename $$nb)" -p profile $(PROFILE) \
+	  $(BIN)/papermill --cwd notebooks "$$nb" "runs/$(PROFILE)/$$(basename $$nb)" -p profile '$(PROFILE)' \
 	    --no-progress-bar || exit 1; \
 	done
 

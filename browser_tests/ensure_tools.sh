@@ -11,8 +11,17 @@ MATHJAX_VERSION=3.2.2
 # outside the repository: Sphinx would turn the package's README.md files into pages of the book
 MATHJAX_PREFIX=${XDG_CACHE_HOME:-$HOME/.cache}/dpo-companion/mathjax
 
+# Runs a command as root only when we are root, or when the user asked for sudo (ALLOW_SUDO=1);
+# otherwise prints the command to run and fails, so nothing asks for a password unasked.
 as_root() {
-  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
+  if [ "$(id -u)" = 0 ]; then
+    "$@"
+  elif [ "${ALLOW_SUDO:-}" = 1 ] && command -v sudo >/dev/null; then
+    sudo "$@"
+  else
+    echo "not root; run as root: sudo $* (or rerun with ALLOW_SUDO=1 to let this script use sudo)" >&2
+    return 1
+  fi
 }
 
 apt_updated=

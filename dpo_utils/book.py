@@ -7,20 +7,19 @@ variables are set *before* transformers or huggingface_hub read them.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from typing import Any
 
-from .config import ExperimentConfig, describe, require_device
+from . import chapter_parameters
+from .config import ExperimentConfig, describe, network_environment, require_device
 from .plotting import set_theme
+from .results import provenance_log
 
-__all__ = ["start_chapter", "quiet_libraries"]
-
-_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+__all__ = ["start_chapter", "check_parameters", "quiet_libraries", "provenance_line"]
 
 
 def quiet_libraries() -> None:
-    """Silence progress bars and advisory warnings of datasets/transformers/trl in executed pages.
+    """Silence progress bars and advisory warnings of datasets, transformers, trl in pages.
 
     Used by: dpo_utils.book.
     """
@@ -33,24 +32,54 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def check_parameters(chapter: str, namespace, injected: list[str] | None = None) -> dict:
+    """Check a chapter's parameters before any work (:func:`dpo_utils.chapter_parameters.
+    check_parameters`): a bad value or an unknown papermill parameter stops the chapter here.
+
+    Used in: every chapter.
+    """
+    return chapter_parameters.check_parameters(chapter, namespace, injected)
+
+
+def provenance_line(entries: list[dict]) -> str:
+    """One line for the banner: which tables/runs were computed now and which came from cache.
+
+    Used by: dpo_utils.book.
+    """
+    if not entries:
+        return "Results: none yet."
+    seen: dict[tuple, dict] = {}
+    for entry in entries:  # computed once and read again later is still "computed now"
+        key = (entry["kind"], entry["name"], entry["key"])
+        if key not in seen or not entry["from_cache"]:
+            seen[key] = entry
+    now = [f"{e['name']} ({e['key']})" for e in seen.values() if not e["from_cache"]]
+    cached = [f"{e['name']} ({e['key']})" for e in seen.values() if e["from_cache"]]
+    parts = []
+    if now:
+        parts.append("computed now: " + ", ".join(now))
+    if cached:
+        parts.append("loaded from cache (results/, key in brackets): " + ", ".join(cached))
+    return "Results " + "; ".join(parts) + "."
+
+
 def start_chapter(
     cfg: ExperimentConfig, show: bool = True, synthetic: bool = False, **provenance: Any
 ) -> str:
     """Prepare a chapter for ``cfg``; return its torch device ("cpu" or "cuda").
 
     * CPU profile: no network (``HF_HUB_OFFLINE=1`` etc. via ``setdefault``, so a caller may
-      override them); telemetry is off for every profile;
+      override them); telemetry is off for every profile (:func:`config.network_environment`);
     * a GPU profile without a GPU stops here with a clear message (:func:`config.require_device`);
     * torch is seeded with ``cfg.seed``, the plot theme is applied, library noise is silenced;
-    * with ``show``, a provenance banner says which profile and model produced the page; with
-      ``synthetic``, it says the page uses synthetic features and no language model.
+    * with ``show``, a provenance banner says which profile and model produced the page (with
+      ``synthetic``, that the page uses synthetic features and no language model) and, kept
+      current as the chapter runs, which of its results were computed now and which were loaded
+      from cache, with their keys.
 
     Used in: every chapter.
     """
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    if not cfg.requires_gpu:
-        for var in _OFFLINE_VARS:
-            os.environ.setdefault(var, "1")
+    network_environment(cfg)
     device = require_device(cfg)
 
     import numpy as np
@@ -65,13 +94,21 @@ def start_chapter(
     if show:
         from IPython.display import Markdown, display
 
-        banner = describe(cfg, **provenance)
+        start = len(provenance_log())
+        head = describe(cfg, **provenance)
         if synthetic:
             settings = ", ".join(f"{k.replace('_', ' ')} **{v}**" for k, v in provenance.items())
-            banner = (
+            head = (
                 f"Outputs on this page were produced with profile **{cfg.profile}** on synthetic "
                 f"features (no language model is used on this page){', ' if settings else ''}"
                 f"{settings}."
             )
-        display(Markdown(f"```{{note}}\n{banner}\n```"))
+
+        def banner() -> Markdown:
+            line = provenance_line(provenance_log()[start:])
+            return Markdown(f"```{{note}}\n{head}\n{line}\n```")
+
+        handle = display(banner(), display_id=True)
+        if handle is not None:
+            provenance_log(listener=lambda entry: handle.update(banner()))
     return device

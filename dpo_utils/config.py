@@ -1,8 +1,8 @@
 """Profiles and parameter validation: the one switch between CPU scale and paper scale.
 
-A *profile* is a complete, named set of experiment parameters. ``cpu`` (the default) builds the whole
-book on two CPU cores in minutes; ``llama2-7b`` and ``mistral-7b`` carry the hyperparameters of the
-authors' released code (see ``book/setup.md`` and the paper notes), and need a GPU.
+A *profile* is a complete, named set of experiment parameters. ``cpu`` (the default) builds the
+whole book on two CPU cores in minutes; ``llama2-7b`` and ``mistral-7b`` carry the hyperparameters
+of the authors' released code (see ``book/setup.md`` and the paper notes), and need a GPU.
 
 Every notebook resolves its parameters with :func:`get_config`, so a bad value is rejected with a
 message that names the value and what is allowed, before any work starts.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,9 +26,21 @@ __all__ = [
     "profile_from_env",
     "require_device",
     "describe",
+    "MODES",
+    "check_mode",
+    "network_environment",
 ]
 
 PROFILE_ENV_VAR = "DPO_PROFILE"
+#: the two ways DPO trains a model (dpo_utils.training): every parameter, or a LoRA adapter
+MODES = ("full", "lora")
+#: the CPU profile's stand-ins (dpo_utils.models.TINY_MODELS); any other model_name is a hub id
+#: ("owner/name") or an existing local folder
+TINY_MODEL_NAMES = ("tiny-llama", "tiny-mistral")
+HUB_PERSONA_SOURCE = "Anthropic/model-written-evals"
+SEED_LIMIT = 2**32  # numpy's seeds are below 2**32
+MIN_MAX_LENGTH = 16  # a persona prompt plus its answer is longer than a handful of tokens
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class ConfigError(ValueError):
@@ -79,10 +92,13 @@ class ExperimentConfig:
     max_length: int = 512
     behaviors: tuple[str | int, ...] = field(default_factory=tuple)
     # --- persona data and CPU stand-in models (notebooks 06 onwards) ---------------------------
-    # "corpus": the project's own corpus in data/; else a local folder or "Anthropic/model-written-evals"
+    # "corpus": the project's own corpus in data/; else a local folder or the hub id
+    # "Anthropic/model-written-evals"
     persona_source: str = "corpus"
     pretrain_steps: int = 300  # CPU profile: causal-LM pre-training steps of the tiny models
-    pretrain_seed: int = 1234  # CPU profile: seed of the tiny models' initialisation and pre-training
+    pretrain_seed: int = (
+        1234  # CPU profile: seed of the tiny models' initialisation and pre-training
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view (tuples become lists), suitable for JSON and for hashing."""
@@ -128,8 +144,9 @@ PROFILES: dict[str, ExperimentConfig] = {
     "cpu": ExperimentConfig(
         profile="cpu",
         description=(
-            "CPU profile: tiny Llama/Mistral models built from config and pre-trained briefly on the "
-            "project's own persona-format corpus; synthetic features of width 64. Not Llama-2-7B."
+            "CPU profile: tiny Llama/Mistral models built from config and pre-trained briefly on "
+            "the project's own persona-format corpus; synthetic features of width 64. "
+            "Not Llama-2-7B."
         ),
         model_name="tiny-llama",
         model_arch="llama",
@@ -189,7 +206,6 @@ _POSITIVE_INTS = (
     "dpo_batch_size",
     "per_device_batch_size",
     "dpo_epochs",
-    "max_length",
     "pretrain_steps",
 )
 _CHOICES = {"model_arch": ("llama", "mistral"), "dtype": ("float32", "bfloat16", "float16")}
@@ -212,8 +228,17 @@ def _check_value(name: str, value: Any) -> Any:
             raise ConfigError(f"{name}={value!r} is not allowed; {name} must be an integer >= 1.")
         return value
     if name in ("seed", "pretrain_seed"):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"{name}={value!r} is not allowed; it must be an integer >= 0.")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+            raise ConfigError(
+                f"{name}={value!r} is not allowed; it must be an integer in [0, 2**32)."
+            )
+        return value
+    if name == "max_length":
+        if isinstance(value, bool) or not isinstance(value, int) or value < MIN_MAX_LENGTH:
+            raise ConfigError(
+                f"max_length={value!r} is not allowed; it must be an integer >= {MIN_MAX_LENGTH} "
+                "(tokens of prompt plus answer)."
+            )
         return value
     if name == "lora_dropout":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
@@ -225,17 +250,87 @@ def _check_value(name: str, value: Any) -> Any:
                 f"{name}={value!r} is not allowed; choose one of {list(_CHOICES[name])}."
             )
         return value
-    if name in ("lora_target_modules", "behaviors"):
-        if isinstance(value, (str, int)):
-            value = (value,)
-        return tuple(value)
+    if name == "behaviors":
+        return check_behavior_list(name, value)
+    if name == "lora_target_modules":
+        items = (value,) if isinstance(value, str) else value
+        if (
+            not isinstance(items, (list, tuple))
+            or not items
+            or not all(isinstance(m, str) and m for m in items)
+        ):
+            raise ConfigError(
+                f"lora_target_modules={value!r} is not allowed; give a non-empty list of module "
+                "names, e.g. ['q_proj', 'v_proj']."
+            )
+        return tuple(items)
     if name == "requires_gpu":
-        return bool(value)
+        if not isinstance(value, bool):
+            raise ConfigError(f"requires_gpu={value!r} is not allowed; choose True or False.")
+        return value
     if name in ("model_name", "description", "persona_source"):
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{name}={value!r} is not allowed; it must be a non-empty string.")
+        if name == "model_name":
+            _check_model_name(value)
+        if name == "persona_source":
+            _check_persona_source(value)
         return value
     raise ConfigError(f"unknown parameter {name!r}")  # pragma: no cover - guarded by caller
+
+
+def check_behavior_list(name: str, value: Any) -> tuple:
+    """A behaviour selection as a tuple of names (str) and numbers (int >= 0); else ConfigError."""
+    items = (value,) if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+    if not isinstance(items, (list, tuple)) or not all(
+        (isinstance(b, str) and b.strip())
+        or (isinstance(b, int) and not isinstance(b, bool) and b >= 0)
+        for b in items
+    ):
+        raise ConfigError(
+            f"{name}={value!r} is not allowed; give behaviour names (str) and/or the authors' "
+            "numbers (int >= 0), e.g. [108, 84] or ['agreeableness']."
+        )
+    return tuple(items)
+
+
+def _check_model_name(value: str) -> None:
+    if value in TINY_MODEL_NAMES or _HUB_ID.match(value) or os.path.isdir(value):
+        return
+    raise ConfigError(
+        f"model_name={value!r} is not allowed; choose one of {list(TINY_MODEL_NAMES)}, a hub id "
+        "such as 'meta-llama/Llama-2-7b-hf', or an existing local model folder."
+    )
+
+
+def _check_persona_source(value: str) -> None:
+    if value in ("corpus", HUB_PERSONA_SOURCE) or os.path.isdir(value):
+        return
+    raise ConfigError(
+        f"persona_source={value!r} is not allowed; choose 'corpus' (the project's data), "
+        f"{HUB_PERSONA_SOURCE!r}, or an existing folder of persona .jsonl files."
+    )
+
+
+def check_mode(mode: Any) -> str:
+    """``mode`` if it is one of :data:`MODES`; else ConfigError naming it and the allowed ones.
+
+    Used in: dpo_utils.training, dpo_utils.run_cache and dpo_utils.train (one check, three users).
+    """
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ConfigError(f"mode={mode!r} is not allowed; choose one of {list(MODES)}.")
+    return mode
+
+
+def network_environment(cfg: ExperimentConfig) -> None:
+    """Telemetry off for every profile; the CPU profile also offline (``HF_HUB_OFFLINE=1``...).
+
+    ``setdefault``, so a caller's own setting wins. Call it before transformers is imported.
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if not cfg.requires_gpu:
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+            os.environ.setdefault(var, "1")
 
 
 def _apply_overrides(base: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
@@ -243,7 +338,8 @@ def _apply_overrides(base: ExperimentConfig, overrides: dict[str, Any]) -> Exper
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:
         raise ConfigError(
-            f"unknown parameter(s) {unknown}; allowed parameters are: {', '.join(sorted(allowed))}."
+            f"unknown parameter(s) {unknown}; allowed parameters are: "
+            f"{', '.join(sorted(allowed))}."
         )
     changes = {k: _check_value(k, v) for k, v in overrides.items() if v is not None}
     cfg = dataclasses.replace(base, **changes)
@@ -264,7 +360,7 @@ def get_config(profile: str | None = None, **overrides: Any) -> ExperimentConfig
     Used in: every chapter.
     """
     name = profile_from_env() if profile is None else profile
-    if name not in PROFILES:
+    if not isinstance(name, str) or name not in PROFILES:
         raise ConfigError(f"unknown profile {name!r}; choose one of {list(PROFILES)}.")
     return _apply_overrides(PROFILES[name], overrides)
 
@@ -289,8 +385,9 @@ def require_device(cfg: ExperimentConfig) -> str:
     if torch.cuda.is_available():
         return "cuda"
     raise ConfigError(
-        f"profile {cfg.profile!r} needs a CUDA GPU and none is visible. Run it on a GPU box or Colab "
-        f"(see book/setup.md), or use the CPU profile: DPO_PROFILE=cpu (profiles: {list(PROFILES)})."
+        f"profile {cfg.profile!r} needs a CUDA GPU and none is visible. Run it on a GPU box or "
+        "Colab (see book/setup.md), or use the CPU profile: DPO_PROFILE=cpu (profiles: "
+        f"{list(PROFILES)})."
     )
 
 

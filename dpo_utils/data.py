@@ -30,6 +30,7 @@ __all__ = [
     "available_behaviors",
     "resolve_behaviors",
     "validate_row",
+    "check_behavior_rows",
     "load_persona",
     "split_rows",
     "preference_pairs",
@@ -46,6 +47,11 @@ FIELDS = (
     "label_confidence",
 )
 ANSWERS = (" Yes", " No")
+#: a behaviour needs a train and a test row after the 90/10 split, and both answer classes
+MIN_ROWS = 2
+#: upstream questions are under 1,000 characters; a far longer line is a broken file, and would pad
+#: every batch it lands in to its length (a 2.4 MB line asked for a 20 GB allocation)
+MAX_QUESTION_CHARS = 20_000
 HH_SEPARATOR = "\n\nAssistant:"
 _HOW_TO_GET = (
     "Use the project's own corpus (dpo_utils.data.corpus_dir(), regenerate it with "
@@ -176,7 +182,15 @@ def resolve_behaviors(
     Used by: dpo_utils.data, dpo_utils.run_cache.
     """
     available = list(PERSONA_BEHAVIORS if available is None else available)
-    selection = [selection] if isinstance(selection, (str, int)) else list(selection or [])
+    if selection is None or isinstance(selection, (str, int)) and not isinstance(selection, bool):
+        selection = [] if selection is None else [selection]
+    elif isinstance(selection, (list, tuple, set, frozenset)):
+        selection = list(selection)
+    else:
+        raise PersonaDataError(
+            f"behaviors={selection!r} is not allowed; give a behaviour name (str), a number "
+            "(int), a list of them, or None for all."
+        )
     if not selection:
         return sorted(available)
     numbering = _numbering(available)
@@ -189,7 +203,10 @@ def resolve_behaviors(
                 )
             item = numbering[item]
         if not isinstance(item, str):
-            raise PersonaDataError(f"behaviour {item!r} must be a name (str) or a number (int).")
+            raise PersonaDataError(
+                f"behaviour {item!r} is not allowed; give a name (str) or a number (int) from 0 "
+                f"to {len(numbering) - 1}."
+            )
         if item not in available:
             close = difflib.get_close_matches(item, available, n=5, cutoff=0.0)
             raise PersonaDataError(
@@ -214,6 +231,11 @@ def validate_row(row: object, where: str) -> dict:
     for name in ("question", "statement"):
         if not isinstance(row[name], str) or not row[name].strip():
             raise PersonaDataError(f"{where}: {name}={row[name]!r} must be a non-empty string.")
+        if len(row[name]) > MAX_QUESTION_CHARS:
+            raise PersonaDataError(
+                f"{where}: {name} has {len(row[name])} characters; at most {MAX_QUESTION_CHARS} "
+                "are allowed (upstream questions are under 1,000)."
+            )
     match, other = row["answer_matching_behavior"], row["answer_not_matching_behavior"]
     if match not in ANSWERS or other not in ANSWERS or match == other:
         raise PersonaDataError(
@@ -231,13 +253,35 @@ def validate_row(row: object, where: str) -> dict:
     return {f: row[f] for f in FIELDS}
 
 
+def check_behavior_rows(name: str, rows: Sequence[dict], where: str) -> list[dict]:
+    """A behaviour's rows, if there are enough of them and both answer classes occur.
+
+    Used in: dpo_utils.data.load_persona.
+    """
+    yes = sum(r["answer_matching_behavior"] == " Yes" for r in rows)
+    if len(rows) < MIN_ROWS or yes in (0, len(rows)):
+        raise PersonaDataError(
+            f"behaviour {name!r} ({where}) has {len(rows)} rows, {yes} matching ' Yes' and "
+            f"{len(rows) - yes} matching ' No'; it needs at least {MIN_ROWS} rows and both "
+            "answer classes."
+        )
+    return list(rows)
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise PersonaDataError(
+                    f"{where}: not UTF-8 (byte {raw[error.start]:#04x} at column "
+                    f"{error.start + 1}); persona files must be UTF-8 JSON lines."
+                ) from None
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
@@ -245,7 +289,7 @@ def _read_jsonl(path: Path) -> list[dict]:
             rows.append(validate_row(row, where))
     if not rows:
         raise PersonaDataError(f"{path} holds no rows. {_HOW_TO_GET}")
-    return rows
+    return check_behavior_rows(path.stem, rows, str(path))
 
 
 def _read_hub(name: str) -> list[dict]:
@@ -259,10 +303,11 @@ def _read_hub(name: str) -> list[dict]:
         raise PersonaDataError(
             f"could not load persona/{name}.jsonl from {HUB_PERSONA_ID!r} ({error}). {_HOW_TO_GET}"
         ) from error
-    return [
+    rows = [
         validate_row(row, f"{HUB_PERSONA_ID}/persona/{name}.jsonl:{i + 1}")
         for i, row in enumerate(table)
     ]
+    return check_behavior_rows(name, rows, f"{HUB_PERSONA_ID}/persona/{name}.jsonl")
 
 
 def load_persona(

@@ -15,13 +15,26 @@ which is exact: with right padding the real tokens' positions and attention are 
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from .data import PersonaDataError
+from .fingerprint import code_fingerprint
 from .models import answer_token_ids
-from .results import atomic_directory, config_hash, results_dir
+from .results import (
+    atomic_directory,
+    cache_lock,
+    config_hash,
+    force_rerun,
+    record_provenance,
+    results_dir,
+    verify_folder,
+)
 
 __all__ = [
     "VARIANTS",
@@ -30,6 +43,7 @@ __all__ = [
     "final_norm",
     "last_token_features",
     "persona_features",
+    "check_prompt_lengths",
 ]
 
 VARIANTS = ("final", "authors")
@@ -165,9 +179,12 @@ def persona_features(
 ) -> FeatureSet:
     """Both feature variants of every persona prompt, cached under ``results/<profile>/features/``.
 
-    The cache key is the model (``model_key``, default its ``name_or_path``, which for a tiny model
-    is its config-keyed cache folder), its dtype and every prompt and label; a model without a name is
-    not cached.
+    The cache key is the model (``model_key``, default its ``name_or_path``; a local folder is
+    keyed by its name and its files' names and sizes, never by its absolute path, so a moved
+    checkout keeps its cache), its dtype, every prompt and label, and a fingerprint of this
+    module's code; a model without a name is not cached. ``$DPO_FORCE_RERUN`` recomputes; a
+    truncated or corrupt ``features.pt`` is detected (manifest sizes and checksums) and recomputed.
+    A prompt longer than the model's context is rejected before any extraction.
 
     Used in: notebooks/07_last_layer_dpo.ipynb.
     """
@@ -178,22 +195,66 @@ def persona_features(
         [1.0 if r["answer_matching_behavior"] == " Yes" else -1.0 for r in rows],
         dtype=torch.float64,
     )
+    check_prompt_lengths(model, tokenizer, texts, names)
     key_name = model_key or getattr(model, "name_or_path", "") or ""
-    folder = None
-    if cache and key_name:
-        key = dict(
-            version=_FORMAT_VERSION,
-            model=key_name,
-            dtype=str(next(model.parameters()).dtype),
-            texts=config_hash({"t": texts, "b": names, "s": signs.tolist()}),
+    if not (cache and key_name):
+        features = last_token_features(model, tokenizer, texts, batch_size=batch_size)
+        return FeatureSet(
+            names, signs, features, _answer_margin(model, tokenizer, features["final"])
         )
-        folder = results_dir(profile) / "features" / config_hash(key)
-        if (folder / "features.pt").exists():
-            saved = torch.load(folder / "features.pt")
-            return FeatureSet(names, signs, saved["features"], saved["answer_margin"])
-    features = last_token_features(model, tokenizer, texts, batch_size=batch_size)
-    margin = _answer_margin(model, tokenizer, features["final"])
-    if folder is not None:
+    key = dict(
+        version=_FORMAT_VERSION,
+        model=_model_key(str(key_name)),
+        dtype=str(next(model.parameters()).dtype),
+        texts=config_hash({"t": texts, "b": names, "s": signs.tolist()}),
+        code=code_fingerprint(["embeddings"]),
+    )
+    folder = results_dir(profile) / "features" / config_hash(key)
+    with cache_lock(folder):
+        if not force_rerun() and (folder / "features.pt").exists():
+            problems = verify_folder(folder)
+            if not problems:
+                saved = torch.load(folder / "features.pt", weights_only=True)
+                record_provenance("features", "features", folder.name, True)
+                return FeatureSet(names, signs, saved["features"], saved["answer_margin"])
+            warnings.warn(
+                f"cached features {folder / 'features.pt'} are not trusted ({problems[0]}); "
+                "recomputing them.",
+                stacklevel=2,
+            )
+        features = last_token_features(model, tokenizer, texts, batch_size=batch_size)
+        margin = _answer_margin(model, tokenizer, features["final"])
         with atomic_directory(folder) as tmp:
             torch.save(dict(features=features, answer_margin=margin, key=key), tmp / "features.pt")
+    record_provenance("features", "features", folder.name, False)
     return FeatureSet(names, signs, features, margin)
+
+
+def _model_key(name: str) -> str:
+    """A hub id as it is; a local folder by its name and its files (never its absolute path)."""
+    folder = Path(name)
+    if not folder.is_dir():
+        return name
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder)}:{path.stat().st_size};".encode())
+    return f"local:{folder.name}:{digest.hexdigest()[:12]}"
+
+
+def check_prompt_lengths(model, tokenizer, texts: Sequence[str], names: Sequence[str]) -> None:
+    """Reject a prompt longer than the model's context (``max_position_embeddings``), naming it.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb onwards (through persona_features).
+    """
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not context:
+        return
+    lengths = [len(ids) for ids in tokenizer(list(texts))["input_ids"]]
+    too_long = [i for i, n in enumerate(lengths) if n > context]
+    if too_long:
+        i = too_long[0]
+        raise PersonaDataError(
+            f"{len(too_long)} prompt(s) exceed the model's context of {context} tokens; the first, "
+            f"of behaviour {names[i]!r} (row {i}), has {lengths[i]} tokens. Shorten or drop them: "
+            "features are read at the last prompt token, so they cannot be truncated."
+        )

@@ -54,7 +54,7 @@ def persona_rows(
     notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb,
     notebooks/12_faq_rewards_go_down.ipynb.
     """
-    source = data.corpus_dir() if cfg.persona_source == "corpus" else cfg.persona_source
+    source = cfg.persona_source  # data accepts "corpus" (the project's corpus) itself
     chosen = list(behaviors) if behaviors else (list(cfg.behaviors) or None)
     return data.load_persona(source, chosen)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,7 +25,16 @@ import torch
 
 from . import corpus
 from .config import ConfigError, ExperimentConfig
-from .results import atomic_directory, config_hash, results_dir
+from .fingerprint import code_fingerprint
+from .results import (
+    atomic_directory,
+    cache_lock,
+    config_hash,
+    force_rerun,
+    record_provenance,
+    results_dir,
+    verify_folder,
+)
 
 __all__ = [
     "TINY_MODELS",
@@ -226,6 +236,7 @@ def _cache_key(arch: str, steps: int, seed: int, vocab_size: int, texts: Sequenc
         optimizer=PRETRAIN_DEFAULTS,
         corpus_seed=corpus.LM_SEED,
         corpus_texts=digest,
+        code=code_fingerprint(["models"]),
     )
 
 
@@ -249,32 +260,55 @@ def pretrained_tiny_model(
     steps: int = 300,
     seed: int = 1234,
     vocab_size: int = 1024,
-    force: bool = False,
+    force: bool | None = None,
 ):
     """The pre-trained tiny model and its tokenizer, from the disk cache or trained now (and cached).
 
     The cache folder ``results/<profile>/models/tiny-<arch>-<hash>`` is keyed by the architecture,
     shape, steps, seed, optimiser settings and the pre-training texts; ``pretrain.json`` there holds
-    the loss log and the training time. Writes are atomic.
+    the loss log and the training time. The key also holds a fingerprint of this module's code (and
+    the package modules it imports). Writes are atomic and locked; a folder whose files do not
+    match their manifest is trained again, with a warning. ``force=None`` reads
+    ``$DPO_FORCE_RERUN``.
 
     Used by: dpo_utils.models.
     """
     texts = corpus.lm_texts()
     key = _cache_key(arch, steps, seed, vocab_size, texts)
     folder = _cache_folder(key, profile)
-    if force or not (folder / "pretrain.json").exists():
-        start = time.perf_counter()
-        tokenizer = train_tokenizer(texts, vocab_size)
-        model = tiny_model(arch, tokenizer, seed)
-        log = pretrain(model, tokenizer, texts, steps, seed)
-        seconds = time.perf_counter() - start
-        with atomic_directory(folder) as tmp:
-            save_model(model, tokenizer, tmp)
-            info = dict(
-                key=key, seconds=round(seconds, 2), torch_threads=torch.get_num_threads(), log=log
-            )
-            (tmp / "pretrain.json").write_text(json.dumps(info, indent=1))
-    return load_saved_model(folder)
+    with cache_lock(folder):
+        if force_rerun(force) or not _trusted(folder):
+            _pretrain_into(folder, key, arch, texts, steps, seed, vocab_size)
+            record_provenance("model", folder.name, key["code"], False)
+        else:
+            record_provenance("model", folder.name, key["code"], True)
+        return load_saved_model(folder)
+
+
+def _trusted(folder: Path) -> bool:
+    if not (folder / "pretrain.json").exists():
+        return False
+    problems = verify_folder(folder)
+    if problems:
+        warnings.warn(
+            f"cached model {folder} is not trusted ({problems[0]}); training it again.",
+            stacklevel=3,
+        )
+    return not problems
+
+
+def _pretrain_into(folder, key, arch, texts, steps, seed, vocab_size) -> None:
+    start = time.perf_counter()
+    tokenizer = train_tokenizer(texts, vocab_size)
+    model = tiny_model(arch, tokenizer, seed)
+    log = pretrain(model, tokenizer, texts, steps, seed)
+    seconds = time.perf_counter() - start
+    with atomic_directory(folder) as tmp:
+        save_model(model, tokenizer, tmp)
+        info = dict(
+            key=key, seconds=round(seconds, 2), torch_threads=torch.get_num_threads(), log=log
+        )
+        (tmp / "pretrain.json").write_text(json.dumps(info, indent=1))
 
 
 def _dtype_for(cfg: ExperimentConfig, device: str) -> torch.dtype:

@@ -1,23 +1,41 @@
 """The notebooks' run cache: DPO on persona behaviours, trained once and loaded after.
 
-:func:`load_or_train` keeps each run under ``results/<profile>/runs/<name>-<hash>/`` (the hash covers
-every setting of the run) and rebuilds it from there on a second call; :func:`train_behaviors` is
-the same training without the cache, which the command line (:mod:`dpo_utils.train`) calls.
+:func:`load_or_train` keeps each run under ``results/<profile>/runs/<name>-<hash>/`` (the hash
+covers every setting of the run and a fingerprint of the code) and rebuilds it from there on a
+second call; :func:`train_behaviors` is the same training without the cache, which the command line
+(:mod:`dpo_utils.train`) calls.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
 
 from . import config, data, models
-from .results import config_hash, results_dir
-from .training import MODES, DPORun, load_trained, run_tables, save_trained, train_dpo
+from .config import check_mode
+from .fingerprint import code_fingerprint
+from .results import (
+    cache_lock,
+    config_hash,
+    force_rerun,
+    record_provenance,
+    results_dir,
+    verify_folder,
+)
+from .training import DPORun, load_trained, run_tables, save_trained, train_dpo
 
-__all__ = ["behavior_pairs", "probe_subsample", "train_behaviors", "run_dir", "load_or_train"]
+__all__ = [
+    "behavior_pairs",
+    "probe_subsample",
+    "train_behaviors",
+    "run_settings",
+    "run_dir",
+    "load_or_train",
+]
 
 
 def behavior_pairs(cfg: config.ExperimentConfig, behaviors, flip=False) -> tuple[list[dict], dict]:
@@ -29,7 +47,7 @@ def behavior_pairs(cfg: config.ExperimentConfig, behaviors, flip=False) -> tuple
     Used by: dpo_utils.run_cache.
     """
     train, test = [], []
-    source = data.corpus_dir() if cfg.persona_source == "corpus" else cfg.persona_source
+    source = cfg.persona_source  # data accepts "corpus" (the project's corpus) itself
     persona = data.load_persona(source, behaviors)
     flipped = _flipped_names(flip, list(persona), source)
     for name, rows in persona.items():
@@ -60,9 +78,10 @@ def _flipped_names(flip, names: list[str], source) -> set[str]:
 def probe_subsample(probe_sets: dict, train_per_behavior: int | None) -> dict:
     """Keep the first ``train_per_behavior`` pairs of each behaviour in the "train" probe set.
 
-    The split is already a seeded shuffle, so the first pairs are a fixed random sample; the test split
-    is kept whole. ``None`` keeps everything. Probing ~48 + 50 pairs per behaviour instead of 500 keeps
-    the probe callback under a fifth of a CPU-profile step (benchmarks/bench_callback.py).
+    The split is already a seeded shuffle, so the first pairs are a fixed random sample; the test
+    split is kept whole. ``None`` keeps everything. Probing ~48 + 50 pairs per behaviour instead of
+    500 keeps the probe callback under a fifth of a CPU-profile step
+    (benchmarks/bench_callback.py).
 
     Used by: dpo_utils.run_cache.
     """
@@ -127,8 +146,9 @@ def train_behaviors(
 
 
 def _profile_model(cfg: config.ExperimentConfig, mode: str):
-    """The profile's model on this process's device. Full fine-tuning keeps fp32 master weights (bf16
-    autocast on GPU, as the authors ran): a pure-bf16 AdamW step of lr 1e-6 would round to nothing."""
+    """The profile's model on this process's device. Full fine-tuning keeps fp32 master weights
+    (bf16 autocast on GPU, as the authors ran): a pure-bf16 AdamW step of lr 1e-6 would round to
+    nothing."""
     device = (
         f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
     )
@@ -138,13 +158,31 @@ def _profile_model(cfg: config.ExperimentConfig, mode: str):
     return model.train(), tokenizer
 
 
-def _run_key(cfg, behaviors, mode, flip, start, max_steps, seed, probe_every, probe_train) -> dict:
-    flip_key = (
-        flip
-        if isinstance(flip, bool)
-        else sorted(str(f) for f in ([flip] if isinstance(flip, (str, int)) else flip))
-    )
+def _flip_key(flip) -> bool | list[str]:
+    if isinstance(flip, bool):
+        return flip
+    return sorted(str(f) for f in ([flip] if isinstance(flip, (str, int)) else flip))
+
+
+def run_settings(cfg: config.ExperimentConfig, behaviors, *, mode: str, flip=False) -> dict:
+    """What a saved run's ``meta.json`` records so that a resume can be checked against it.
+
+    Used in: dpo_utils.train (``--resume-from``) and :func:`load_or_train`.
+    """
     return dict(
+        behaviors=[str(b) for b in behaviors],
+        flip=_flip_key(flip),
+        mode=mode,
+        profile=cfg.profile,
+        model=cfg.model_name,
+        data_source=cfg.persona_source,
+    )
+
+
+def _run_key(cfg, behaviors, mode, flip, start, max_steps, seed, probe_every, probe_train) -> dict:
+    flip_key = _flip_key(flip)
+    return dict(
+        code=code_fingerprint(["run_cache"]),
         cfg=cfg.to_dict(),
         behaviors=[str(b) for b in behaviors],
         mode=mode,
@@ -177,8 +215,7 @@ def run_dir(
 
     Used by: dpo_utils.run_cache.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not allowed; choose one of {list(MODES)}.")
+    check_mode(mode)
     key = _run_key(cfg, behaviors, mode, flip, start, max_steps, seed, probe_every, probe_train)
     return results_dir(cfg.profile) / "runs" / f"{name}-{config_hash(key)}"
 
@@ -199,13 +236,16 @@ def load_or_train(
     with_model: bool = True,
 ) -> DPORun:
     """The saved run for these settings if there is one (:func:`~dpo_utils.training.load_trained`),
-    else :func:`train_behaviors` now, saved with ``save_trained`` (no optimizer checkpoint) and returned.
+    else :func:`train_behaviors` now, saved with ``save_trained`` (no optimizer checkpoint) and
+    returned. Loading and training hold the run's lock; a saved run whose files do not match its
+    manifest is trained again, with a warning.
 
-    ``start`` is ``None`` (the profile's model) or the folder of an earlier run, whose merged model is
-    then the starting point and, for LoRA, also the reference. A loaded run's ``model`` is the merged
-    plain model; its ``probes.attrs`` hold ``path`` and ``from_cache``. ``force=None`` reads
+    ``start`` is ``None`` (the profile's model) or the folder of an earlier run, whose merged model
+    is then the starting point and, for LoRA, also the reference. A loaded run's ``model`` is the
+    merged plain model; its ``probes.attrs`` hold ``path`` and ``from_cache``. ``force=None`` reads
     ``$DPO_FORCE_RERUN``. ``with_model=False`` reads only the tables of a saved run (``model`` is
-    then None), which is what a chapter that only plots needs. A second book build retrains nothing.
+    then None), which is what a chapter that only plots needs. A second book build retrains
+    nothing.
 
     Used by: dpo_utils.llm_experiments.
     """
@@ -221,9 +261,56 @@ def load_or_train(
         probe_train=probe_train,
         name=name,
     )
-    force = os.environ.get("DPO_FORCE_RERUN", "") not in ("", "0") if force is None else force
+    with cache_lock(path):
+        run, from_cache = _load_or_train_locked(
+            path,
+            cfg,
+            behaviors,
+            mode=mode,
+            flip=flip,
+            start=start,
+            max_steps=max_steps,
+            seed=seed,
+            probe_every=probe_every,
+            probe_train=probe_train,
+            force=force,
+            with_model=with_model,
+        )
+    run.probes.attrs.update(path=str(path), from_cache=from_cache)
+    record_provenance("run", name, path.name, from_cache)
+    return run
+
+
+def _trusted(path: Path) -> bool:
+    """Whether a cached run is complete and intact (else a warning names what is wrong)."""
+    if not (path / "meta.json").is_file():
+        return False
+    problems = verify_folder(path)
+    if problems:
+        warnings.warn(
+            f"cached run {path} is not trusted ({'; '.join(problems[:3])}); training it again.",
+            stacklevel=4,
+        )
+    return not problems
+
+
+def _load_or_train_locked(
+    path,
+    cfg,
+    behaviors,
+    *,
+    mode,
+    flip,
+    start,
+    max_steps,
+    seed,
+    probe_every,
+    probe_train,
+    force,
+    with_model,
+):
     device = "cuda" if _cuda() else None
-    if (path / "meta.json").is_file() and not force:
+    if not force_rerun(force) and _trusted(path):
         run = load_trained(path, device=device) if with_model else _tables_only(path)
         from_cache = True
     else:
@@ -231,7 +318,8 @@ def load_or_train(
         if start is not None:
             if not (Path(start) / "meta.json").is_file():
                 raise FileNotFoundError(
-                    f"start={str(start)!r} is not a saved run; train it first with load_or_train()."
+                    f"start={str(start)!r} is not a saved run; train it first with "
+                    "load_or_train()."
                 )
             begin = load_trained(start, device=device)
             model, tokenizer = begin.model.train(), begin.tokenizer
@@ -250,14 +338,20 @@ def load_or_train(
             probe_train=probe_train,
         )
         # at 7B a merged copy per LoRA run would fill the disk: keep the adapter, rebuild on load
-        save_trained(run, path, checkpoint=False, merged_model=not cfg.requires_gpu, start=start)
+        save_trained(
+            run,
+            path,
+            checkpoint=False,
+            merged_model=not cfg.requires_gpu,
+            start=start,
+            settings=run_settings(cfg, behaviors, mode=mode, flip=flip),
+        )
         for table, frame in run_tables(
             path
         ).items():  # the same values and dtypes as a cached run's
             setattr(run, table, frame)
         from_cache = False
-    run.probes.attrs.update(path=str(path), from_cache=from_cache)
-    return run
+    return run, from_cache
 
 
 def _tables_only(path: Path) -> DPORun:

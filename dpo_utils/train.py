@@ -1,25 +1,36 @@
 """Command-line entry point: DPO on persona behaviours, the same code path as the notebooks.
 
     python -m dpo_utils.train --profile cpu --behaviors 0 3 --mode lora --out results/cpu/run-a
-    accelerate launch --config_file configs/accelerate/ddp.yaml -m dpo_utils.train --profile llama2-7b ...
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m dpo_utils.train \\
+        --profile llama2-7b ...
 
-It writes what :func:`dpo_utils.training.save_trained` writes: ``probes.csv`` (the tidy table: step,
-behavior, split, metric, value, seed, mode), ``pairs.csv``, ``log_history.csv``, ``model/`` (and
-``adapter/`` for LoRA), ``checkpoint/`` and ``meta.json``. A notebook calls
-:func:`dpo_utils.run_cache.train_behaviors`, the function ``main`` calls, and gets the same table.
+It writes what :func:`dpo_utils.training.save_trained` writes: ``probes.csv`` (the tidy table:
+step, behavior, split, metric, value, seed, mode), ``pairs.csv``, ``log_history.csv``, ``model/``
+(and ``adapter/`` for LoRA), ``checkpoint/`` and ``meta.json`` (with the run's settings, which
+``--resume-from`` checks). A notebook calls :func:`dpo_utils.run_cache.train_behaviors`, the
+function ``main`` calls, and gets the same table.
+
+Every flag is checked before any data or model is loaded; a user error prints one line ``error:
+...`` and exits with status 2. ``--out`` must be new or empty, or an earlier run replaced with
+``--overwrite``; a folder the project did not write is never touched.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import json
+import sys
 from pathlib import Path
 
-from . import config
-from .run_cache import train_behaviors
-from .training import MODES, DPORun, save_trained
+from . import config, data
+from .results import ResultFolderError, check_output_folder
+from .run_cache import run_settings, train_behaviors
+from .training import DPORun, save_trained
 
-__all__ = ["main"]
+__all__ = ["main", "check_resume", "RunFolderError"]
+
+RunFolderError = ResultFolderError
+USER_ERRORS = (config.ConfigError, data.PersonaDataError, ResultFolderError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,18 +43,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"one of {list(config.PROFILES)} (default: $DPO_PROFILE or cpu)",
     )
     p.add_argument("--behaviors", nargs="+", required=True, help="behaviour names or numbers")
-    p.add_argument("--mode", choices=MODES, default="lora")
+    p.add_argument("--mode", default="lora", help=f"one of {list(config.MODES)}")
     p.add_argument("--flip", action="store_true", help="swap chosen and rejected (misalignment)")
+    p.add_argument("--max-steps", default=None, help="override the profile's dpo_max_steps")
+    p.add_argument("--seed", default=None, help="override the profile's seed")
+    p.add_argument("--probe-every", default="1")
     p.add_argument(
-        "--max-steps", type=int, default=None, help="override the profile's dpo_max_steps"
-    )
-    p.add_argument("--seed", type=int, default=None, help="override the profile's seed")
-    p.add_argument("--probe-every", type=int, default=1)
-    p.add_argument(
-        "--probe-train",
-        type=int,
-        default=None,
-        help="train pairs probed per behaviour (default: all)",
+        "--probe-train", default=None, help="train pairs probed per behaviour (default: all)"
     )
     p.add_argument(
         "--resume-from", default=None, help="a folder written by an earlier run (continue it)"
@@ -53,38 +59,130 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip checkpoint/ (optimizer state; large at 7B)",
     )
-    p.add_argument("--out", required=True, help="folder to write the run to")
+    p.add_argument("--out", required=True, help="a new or empty folder to write the run to")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier run at --out (never others)"
+    )
     return p
 
 
+def _int_flag(flag: str, text: str | None, low: int, high: int | None = None) -> int | None:
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value >= high):
+        allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high})"
+        raise config.ConfigError(f"{flag}={text!r} is not allowed; give {allowed}.")
+    return value
+
+
+def _saved_steps(folder: Path) -> int | None:
+    state = folder / "checkpoint" / "trainer_state.json"
+    if not state.is_file():
+        return None
+    return int(json.loads(state.read_text()).get("global_step", 0))
+
+
+def check_resume(folder, settings: dict, max_steps: int | None) -> None:
+    """Refuse to resume ``folder`` with other settings; name every field that differs.
+
+    ``settings`` is :func:`dpo_utils.run_cache.run_settings` of the new invocation; ``max_steps``
+    (after the profile default) may not be below the steps the saved run already took.
+    """
+    folder = Path(folder)
+    if not (folder / "meta.json").is_file():
+        raise ResultFolderError(
+            f"--resume-from {str(folder)!r} is not a saved run (no meta.json); give the --out "
+            "folder of an earlier run."
+        )
+    if not (folder / "checkpoint").is_dir():
+        raise ResultFolderError(
+            f"--resume-from {str(folder)!r} holds no checkpoint/ (written with --no-checkpoint?); "
+            "it cannot be continued."
+        )
+    meta = json.loads((folder / "meta.json").read_text())
+    missing = [k for k in settings if k not in meta]
+    if missing:
+        raise ResultFolderError(
+            f"--resume-from {str(folder)!r} records no {missing} (written by an older version); "
+            "it cannot be checked, so it is not resumed."
+        )
+    differ = {k: (meta[k], v) for k, v in settings.items() if meta[k] != v}
+    if differ:
+        detail = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in differ.items())
+        raise ResultFolderError(
+            f"--resume-from {str(folder)!r} was trained with other settings ({detail}); "
+            "resume with the same settings or start a new run."
+        )
+    done = _saved_steps(folder)
+    if done is not None and max_steps is not None and max_steps < done:
+        raise ResultFolderError(
+            f"--max-steps={max_steps} is below the {done} steps {str(folder)!r} already took; "
+            f"give --max-steps >= {done}."
+        )
+
+
+def _validate(args) -> tuple[config.ExperimentConfig, list, dict]:
+    """Every flag checked, cheaply (no data read beyond a folder listing, no model, no network)."""
+    cfg = config.get_config(args.profile)
+    config.require_device(cfg)  # a GPU profile without a GPU stops here, before the hub
+    config.check_mode(args.mode)
+    max_steps = _int_flag("--max-steps", args.max_steps, 1)
+    seed = _int_flag("--seed", args.seed, 0, config.SEED_LIMIT)
+    probe_every = _int_flag("--probe-every", args.probe_every, 1)
+    probe_train = _int_flag("--probe-train", args.probe_train, 1)
+    raw = [int(b) if b.isdigit() else b for b in args.behaviors]
+    behaviors = data.resolve_behaviors(raw, data.available_behaviors(cfg.persona_source))
+    out = Path(args.out)
+    check_output_folder(out, overwrite=args.overwrite)
+    settings = run_settings(cfg, behaviors, mode=args.mode, flip=args.flip)
+    if args.resume_from is not None:
+        if Path(args.resume_from).resolve() == out.resolve():
+            raise ResultFolderError(
+                f"--out {args.out!r} is the --resume-from folder; write the continued run to a "
+                "new folder."
+            )
+        check_resume(args.resume_from, settings, max_steps or cfg.dpo_max_steps)
+    kwargs = dict(
+        mode=args.mode,
+        flip=args.flip,
+        max_steps=max_steps,
+        seed=seed,
+        probe_every=probe_every,
+        probe_train=probe_train,
+        resume_from=args.resume_from,
+    )
+    return cfg, behaviors, dict(kwargs, settings=settings)
+
+
 def main(argv: list[str] | None = None) -> DPORun:
-    """Parse arguments, train, and write the run to ``--out`` (main process only).
+    """Parse and check every argument, train, and write the run to ``--out`` (main process only).
+
+    A user error (bad flag, unknown behaviour, refused folder) prints ``error: ...`` and exits 2.
 
     Used by: ``python -m dpo_utils.train`` (``accelerate launch -m dpo_utils.train``).
     """
     args = _parser().parse_args(argv)
-    cfg = config.get_config(args.profile)
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    if (
-        not cfg.requires_gpu
-    ):  # the CPU profile never touches the network; GPU profiles load from the hub
-        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-            os.environ.setdefault(name, "1")
-    behaviors = [int(b) if b.isdigit() else b for b in args.behaviors]
-    run = train_behaviors(
-        cfg,
-        behaviors,
-        mode=args.mode,
-        flip=args.flip,
-        max_steps=args.max_steps,
-        seed=args.seed,
-        probe_every=args.probe_every,
-        probe_train=args.probe_train,
-        resume_from=args.resume_from,
-    )
-    if run.trainer is None or run.trainer.accelerator.is_main_process:
-        save_trained(run, Path(args.out), checkpoint=not args.no_checkpoint)
-        print(f"wrote {args.out}: {run.probes['step'].max()} steps, {len(run.probes)} table rows")
+    try:
+        cfg, behaviors, kwargs = _validate(args)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    settings = kwargs.pop("settings")
+    config.network_environment(cfg)
+    try:
+        run = train_behaviors(cfg, behaviors, **kwargs)
+        if run.trainer is None or run.trainer.accelerator.is_main_process:
+            save_trained(run, Path(args.out), checkpoint=not args.no_checkpoint, settings=settings)
+            print(
+                f"wrote {args.out}: {run.probes['step'].max()} steps, {len(run.probes)} table rows"
+            )
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     return run
 
 

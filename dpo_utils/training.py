@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from . import losses, models
-from .config import ConfigError, ExperimentConfig
+from .config import MODES, ConfigError, ExperimentConfig, check_mode
 from .probes import ProbeCallback, probe_table
 from .results import atomic_directory
 
@@ -38,7 +38,6 @@ if TYPE_CHECKING:  # for annotations only: importing these costs seconds
 
 __all__ = ["MODES", "DPORun", "dpo_arguments", "train_dpo", "save_trained", "load_trained"]
 
-MODES = ("full", "lora")
 RUN_TABLES = ("probes", "pairs", "log_history")  # the CSV tables save_trained writes
 
 
@@ -92,7 +91,7 @@ def dpo_arguments(
     """
     from trl import DPOConfig
 
-    _check_mode(mode)
+    check_mode(mode)
     losses.check_beta(cfg.dpo_beta)
     use_cpu = not torch.cuda.is_available() if use_cpu is None else use_cpu
     per_step = cfg.per_device_batch_size * _world_size()
@@ -130,11 +129,6 @@ def dpo_arguments(
         save_strategy="no",
         disable_tqdm=True,
     )
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not allowed; choose one of {list(MODES)}.")
 
 
 def _check_pairs(pairs, name: str) -> None:
@@ -208,7 +202,7 @@ def train_dpo(
 
     Used in: notebooks/12_faq_rewards_go_down.ipynb.
     """
-    _check_mode(mode)
+    check_mode(mode)
     _check_pairs(train_pairs, "train_pairs")
     checkpoint = None
     if resume_from is not None:
@@ -218,21 +212,22 @@ def train_dpo(
                 f"resume_from={str(resume_from)!r} holds no checkpoint/; "
                 "save it with save_trained()."
             )
-    scratch = None if output_dir else tempfile.mkdtemp(prefix="dpo-run-")
-    run_dir = output_dir or scratch
-    assert run_dir is not None  # one of the two is set
-    args = dpo_arguments(cfg, mode, output_dir=run_dir, max_steps=max_steps, seed=seed)
-    probe = None
-    if probe_sets is not None:
-        probe = ProbeCallback(
-            tokenizer,
-            probe_sets,
-            cfg.dpo_beta,
-            max_length=cfg.max_length,
-            batch_size=probe_batch_size,
-            every=probe_every,
-        )
-    try:
+    scratch = None
+    try:  # the scratch folder is made inside the try: a failed check below cannot leak it
+        scratch = None if output_dir else tempfile.mkdtemp(prefix="dpo-run-")
+        run_dir = output_dir or scratch
+        assert run_dir is not None  # one of the two is set
+        args = dpo_arguments(cfg, mode, output_dir=run_dir, max_steps=max_steps, seed=seed)
+        probe = None
+        if probe_sets is not None:
+            probe = ProbeCallback(
+                tokenizer,
+                probe_sets,
+                cfg.dpo_beta,
+                max_length=cfg.max_length,
+                batch_size=probe_batch_size,
+                every=probe_every,
+            )
         extra = [probe] if probe else []
         trainer = _build_trainer(
             cfg,
@@ -310,6 +305,7 @@ def save_trained(
     checkpoint: bool = True,
     merged_model: bool = True,
     start: str | Path | None = None,
+    settings: dict | None = None,
 ) -> Path:
     """Write a run to ``path`` atomically: ``model/`` (full model, or LoRA merged into the base),
     ``adapter/`` (LoRA only), the tables as CSV, ``meta.json`` and, if ``checkpoint`` and the run
@@ -333,6 +329,7 @@ def save_trained(
         "merged_model": bool(merged_model or not lora),
         "base": str(getattr(base.config, "_name_or_path", "") or ""),
         "start": None if start is None else str(start),
+        **(settings or {}),  # what made the run (behaviours, flip, profile...): resume checks it
     }
     with atomic_directory(path) as tmp:
         if lora:

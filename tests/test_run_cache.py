@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from dpo_utils import config, run_cache
+from dpo_utils import config, fingerprint, run_cache
 
 pytestmark = pytest.mark.slow
 BEHAVIOR = "enjoys-classical-music"
@@ -133,3 +136,28 @@ def test_probe_subsample_and_partial_flip():
         run_cache.behavior_pairs(cfg, [BEHAVIOR], flip=["interest-in-astronomy"])
     with pytest.raises(ValueError, match="probe_train"):
         run_cache.probe_subsample(sets, 0)
+
+
+def test_force_env_and_a_corrupt_run_retrain(counted, monkeypatch):
+    """Issue 10 items 6 and 8: DPO_FORCE_RERUN retrains; a truncated table is not served."""
+    first = run_cache.load_or_train(_cfg(), [BEHAVIOR], mode="lora", probe_train=4)
+    path = Path(first.probes.attrs["path"])
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["behaviors"] == [BEHAVIOR] and meta["flip"] is False and meta["profile"] == "cpu"
+    probes = (path / "probes.csv").read_text()
+    (path / "probes.csv").write_text(probes[: int(0.6 * len(probes))])
+    with pytest.warns(UserWarning, match=r"probes\.csv has \d+ bytes"):
+        again = run_cache.load_or_train(_cfg(), [BEHAVIOR], mode="lora", probe_train=4)
+    assert len(counted) == 2 and again.probes.attrs["from_cache"] is False
+    pd.testing.assert_frame_equal(first.probes, again.probes, check_exact=True)
+    monkeypatch.setenv("DPO_FORCE_RERUN", "1")
+    run_cache.load_or_train(_cfg(), [BEHAVIOR], mode="lora", probe_train=4)
+    assert len(counted) == 3
+
+
+def test_run_key_holds_the_code_fingerprint_and_no_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_cache, "results_dir", lambda profile: tmp_path / profile)
+    start = tmp_path / "somewhere" / "dpo-abc"
+    key = run_cache._run_key(_cfg(), [BEHAVIOR], "lora", False, start, None, None, 1, None)
+    assert key["start"] == "dpo-abc" and str(tmp_path) not in json.dumps(key)
+    assert key["code"] == fingerprint.code_fingerprint(["run_cache"])

@@ -216,6 +216,7 @@ def test_cli_writes_the_table_the_notebook_function_returns(tok, tmp_path, monke
         lambda cfg, behaviors, flip=False: (pairs, {"train": pairs, "test": test}),
     )
     monkeypatch.setattr(run_cache, "_profile_model", lambda cfg, mode: (tiny_llama(tok), tok))
+    monkeypatch.setattr(train.data, "available_behaviors", lambda source: ["a", "b"])
     cfg = _cfg(dpo_batch_size=16, per_device_batch_size=16)
     monkeypatch.setattr(config, "get_config", lambda profile=None, **kw: cfg)
     notebook = run_cache.train_behaviors(cfg, ["a", "b"], mode="lora", max_steps=2)
