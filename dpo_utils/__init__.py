@@ -19,6 +19,8 @@ Mechanisms (import only each other):
     training                DPO through trl's DPOTrainer [12]
     run_cache               the notebooks' cache of DPO runs [via llm_experiments]
     results                 load-or-run: tidy tables saved with their config [02 03 04 05 07]
+    fingerprint             what a cached result depends on: code and input fingerprints [via results]
+    chapter_parameters      every chapter's parameters, checked before any work [via book]
     runtime                 single_threaded, run_seed [via the experiment modules]
     tables                  tidy-table summaries: slopes, times, rank correlations [02 03 05 07]
     train                   the command line (python -m dpo_utils.train) over run_cache [none]

@@ -175,6 +175,8 @@ CHAPTER_PARAMETERS: dict[str, dict[str, Check]] = {
 
 def injected_parameter_names() -> list[str] | None:
     """Names papermill injected (its ``# Parameters`` cell, run just before this one); None if
+
+    Used by: dpo_utils.chapter_parameters.
     this is not an IPython kernel. A notebook run by hand injects nothing: an empty list."""
     try:
         from IPython import get_ipython
@@ -206,7 +208,7 @@ def check_parameters(
     chapter's default) or a value its check accepts. ``injected`` (default: read from IPython's
     history) are the names papermill set; one that the chapter does not have is an error.
 
-    Used in: every notebook (the cell after ``parameters``, through ``book.check_parameters``).
+    Used by: dpo_utils.book.
     """
     if chapter not in CHAPTER_PARAMETERS:
         raise config.ConfigError(

@@ -280,7 +280,10 @@ def _check_value(name: str, value: Any) -> Any:
 
 
 def check_behavior_list(name: str, value: Any) -> tuple:
-    """A behaviour selection as a tuple of names (str) and numbers (int >= 0); else ConfigError."""
+    """A behaviour selection as a tuple of names (str) and numbers (int >= 0); else ConfigError.
+
+    Used by: dpo_utils.chapter_parameters, dpo_utils.config.
+    """
     items = (value,) if isinstance(value, (str, int)) and not isinstance(value, bool) else value
     if not isinstance(items, (list, tuple)) or not all(
         (isinstance(b, str) and b.strip())
@@ -315,7 +318,7 @@ def _check_persona_source(value: str) -> None:
 def check_mode(mode: Any) -> str:
     """``mode`` if it is one of :data:`MODES`; else ConfigError naming it and the allowed ones.
 
-    Used in: dpo_utils.training, dpo_utils.run_cache and dpo_utils.train (one check, three users).
+    Used by: dpo_utils.run_cache, dpo_utils.train, dpo_utils.training.
     """
     if not isinstance(mode, str) or mode not in MODES:
         raise ConfigError(f"mode={mode!r} is not allowed; choose one of {list(MODES)}.")
@@ -326,6 +329,8 @@ def network_environment(cfg: ExperimentConfig) -> None:
     """Telemetry off for every profile; the CPU profile also offline (``HF_HUB_OFFLINE=1``...).
 
     ``setdefault``, so a caller's own setting wins. Call it before transformers is imported.
+
+    Used by: dpo_utils.book, dpo_utils.train.
     """
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     if not cfg.requires_gpu:

@@ -256,7 +256,7 @@ def validate_row(row: object, where: str) -> dict:
 def check_behavior_rows(name: str, rows: Sequence[dict], where: str) -> list[dict]:
     """A behaviour's rows, if there are enough of them and both answer classes occur.
 
-    Used in: dpo_utils.data.load_persona.
+    Used by: dpo_utils.data.
     """
     yes = sum(r["answer_matching_behavior"] == " Yes" for r in rows)
     if len(rows) < MIN_ROWS or yes in (0, len(rows)):

@@ -244,7 +244,7 @@ def _model_key(name: str) -> str:
 def check_prompt_lengths(model, tokenizer, texts: Sequence[str], names: Sequence[str]) -> None:
     """Reject a prompt longer than the model's context (``max_position_embeddings``), naming it.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb onwards (through persona_features).
+    Used by: dpo_utils.embeddings.
     """
     context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if not context:

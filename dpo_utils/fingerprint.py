@@ -23,7 +23,10 @@ _PARSED: dict[tuple[str, int, int], frozenset[str]] = {}
 
 
 def package_dir() -> Path:
-    """The folder of the ``dpo_utils`` sources that are fingerprinted."""
+    """The folder of the ``dpo_utils`` sources that are fingerprinted.
+
+    Used by: dpo_utils.fingerprint.
+    """
     return Path(__file__).resolve().parent
 
 
@@ -53,7 +56,10 @@ def _direct_imports(path: Path, known: set[str]) -> frozenset[str]:
 
 
 def module_dependencies(modules: Iterable[str], root: Path | None = None) -> list[str]:
-    """``modules`` and every package module they import, directly or not, sorted."""
+    """``modules`` and every package module they import, directly or not, sorted.
+
+    Used by: dpo_utils.fingerprint.
+    """
     root = root or package_dir()
     known = set(_module_names(root))
     todo = [m.rsplit(".", 1)[-1] for m in modules]
@@ -73,6 +79,8 @@ def code_fingerprint(modules: Iterable[str] | None = None, root: Path | None = N
     """12 hex digits over the source of ``modules`` and their package imports (None: all modules).
 
     Cheap (a few files read and hashed) and deterministic: it depends only on the source bytes.
+
+    Used by: dpo_utils.embeddings, dpo_utils.fingerprint, dpo_utils.models, dpo_utils.run_cache.
     """
     root = root or package_dir()
     names = _module_names(root) if modules is None else module_dependencies(modules, root)
@@ -147,6 +155,8 @@ def callable_fingerprint(run: Callable) -> dict[str, Any]:
     from globals (tensors and arrays, alone or in lists, dicts, dataclasses: features or behaviours
     built before the call); plain numbers and strings belong in the config. ``skipped`` lists the
     referenced objects that are neither (a model, say) and so are not part of the key.
+
+    Used by: dpo_utils.results.
     """
     module = getattr(run, "__module__", "") or ""
     code = getattr(run, "__code__", None)

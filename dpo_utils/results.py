@@ -54,7 +54,10 @@ _LISTENERS: list[Callable[[dict], None]] = []
 
 
 class ResultFolderError(ValueError):
-    """A folder the project will not write to or read from: a user's folder, a file, a bad run."""
+    """A folder the project will not write to or read from: a user's folder, a file, a bad run.
+
+    Used by: dpo_utils.results, dpo_utils.train.
+    """
 
 
 _ROOT_MARKERS = ("_toc.yml", "pyproject.toml")
@@ -104,6 +107,8 @@ def _jsonable(value: Any) -> Any:
 def portable(value: Any, profile: str = "cpu") -> Any:
     """``value`` (JSON-able) with absolute paths made relative to the results folder or the
     project root, so that a key survives a moved or copied checkout; other paths keep only their
+
+    Used by: dpo_utils.results.
     last two parts (a tiny model's cache folder name carries its own hash)."""
     if isinstance(value, dict):
         return {k: portable(v, profile) for k, v in value.items()}
@@ -131,6 +136,8 @@ def force_rerun(force: bool | None = None) -> bool:
     """``force`` if given, else whether ``$DPO_FORCE_RERUN`` is set (anything but "" or "0").
 
     The one reading of ``DPO_FORCE_RERUN`` for every cache: tables, runs, features, tiny models.
+
+    Used by: dpo_utils.embeddings, dpo_utils.models, dpo_utils.results, dpo_utils.run_cache.
     """
     if force is not None:
         return bool(force)
@@ -169,6 +176,8 @@ def cache_lock(path: Path) -> filelock.FileLock:
 
     One object per path in a process, so nested use (a cache around ``atomic_directory``)
     re-enters.
+
+    Used by: dpo_utils.embeddings, dpo_utils.models, dpo_utils.results, dpo_utils.run_cache.
     """
     lock_path = str(Path(path).parent / f".{Path(path).name}.lock")
     if lock_path not in _LOCKS:
@@ -227,7 +236,10 @@ def _check_record(path: Path, record: Mapping) -> str | None:
 
 
 def is_project_folder(path: Path) -> bool:
-    """Whether ``path`` is a folder this project wrote (it holds ``meta.json`` or a manifest)."""
+    """Whether ``path`` is a folder this project wrote (it holds ``meta.json`` or a manifest).
+
+    Used by: dpo_utils.results.
+    """
     path = Path(path)
     return path.is_dir() and ((path / "meta.json").is_file() or (path / MANIFEST).is_file())
 
@@ -236,6 +248,8 @@ def verify_folder(path: Path) -> list[str]:
     """Problems of a folder written by :func:`atomic_directory` (an empty list: intact).
 
     Every file listed in its manifest must have the recorded size (and checksum, below 256 MB).
+
+    Used by: dpo_utils.embeddings, dpo_utils.models, dpo_utils.run_cache.
     """
     path = Path(path)
     if not (path / MANIFEST).is_file():
@@ -262,6 +276,8 @@ def check_output_folder(path: Path, overwrite: bool = False) -> None:
     Allowed: a path that does not exist, an empty folder, or (with ``overwrite``) a folder this
     project wrote. A file, a user's non-empty folder, or an earlier run without ``overwrite`` is
     refused: nothing that the project did not create is ever deleted.
+
+    Used by: dpo_utils.results, dpo_utils.train.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -332,6 +348,8 @@ def provenance_log(listener: Callable[[dict], None] | None = None) -> list[dict]
 
     ``listener`` (optional) replaces any earlier listener and is called with each new entry;
     dpo_utils.book uses it to keep a chapter's provenance banner current.
+
+    Used by: dpo_utils.book.
     """
     if listener is not None:
         _LISTENERS[:] = [listener]
@@ -339,7 +357,10 @@ def provenance_log(listener: Callable[[dict], None] | None = None) -> list[dict]
 
 
 def record_provenance(kind: str, name: str, key: str, from_cache: bool) -> None:
-    """Add one entry to :func:`provenance_log` (for caches outside this module)."""
+    """Add one entry to :func:`provenance_log` (for caches outside this module).
+
+    Used by: dpo_utils.embeddings, dpo_utils.models, dpo_utils.results, dpo_utils.run_cache.
+    """
     _record(dict(kind=kind, name=name, key=key, from_cache=bool(from_cache)))
 
 

@@ -167,7 +167,7 @@ def _flip_key(flip) -> bool | list[str]:
 def run_settings(cfg: config.ExperimentConfig, behaviors, *, mode: str, flip=False) -> dict:
     """What a saved run's ``meta.json`` records so that a resume can be checked against it.
 
-    Used in: dpo_utils.train (``--resume-from``) and :func:`load_or_train`.
+    Used by: dpo_utils.run_cache, dpo_utils.train.
     """
     return dict(
         behaviors=[str(b) for b in behaviors],

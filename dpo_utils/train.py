@@ -91,6 +91,8 @@ def check_resume(folder, settings: dict, max_steps: int | None) -> None:
 
     ``settings`` is :func:`dpo_utils.run_cache.run_settings` of the new invocation; ``max_steps``
     (after the profile default) may not be below the steps the saved run already took.
+
+    Used by: dpo_utils.train.
     """
     folder = Path(folder)
     if not (folder / "meta.json").is_file():
