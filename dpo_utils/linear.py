@@ -1,20 +1,20 @@
 """Last-layer DPO with single-token answers: the setting the paper's theory analyses.
 
 A frozen network maps a prompt x to a feature e(x) in R^d; only the unembedding W (|V| x d) trains.
-The two candidate answers are single tokens (" Yes" and " No"). With s = +1 when " Yes" is preferred
+The two candidate answers are single tokens (" Yes" and " No"). With s = +1 when " Yes" is chosen
 and s = -1 otherwise, and u = w_Yes - w_No, the companion derivation (book/notation.md, chapter 01)
 gives
 
-* (D1) log pi(y_w|x) - log pi(y_l|x) = s * u.e(x): the softmax partition function cancels, so the DPO
+* (D1) log pi(y_w|x) - log pi(y_l|x) = s * u.e(x): the softmax partition function cancels, so DPO's
   argument is h = beta * s * (u - u_0).e(x);
 * (D2) only the rows w_Yes and w_No receive gradient, with opposite signs, so
   ||W(t) - W(0)||_F = ||W(t) - W(0)||_op = ||u_t - u_0|| / sqrt(2);
 * (D3) the first SGD step has size (lr * beta / sqrt 2) * ||mean_batch(s e)||.
 
 :func:`train_last_layer` is the exact trainer that uses (D1)-(D2): it tracks only
-Delta = w_Yes(t) - w_Yes(0) = -(w_No(t) - w_No(0)), for many runs (behaviours x seeds) at once as one
-batched tensor computation. :func:`dpo_utils.full_vocab.train_full_vocab` is the reference: a full |V| x d head trained by
-autograd through log-softmax, used to check the exact trainer.
+Delta = w_Yes(t) - w_Yes(0) = -(w_No(t) - w_No(0)), for many runs (behaviours x seeds) at once, as
+one batched tensor computation. :func:`dpo_utils.full_vocab.train_full_vocab` is the reference: a
+full |V| x d head trained by autograd through log-softmax, used to check the exact trainer.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class LastLayerHistory:
     info: dict[str, Any] = field(default_factory=dict)
 
     def to_frame(self, runs: Sequence[Mapping[str, Any]] | None = None) -> pd.DataFrame:
-        """Tidy long table: one row per (run, step, split, metric) with the run's labels as columns.
+        """Tidy long table: one row per (run, step, split, metric), the run's labels as columns.
 
         ``runs[r]`` labels run r, e.g. ``{"behavior": "b3", "seed": 1}``; default ``{"run": r}``.
         """
@@ -102,7 +102,7 @@ def _as_runs(
         signs = signs.unsqueeze(0)
     if features.dim() != 3 or signs.dim() != 2 or features.shape[:2] != signs.shape:
         raise ValueError(
-            f"{name}: features must be (R, n, d) and signs (R, n); got {tuple(features.shape)} and "
+            f"{name}: features must be (R, n, d) and signs (R, n); got {tuple(features.shape)}, "
             f"{tuple(signs.shape)}."
         )
     if not torch.all((signs == 1) | (signs == -1)):
@@ -134,7 +134,7 @@ def batch_indices(
         or half > int((signs < 0).sum(1).min())
     ):
         raise ValueError(
-            f"balanced batches need an even batch_size with at most batch_size/2 pairs of each class; "
+            "balanced batches need an even batch_size, at most batch_size/2 pairs of each class; "
             f"got batch_size={batch_size}."
         )
     pos = torch.where(signs > 0, scores, -1.0).argsort(dim=1, descending=True)[:, :half]
@@ -212,22 +212,24 @@ def train_last_layer(
     sample_weights: torch.Tensor | None = None,
     keep_deltas: bool = False,
     chunk_bytes: int | None = 8 * 2**20,
+    batches: Sequence[torch.Tensor | None] | None = None,
 ) -> LastLayerHistory:
     """Exact two-row SGD for last-layer single-token DPO, for R runs at once.
 
     ``features`` (R, n, d) or (n, d); ``signs`` (R, n) of +1/-1; ``u0`` (R, d) or (d,) the initial
-    w_Yes - w_No (default 0). Each step draws a fresh batch per run (``batch_size=None``: full batch).
-    ``seed`` seeds the batch sampler; a sequence gives each run its own stream (run r uses seed[r]).
+    w_Yes - w_No (default 0). Each step draws a fresh batch per run (``batch_size=None``: full
+    batch). ``seed`` seeds the sampler; a sequence gives each run its own stream (run r: seed[r]).
     ``eval_sets`` maps a split name to (features, signs) evaluated at step 0 and after every step
     (default: the training set as ``"train"``). ``sample_weights`` (R, n) weight each pair's loss.
 
     Records, per split: ``loss``, ``reward_accuracy``, ``output_accuracy``, ``mean_margin``; and
-    ``weight_change`` = ||W(t) - W(0)||_F and ``batch_loss`` (the loss of the batch used at step t).
+    ``weight_change`` = ||W(t) - W(0)||_F and ``batch_loss`` (the loss of step t's batch).
 
-    Large sweeps are memory-bound: every step reads all features twice. With ``chunk_bytes`` set, runs
-    are trained in consecutive groups whose training features fit in that many bytes (default 8 MiB,
-    a share of a typical L3 cache), so each group stays in cache for all its steps. With per-run seeds
-    the result does not depend on the grouping; with one shared seed, each group draws its own batches.
+    Large sweeps are memory-bound: every step reads all features twice. With ``chunk_bytes`` set,
+    runs are trained in consecutive groups whose features fit in that many bytes (default 8 MiB, a
+    share of a typical L3 cache), so each group stays in cache for all its steps. The grouping does
+    not change the result: with one shared seed, each step's batches are drawn for all runs first
+    and every group gets its rows (``batches``: one (R, b) index tensor per step, else sampled).
 
     Used in: notebooks/01_dpo_single_token.ipynb.
     """
@@ -271,7 +273,7 @@ def train_last_layer(
     kept = [delta.clone()] if keep_deltas else None
 
     # u0.e never changes, and Delta.e on the training features serves both the evaluation of the
-    # training set and the next step's margins: each step then reads the features twice, not ~4 times
+    # training set and the next step's margins: each step reads the features twice, not ~4 times
     bases = {name: torch.einsum("rnd,rd->rn", f, u0) for name, (f, _) in evals.items()}
     train_proj = torch.zeros(n_runs, n, dtype=features.dtype)
 
@@ -288,8 +290,10 @@ def train_last_layer(
         records.setdefault(("train", "batch_loss"), []).append(batch_loss)
 
     record(torch.full((n_runs,), math.log(2.0), dtype=features.dtype))
-    for _ in range(steps):
-        if len(generators) == 1:
+    for step in range(steps):
+        if batches is not None:
+            idx = batches[step]
+        elif len(generators) == 1:
             idx = batch_indices(generators[0], signs, batch_size, balanced)
         else:
             parts = [
@@ -309,8 +313,8 @@ def train_last_layer(
             w_b = _gather(weights, idx)
             batch_loss = (F.softplus(-margin) * w_b).sum(1) / w_b.sum(1)
             coef = coef * w_b / w_b.sum(1, keepdim=True)
-        # dL/dw_Yes = -beta * sum_i coef_i e_i ; w_No gets the opposite gradient. Scattering the batch
-        # coefficients into (R, n) avoids copying the batch's features (indices are distinct per run).
+        # dL/dw_Yes = -beta * sum_i coef_i e_i ; w_No gets the opposite gradient. Scattering the
+        # batch coefficients into (R, n) avoids copying its features (indices distinct per run).
         if idx is not None:
             coef = torch.zeros(n_runs, n, dtype=features.dtype).scatter_(1, idx, coef)
         delta = delta + lr * beta * torch.einsum("rn,rnd->rd", coef, features)
@@ -329,16 +333,24 @@ def train_last_layer(
 
 
 def _train_in_chunks(features, signs, u0, size: int, kwargs: dict) -> LastLayerHistory:
-    """Run :func:`train_last_layer` on consecutive groups of ``size`` runs and join the histories."""
+    """Run :func:`train_last_layer` on consecutive groups of ``size`` runs; join the histories."""
     n_runs = features.shape[0]
 
     def rows(x, part: slice):
         return x[part] if x is not None and x.dim() > 1 and x.shape[0] == n_runs else x
 
+    drawn = None
+    if isinstance(kwargs["seed"], int) or len(kwargs["seed"]) == 1:  # one stream for all runs
+        seed = kwargs["seed"] if isinstance(kwargs["seed"], int) else kwargs["seed"][0]
+        gen = torch.Generator().manual_seed(int(seed))
+        draw = (kwargs["batch_size"], kwargs["balanced"])
+        drawn = [batch_indices(gen, signs, *draw) for _ in range(kwargs["steps"])]
     parts = []
     for start in range(0, n_runs, size):
         part = slice(start, start + size)
         kw = dict(kwargs, chunk_bytes=None)
+        if drawn is not None:
+            kw["batches"] = [None if i is None else i[part] for i in drawn]
         if not isinstance(kwargs["seed"], int):
             kw["seed"] = list(kwargs["seed"])[part] if len(kwargs["seed"]) > 1 else kwargs["seed"]
         if kwargs["eval_sets"] is not None:
@@ -373,7 +385,7 @@ def first_step_change(
 def weight_change_bound(
     steps: np.ndarray | int, lr: float, beta: float, max_feature_norm: float
 ) -> np.ndarray:
-    """(D4): ||W(t) - W(0)|| <= sqrt(2) * lr * beta * t * max ||e||, since every sigmoid is below 1.
+    """(D4): ||W(t) - W(0)|| <= sqrt(2) * lr * beta * t * max ||e||, as every sigmoid is below 1.
 
     Used in: notebooks/02_update_rate.ipynb, notebooks/07_last_layer_dpo.ipynb.
     """
@@ -395,7 +407,7 @@ def first_step_sweep(
     """Measured ||W(1) - W(0)|| against (D3)'s prediction, for R behaviours x several batch seeds.
 
     Returns one row per (behaviour, seed) with ``measured``, ``predicted_batch`` (the exact
-    (lr beta / sqrt 2) ||mean_batch(s e)|| on the batch actually drawn) and ``predicted_population``
+    (lr beta / sqrt 2) ||mean_batch(s e)|| on the batch drawn) and ``predicted_population``
     ((lr beta / (2 sqrt 2)) ||mu_Yes - mu_No|| of the full training set), plus the run's labels.
 
     Used in: notebooks/01_dpo_single_token.ipynb.

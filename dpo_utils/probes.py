@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
 
-from . import losses
+from . import losses, scale
 
 if TYPE_CHECKING:  # for annotations only
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -78,15 +78,27 @@ def _with_eos(text: str, eos: str) -> str:
     return text if text.endswith(eos) else text + eos
 
 
-def _encode(tokenizer, prompt: str, completions: list[str], max_length: int | None):
+def _encode(
+    tokenizer, prompt: str, completions: list[str], max_length: int | None, cap: int | None = None
+):
     """Prompt ids and completion ids for one prompt, as trl's tokenize step and collator produce
-    them."""
+    them.
+
+    ``cap`` (paper profiles: 128) applies the authors' trl 0.7.3 rule instead: a prompt that does
+    not fit with its longest completion keeps its last ``cap`` tokens, then completions keep their
+    start.
+    """
     eos = tokenizer.eos_token
     if eos is None:
         raise ValueError("the tokenizer has no eos_token; DPO appends EOS to every completion.")
     p_ids = tokenizer(prompt)["input_ids"]
     full = [tokenizer(prompt + _with_eos(c, eos))["input_ids"] for c in completions]
     n = min(_common_prefix(p_ids, ids) for ids in full)
+    if cap is not None:
+        comps = [ids[n:] for ids in full]
+        prompt = scale.truncate_prompt(p_ids[:n], max(map(len, comps)), max_length, cap)
+        keep = None if max_length is None else max_length - len(prompt)
+        return prompt, [c[:keep] for c in comps]
     if max_length is not None and n >= max_length:
         raise ValueError(
             f"prompt {prompt[:60]!r} has {n} tokens, not fewer than max_length={max_length}; "
@@ -97,10 +109,14 @@ def _encode(tokenizer, prompt: str, completions: list[str], max_length: int | No
 
 
 def encode_pairs(
-    tokenizer: PreTrainedTokenizerBase, pairs: list[dict], max_length: int | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[dict],
+    max_length: int | None = None,
+    max_prompt_length: int | None = None,
 ) -> EncodedPairs:
     """Tokenise preference pairs (dicts with prompt, chosen, rejected[, behavior]) exactly as trl
-    does.
+    does (with ``max_prompt_length``: as ``train_dpo`` truncates on the paper profiles, see
+    :func:`_encode`).
 
     Used by: dpo_utils.probes.
     """
@@ -112,7 +128,11 @@ def encode_pairs(
                 f"pair {i} lacks key(s) {sorted(missing)}; a pair needs prompt, chosen, rejected."
             )
         p, (c, r) = _encode(
-            tokenizer, pair["prompt"], [pair["chosen"], pair["rejected"]], max_length
+            tokenizer,
+            pair["prompt"],
+            [pair["chosen"], pair["rejected"]],
+            max_length,
+            max_prompt_length,
         )
         prompts.append(p)
         chosen.append(c)
@@ -203,10 +223,15 @@ def _completion_logps(model, prompts, completions, batch_size: int) -> torch.Ten
         raise ValueError(f"batch_size={batch_size!r} is not allowed; it must be an integer >= 1.")
     if not prompts:
         return torch.empty(0, len(completions[0]) if completions else 1)
-    backbone, head = _backbone_and_head(model)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    if scale.is_sharded(model):  # FSDP: decoder and head exist whole only inside its forward
+        try:
+            return scale.forward_logps(model, prompts, completions, batch_size, device)
+        finally:
+            model.train(was_training)
+    backbone, head = _backbone_and_head(model)
     try:
         prefix = _shared_prefix(backbone, prompts, device)
         chunks = [
@@ -288,6 +313,7 @@ class ProbeCallback(TrainerCallback):
         beta: float,
         *,
         max_length=None,
+        max_prompt_length=None,
         batch_size=64,
         every=1,
         ref_model=None,
@@ -302,7 +328,10 @@ class ProbeCallback(TrainerCallback):
                     f"probe set {split!r} is empty; give at least one pair or leave the split out."
                 )
         self.beta = losses.check_beta(beta)
-        self.encoded = {s: encode_pairs(tokenizer, p, max_length) for s, p in probe_sets.items()}
+        self.encoded = {
+            s: encode_pairs(tokenizer, p, max_length, max_prompt_length)
+            for s, p in probe_sets.items()
+        }
         self.batch_size, self.every, self.ref_model = batch_size, every, ref_model
         self.reference: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.records: list[pd.DataFrame] = []

@@ -307,7 +307,7 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     one is in place. A file or a user's non-empty folder at ``path`` is refused before the block
     runs. Temporary folders left by killed processes are removed.
 
-    Used by: dpo_utils.embeddings, dpo_utils.models, dpo_utils.training.
+    Used by: dpo_utils.embeddings, dpo_utils.models, dpo_utils.saved_runs.
     """
     path = Path(path)
     try:

@@ -6,8 +6,8 @@
 
 It writes what :func:`dpo_utils.training.save_trained` writes: ``probes.csv`` (the tidy table:
 step, behavior, split, metric, value, seed, mode), ``pairs.csv``, ``log_history.csv``, ``model/``
-(and ``adapter/`` for LoRA), ``checkpoint/`` and ``meta.json`` (with the run's settings, which
-``--resume-from`` checks). A notebook calls :func:`dpo_utils.run_cache.train_behaviors`, the
+(and ``adapter/`` for LoRA), ``meta.json`` (with the run's settings, which ``--resume-from``
+checks) and, with ``--checkpoint``, ``checkpoint/``. A notebook calls :func:`dpo_utils.run_cache.train_behaviors`, the
 function ``main`` calls, and gets the same table.
 
 Every flag is checked before any data or model is loaded; a user error prints one line ``error:
@@ -55,9 +55,15 @@ def _parser() -> argparse.ArgumentParser:
         "--resume-from", default=None, help="a folder written by an earlier run (continue it)"
     )
     p.add_argument(
-        "--no-checkpoint",
+        "--checkpoint",
         action="store_true",
-        help="skip checkpoint/ (optimizer state; large at 7B)",
+        help="also write checkpoint/ (AdamW state, ~54 GB at 7B) for --resume-from",
+    )
+    p.add_argument(
+        "--per-device-batch-size",
+        default=None,
+        help="pairs per process and micro-step; per-device x processes x accumulation must equal "
+        "the effective batch (128 on the paper profiles: 8 GPUs need 16 or less)",
     )
     p.add_argument("--out", required=True, help="a new or empty folder to write the run to")
     p.add_argument(
@@ -102,7 +108,7 @@ def check_resume(folder, settings: dict, max_steps: int | None) -> None:
         )
     if not (folder / "checkpoint").is_dir():
         raise ResultFolderError(
-            f"--resume-from {str(folder)!r} holds no checkpoint/ (written with --no-checkpoint?); "
+            f"--resume-from {str(folder)!r} holds no checkpoint/ (written without --checkpoint?); "
             "it cannot be continued."
         )
     meta = json.loads((folder / "meta.json").read_text())
@@ -129,7 +135,8 @@ def check_resume(folder, settings: dict, max_steps: int | None) -> None:
 
 def _validate(args) -> tuple[config.ExperimentConfig, list, dict]:
     """Every flag checked, cheaply (no data read beyond a folder listing, no model, no network)."""
-    cfg = config.get_config(args.profile)
+    per_device = _int_flag("--per-device-batch-size", args.per_device_batch_size, 1)
+    cfg = config.get_config(args.profile, per_device_batch_size=per_device)
     config.require_device(cfg)  # a GPU profile without a GPU stops here, before the hub
     config.check_mode(args.mode)
     max_steps = _int_flag("--max-steps", args.max_steps, 1)
@@ -161,7 +168,8 @@ def _validate(args) -> tuple[config.ExperimentConfig, list, dict]:
 
 
 def main(argv: list[str] | None = None) -> DPORun:
-    """Parse and check every argument, train, and write the run to ``--out`` (main process only).
+    """Parse and check every argument, train, and write the run to ``--out`` (every process takes
+    part in the save; the main process writes).
 
     A user error (bad flag, unknown behaviour, refused folder) prints ``error: ...`` and exits 2.
 
@@ -177,8 +185,9 @@ def main(argv: list[str] | None = None) -> DPORun:
     config.network_environment(cfg)
     try:
         run = train_behaviors(cfg, behaviors, **kwargs)
+        # every process: under FSDP the weights are gathered collectively; the main process writes
+        save_trained(run, Path(args.out), checkpoint=args.checkpoint, settings=settings)
         if run.trainer is None or run.trainer.accelerator.is_main_process:
-            save_trained(run, Path(args.out), checkpoint=not args.no_checkpoint, settings=settings)
             print(
                 f"wrote {args.out}: {run.probes['step'].max()} steps, {len(run.probes)} table rows"
             )

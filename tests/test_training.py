@@ -169,7 +169,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tok, tmp_path):
     first = training.train_dpo(
         cfg, tiny_llama(tok), tok, pairs, mode="full", probe_sets=probe, max_steps=3
     )
-    training.save_trained(first, tmp_path / "run")
+    training.save_trained(first, tmp_path / "run", checkpoint=True)  # resuming needs it
     rest = training.train_dpo(
         cfg,
         tiny_llama(tok),
@@ -247,9 +247,14 @@ def test_gpu_check_runs_at_tiny_size_on_cpu(capsys):
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    result = module.main(["--tiny", "--steps", "2"])
-    assert result["seconds_per_step"] > 0 and result["tokens_per_second"] > 0
-    assert "tokens/s" in capsys.readouterr().out
+    result = module.main(["--tiny", "--steps", "2", "--long-len", "96"])
+    assert set(result) == set(module.PARTS)
+    for part in ("lora", "full", "lora_long", "mistral_lora"):
+        assert result[part]["seconds_per_step"] > 0 and result[part]["tokens_per_second"] > 0
+        assert 0 < result[part]["mfu"] < 1
+    assert result["full"]["policy_dtype"] == "torch.float32"  # the chapters' full-DPO preparation
+    assert result["probes"]["seconds_per_probe_pass"] > 0 and result["features"]["finite"]
+    assert "mistral_lora on cpu" in capsys.readouterr().out
 
 
 def test_bad_inputs_raise_clear_errors(tok):
@@ -271,20 +276,6 @@ def test_bad_inputs_raise_clear_errors(tok):
         training.train_dpo(_cfg(), model, tok, pairs, mode="full", probe_sets={"test": []})
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         training.train_dpo(_cfg(), model, tok, pairs, mode="full", resume_from="/nonexistent/run")
-
-
-@pytest.mark.parametrize("name", ["single_gpu", "ddp", "fsdp"])
-def test_accelerate_configs_load(name):
-    from accelerate.commands.config.config_args import load_config_from_file
-
-    cfg = load_config_from_file(str(ROOT / "configs" / "accelerate" / f"{name}.yaml"))
-    assert cfg.mixed_precision == "bf16"
-    if name == "fsdp":
-        assert cfg.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD"
-        assert set(cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"].split(",")) == {
-            "LlamaDecoderLayer",
-            "MistralDecoderLayer",
-        }
 
 
 def test_adapter_only_lora_run_rebuilds_the_same_merged_model(tok, tmp_path):
