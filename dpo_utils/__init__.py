@@ -17,6 +17,8 @@ Mechanisms (import only each other):
     embeddings              last-token features of a causal LM, cached [07]
     probes                  per-pair log-probs and the probe callback [via training]
     training                DPO through trl's DPOTrainer [12]
+    saved_runs              DPORun, saving and loading trained runs [via training]
+    scale                   paper scale: dtypes, freeing memory, launch checks [01-05]
     run_cache               the notebooks' cache of DPO runs [via llm_experiments]
     results                 load-or-run: tidy tables saved with their config [02 03 04 05 07]
     fingerprint             what a cached result depends on: code and input fingerprints [via results]

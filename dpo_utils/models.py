@@ -399,7 +399,7 @@ def load_saved_model(path: str | Path):
 def clone_model(model):
     """An independent copy rebuilt from config + state dict (safe after trl training, unlike deepcopy).
 
-    Used by: dpo_utils.training.
+    Used by: tests and user code; full DPO's reference is built by scale.reference_copy instead.
     """
     from transformers import AutoModelForCausalLM
 

@@ -154,7 +154,7 @@ def save_trained(
     *every* process: the full state dict is gathered through accelerate and the main process
     writes.
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/10_misalignment_llm.ipynb.
+    Used by: the run cache, the command line and the LLM experiments, through training's re-export.
     """
     path = Path(path)
     lora = run.mode == "lora"

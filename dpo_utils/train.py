@@ -7,8 +7,8 @@
 It writes what :func:`dpo_utils.training.save_trained` writes: ``probes.csv`` (the tidy table:
 step, behavior, split, metric, value, seed, mode), ``pairs.csv``, ``log_history.csv``, ``model/``
 (and ``adapter/`` for LoRA), ``meta.json`` (with the run's settings, which ``--resume-from``
-checks) and, with ``--checkpoint``, ``checkpoint/``. A notebook calls :func:`dpo_utils.run_cache.train_behaviors`, the
-function ``main`` calls, and gets the same table.
+checks) and, with ``--checkpoint``, ``checkpoint/``. A notebook calls
+:func:`dpo_utils.run_cache.train_behaviors`, the function ``main`` calls, and gets the same table.
 
 Every flag is checked before any data or model is loaded; a user error prints one line ``error:
 ...`` and exits with status 2. ``--out`` must be new or empty, or an earlier run replaced with

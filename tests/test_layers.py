@@ -15,7 +15,7 @@ import dpo_utils
 MECHANISMS = {
     "config", "losses", "linear", "full_vocab", "synthetic", "feature_models", "metrics", "data",
     "corpus", "models", "embeddings", "probes", "training", "run_cache", "results", "runtime",
-    "tables", "train", "fingerprint", "chapter_parameters",
+    "tables", "train", "fingerprint", "chapter_parameters", "saved_runs", "scale",
 }  # fmt: skip
 EXPERIMENTS = {
     "synthetic_experiments", "priority_experiments", "feature_experiments", "llm_experiments"
