@@ -41,11 +41,16 @@ __all__ = [
     "theory_profile",
     "is_sharded",
     "forward_logps",
+    "PAPER_MODEL_PARAMETERS",
+    "full_dpo_state_bytes",
+    "full_dpo_state_gib",
 ]
 
 #: trl 0.7.3's default max_prompt_length, which the authors' runs used (truncation keeps the end)
 AUTHORS_MAX_PROMPT_LENGTH = 128
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: parameter counts of the paper's models (LlamaConfig / MistralConfig at their published shapes)
+PAPER_MODEL_PARAMETERS = {"Llama-2-7B": 6_738_415_616, "Mistral-7B": 7_241_732_096}
 
 
 def reference_dtype(cfg: ExperimentConfig) -> torch.dtype:
@@ -252,3 +257,30 @@ def forward_logps(model, prompts, completions, batch_size: int, device) -> torch
         token = logp.gather(-1, ids[:, 1:, None].to(device))[..., 0]
         out.append((token * keep.to(device)).sum(-1).cpu())
     return torch.cat(out).view(-1, k)
+
+
+def full_dpo_state_bytes(cfg: ExperimentConfig) -> dict[str, int]:
+    """Bytes per parameter of each state that full DPO keeps, as this code keeps it.
+
+    The policy, its gradients and AdamW's two moments are fp32 (:func:`prepare_policy`); the
+    frozen reference is in :func:`reference_dtype`. book/setup.md's memory table is this, times
+    the parameter count (a test checks the page against :func:`full_dpo_state_gib`).
+
+    Used by: dpo_utils.scale.
+    """
+    fp32 = torch.finfo(torch.float32).bits // 8
+    return {
+        "policy weights": fp32,
+        "gradients": fp32,
+        "AdamW moments": 2 * fp32,
+        "reference model": torch.finfo(reference_dtype(cfg)).bits // 8,
+    }
+
+
+def full_dpo_state_gib(cfg: ExperimentConfig, n_parameters: int) -> dict[str, float]:
+    """GiB (2**30 bytes) of each full-DPO state and their total, for ``n_parameters`` weights.
+
+    Used by: tests (book/setup.md's table).
+    """
+    sizes = {k: b * n_parameters / 2**30 for k, b in full_dpo_state_bytes(cfg).items()}
+    return {**sizes, "total": sum(sizes.values())}
