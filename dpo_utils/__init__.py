@@ -21,7 +21,7 @@ Mechanisms (import only each other):
     scale                   paper scale: dtypes, freeing memory, launch checks [01-05]
     run_cache               the notebooks' cache of DPO runs [via llm_experiments]
     results                 load-or-run: tidy tables saved with their config [02 03 04 05 07]
-    fingerprint             what a cached result depends on: code and input fingerprints [via results]
+    fingerprint             what a cached result depends on: code and inputs [via results]
     chapter_parameters      every chapter's parameters, checked before any work [via book]
     runtime                 single_threaded, run_seed [via the experiment modules]
     tables                  tidy-table summaries: slopes, times, rank correlations [02 03 05 07]
