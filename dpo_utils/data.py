@@ -7,13 +7,21 @@ wrapped in "Is the following statement something you would say?"), ``statement``
 alphabetically sorted list of files (:data:`PERSONA_BEHAVIORS`), split each one 90/10 with
 ``random.seed(1234)`` and build pairs prompt = question + "\\n", chosen = the matching answer.
 
-Sources: a local folder laid out as upstream (``*.jsonl`` directly or under ``persona/``), such as the
-project's own corpus (:func:`corpus_dir`), or the hub id ``Anthropic/model-written-evals``.
+Sources: ``"persona"`` (32 real behaviours vendored under ``data/anthropic-persona/``, gzip-compressed,
+Perez et al. 2022, CC BY 4.0; the CPU profile's default), ``"corpus"`` (the project's designed corpus
+under ``data/persona/``), a local folder laid out as upstream (``*.jsonl`` or ``*.jsonl.gz``, directly
+or under ``persona/``), or the hub id ``Anthropic/model-written-evals``.
+
+Which behaviours the book features is named once here: :data:`AUTHORS_BEHAVIORS` (the eight of the
+authors' released scripts), :data:`FORMAT_BEHAVIORS` (real behaviours whose *answered* rows teach the
+CPU stand-ins the answer format and that no experiment uses) and :data:`EVALUATION_BEHAVIORS` (the
+other vendored behaviours: the stand-ins saw their train-split prompts only, never an answer).
 """
 
 from __future__ import annotations
 
 import difflib
+import gzip
 import json
 import math
 import random
@@ -24,7 +32,15 @@ from .results import project_root
 
 __all__ = [
     "PERSONA_BEHAVIORS",
+    "AUTHORS_BEHAVIORS",
+    "FORMAT_BEHAVIORS",
+    "EVALUATION_BEHAVIORS",
+    "VENDORED_BEHAVIORS",
     "HUB_PERSONA_ID",
+    "PERSONA_SOURCE",
+    "CORPUS_SOURCE",
+    "persona_dir",
+    "source_folder",
     "PersonaDataError",
     "corpus_dir",
     "available_behaviors",
@@ -39,6 +55,9 @@ __all__ = [
 ]
 
 HUB_PERSONA_ID = "Anthropic/model-written-evals"
+#: source names resolved to the repository's data folders (a config's ``persona_source``)
+PERSONA_SOURCE = "persona"
+CORPUS_SOURCE = "corpus"
 FIELDS = (
     "question",
     "statement",
@@ -54,8 +73,8 @@ MIN_ROWS = 2
 MAX_QUESTION_CHARS = 20_000
 HH_SEPARATOR = "\n\nAssistant:"
 _HOW_TO_GET = (
-    "Use the project's own corpus (dpo_utils.data.corpus_dir(), regenerate it with "
-    "`python -m dpo_utils.corpus`), clone https://github.com/anthropics/evals and pass its persona/ "
+    "Use the vendored real behaviours (source 'persona', data/anthropic-persona/), the project's own "
+    "corpus (source 'corpus'; regenerate it with `python -m dpo_utils.corpus`), clone https://github.com/anthropics/evals and pass its persona/ "
     f"folder, or pass the hub id {HUB_PERSONA_ID!r} on a machine with network access."
 )
 
@@ -110,6 +129,16 @@ willingness-to-use-physical-force-to-achieve-benevolent-goals willingness-to-use
 """
 #: the 135 upstream persona behaviours; a behaviour's number is its index (the authors' ``-bn``)
 PERSONA_BEHAVIORS: tuple[str, ...] = tuple(_NAMES.split())
+#: the behaviours that the authors' released scripts and plots use (their numbering)
+AUTHORS_BEHAVIORS: tuple[int, ...] = (45, 54, 84, 88, 100, 108, 123, 130)
+#: the 32 behaviours vendored under data/anthropic-persona/: the authors' eight and every fifth number
+VENDORED_BEHAVIORS: tuple[int, ...] = tuple(sorted(set(range(0, 135, 5)) | set(AUTHORS_BEHAVIORS)))
+#: vendored behaviours whose answered rows the CPU stand-ins are pre-trained on; no experiment uses them
+FORMAT_BEHAVIORS: tuple[int, ...] = (5, 15, 25, 40, 50, 65, 70, 80, 85, 95, 105, 125)
+#: the other twenty vendored behaviours: measured, aligned and misaligned; never answered in pre-training
+EVALUATION_BEHAVIORS: tuple[int, ...] = tuple(
+    n for n in VENDORED_BEHAVIORS if n not in FORMAT_BEHAVIORS
+)
 
 
 class PersonaDataError(ValueError):
@@ -131,23 +160,54 @@ def corpus_dir() -> Path:
     return project_root() / "data"
 
 
+def persona_dir() -> Path:
+    """The repository's ``data/anthropic-persona/`` folder: the 32 vendored real behaviours.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    """
+    return corpus_dir() / "anthropic-persona"
+
+
 def _is_hub_id(source: str | Path) -> bool:
     return str(source) == HUB_PERSONA_ID
 
 
-def _persona_folder(source: str | Path) -> Path:
-    """The folder that holds the ``.jsonl`` files: ``source`` itself or its ``persona/`` subfolder.
+_SUFFIXES = (".jsonl", ".jsonl.gz")
 
-    ``"corpus"`` (the CPU profile's ``persona_source``) names the project's corpus.
+
+def _behavior_files(folder: Path) -> dict[str, Path]:
+    """{behaviour name: file} for the ``.jsonl`` and ``.jsonl.gz`` files directly in ``folder``."""
+    files: dict[str, Path] = {}
+    for suffix in _SUFFIXES:
+        for path in folder.glob(f"*{suffix}"):
+            name = path.name[: -len(suffix)]
+            if name in files:
+                raise PersonaDataError(
+                    f"behaviour {name!r} is in {folder} twice ({files[name].name} and {path.name}); "
+                    "keep one of them."
+                )
+            files[name] = path
+    return files
+
+
+def source_folder(source: str | Path) -> Path:
+    """The folder that holds a local source's behaviour files.
+
+    ``"persona"`` names the vendored real behaviours, ``"corpus"`` the project's designed corpus;
+    any other value is a folder holding ``.jsonl`` / ``.jsonl.gz`` files, directly or under
+    ``persona/``.
+
+    Used in: notebooks/06_measuring_distinguishability.ipynb, dpo_utils.pretraining.
     """
-    folder = corpus_dir() if str(source) == "corpus" else Path(source)
+    named = {PERSONA_SOURCE: persona_dir(), CORPUS_SOURCE: corpus_dir()}
+    folder = named.get(str(source), Path(source))
     if not folder.is_dir():
         raise PersonaDataError(f"persona folder {str(folder)!r} does not exist. {_HOW_TO_GET}")
-    if not any(folder.glob("*.jsonl")) and (folder / "persona").is_dir():
+    if not _behavior_files(folder) and (folder / "persona").is_dir():
         folder = folder / "persona"
-    if not any(folder.glob("*.jsonl")):
+    if not _behavior_files(folder):
         raise PersonaDataError(
-            f"persona folder {str(folder)!r} holds no .jsonl files. {_HOW_TO_GET}"
+            f"persona folder {str(folder)!r} holds no .jsonl or .jsonl.gz files. {_HOW_TO_GET}"
         )
     return folder
 
@@ -159,7 +219,7 @@ def available_behaviors(source: str | Path) -> list[str]:
     """
     if _is_hub_id(source):
         return list(PERSONA_BEHAVIORS)
-    return sorted(path.stem for path in _persona_folder(source).glob("*.jsonl"))
+    return sorted(_behavior_files(source_folder(source)))
 
 
 def _numbering(available: Sequence[str]) -> Sequence[str]:
@@ -270,7 +330,8 @@ def check_behavior_rows(name: str, rows: Sequence[dict], where: str) -> list[dic
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    with path.open("rb") as handle:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             where = f"{path}:{number}"
             try:
@@ -289,7 +350,9 @@ def _read_jsonl(path: Path) -> list[dict]:
             rows.append(validate_row(row, where))
     if not rows:
         raise PersonaDataError(f"{path} holds no rows. {_HOW_TO_GET}")
-    return check_behavior_rows(path.stem, rows, str(path))
+    return check_behavior_rows(
+        path.name.removesuffix(".gz").removesuffix(".jsonl"), rows, str(path)
+    )
 
 
 def _read_hub(name: str) -> list[dict]:
@@ -315,8 +378,8 @@ def load_persona(
 ) -> dict[str, list[dict]]:
     """Load persona behaviours as ``{name: rows in file order}`` with every row validated.
 
-    ``source`` is a local folder laid out as upstream, ``"corpus"`` (the project's corpus) or the hub
-    id ``Anthropic/model-written-evals``;
+    ``source`` is ``"persona"`` (the vendored real behaviours), ``"corpus"`` (the project's corpus), a
+    local folder laid out as upstream or the hub id ``Anthropic/model-written-evals``;
     ``behaviors`` are names or numbers (see :func:`resolve_behaviors`), ``None`` for all of them.
 
     Used in: notebooks/06_measuring_distinguishability.ipynb, notebooks/07_last_layer_dpo.ipynb.
@@ -324,8 +387,8 @@ def load_persona(
     names = resolve_behaviors(behaviors, available_behaviors(source))
     if _is_hub_id(source):
         return {name: _read_hub(name) for name in names}
-    folder = _persona_folder(source)
-    return {name: _read_jsonl(folder / f"{name}.jsonl") for name in names}
+    files = _behavior_files(source_folder(source))
+    return {name: _read_jsonl(files[name]) for name in names}
 
 
 def split_rows(rows: Sequence[dict], seed: int = 1234) -> tuple[list[dict], list[dict]]:
