@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .data import AUTHORS_BEHAVIORS
+
 __all__ = [
     "ConfigError",
     "ExperimentConfig",
@@ -92,9 +94,9 @@ class ExperimentConfig:
     max_length: int = 512
     behaviors: tuple[str | int, ...] = field(default_factory=tuple)
     # --- persona data and CPU stand-in models (notebooks 06 onwards) ---------------------------
-    # "corpus": the project's own corpus in data/; else a local folder or the hub id
-    # "Anthropic/model-written-evals"
-    persona_source: str = "corpus"
+    # "persona": the 32 vendored real behaviours (data/anthropic-persona/); "corpus": the designed
+    # corpus (data/persona/); else a local folder or "Anthropic/model-written-evals"
+    persona_source: str = "persona"
     pretrain_steps: int = 300  # CPU profile: causal-LM pre-training steps of the tiny models
     pretrain_seed: int = (
         1234  # CPU profile: seed of the tiny models' initialisation and pre-training
@@ -144,9 +146,9 @@ PROFILES: dict[str, ExperimentConfig] = {
     "cpu": ExperimentConfig(
         profile="cpu",
         description=(
-            "CPU profile: tiny Llama/Mistral models built from config and pre-trained briefly on "
-            "the project's own persona-format corpus; synthetic features of width 64. "
-            "Not Llama-2-7B."
+            "CPU profile: tiny Llama/Mistral models built from config and pre-trained briefly on real "
+            "persona text (never on an evaluated answer or test statement); synthetic features of "
+            "width 64. Not Llama-2-7B."
         ),
         model_name="tiny-llama",
         model_arch="llama",
@@ -174,8 +176,11 @@ PROFILES: dict[str, ExperimentConfig] = {
         per_device_batch_size=32,
         dpo_epochs=1,
         dpo_max_steps=16,
-        max_length=64,
-        behaviors=(),
+        # the longest real persona prompt plus its answer is 95 stand-in tokens (positions: 128)
+        max_length=128,
+        # the authors' eight, featured by name (dpo_utils.data.AUTHORS_BEHAVIORS)
+        behaviors=AUTHORS_BEHAVIORS,
+        persona_source="persona",
     ),
     "llama2-7b": ExperimentConfig(
         profile="llama2-7b",

@@ -1,11 +1,12 @@
 """Models and tokenizers: a hub id or path on a GPU box, or tiny Llama / Mistral stand-ins on a CPU.
 
 GPU profiles load ``AutoModelForCausalLM`` / ``AutoTokenizer`` from ``cfg.model_name`` (a hub id or a
-local folder), in bf16 where the device supports it. The CPU profile builds a tokenizer on the
-project's corpus (ByteLevel BPE, " Yes" and " No" single tokens) and a tiny Llama or Mistral from
-config (hidden 64, 2 layers), pre-trains it for a few hundred steps as a causal LM on an independent
-sample of the corpus, and caches it on disk keyed by everything that shaped it. These stand-ins are
-~0.3M-parameter models, not Llama-2-7B; they exist so that features carry the corpus's signal.
+local folder), in bf16 where the device supports it. The CPU profile builds a tokenizer (ByteLevel BPE,
+2,048 tokens, " Yes" and " No" single tokens) and a tiny Llama or Mistral from config (hidden 64,
+2 layers), pre-trains it as a causal LM on :func:`dpo_utils.pretraining.pretraining_text` (persona
+text that holds no test-split statement and no answer of a behaviour any chapter uses), and caches it
+on disk keyed by the texts' hash, every setting and the seed. These stand-ins are ~0.4M-parameter
+models, not Llama-2-7B.
 
 Saving and reloading rebuilds a model from its config plus a state dict. Never ``copy.deepcopy`` a
 model that trl has trained: trl rebinds ``forward`` so a deep copy silently runs the original weights
@@ -23,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from . import corpus
 from .config import ConfigError, ExperimentConfig
 from .fingerprint import code_fingerprint
+from .pretraining import pretraining_text
 from .results import (
     atomic_directory,
     cache_lock,
@@ -70,12 +71,15 @@ TINY_SHAPE = dict(
 PRETRAIN_DEFAULTS = dict(
     lr=3e-3, betas=(0.9, 0.95), warmup=30, final_lr_fraction=0.1, batch_size=64
 )
+#: the stand-ins' tokenizer size and default pre-training length (notes/real-persona-signal.md)
+VOCAB_SIZE = 2048
+PRETRAIN_STEPS = 300
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 ANSWERS = (" Yes", " No")
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int = 1024):
+def train_tokenizer(texts: Sequence[str], vocab_size: int = VOCAB_SIZE):
     """A ByteLevel BPE tokenizer trained on ``texts`` that prepends BOS, like Llama's.
 
     Raises if " Yes" or " No" did not become single tokens (see :func:`answer_token_ids`).
@@ -183,10 +187,30 @@ def _lm_batches(tokenizer, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Te
     return input_ids, labels
 
 
-def pretrain(model, tokenizer, texts: Sequence[str], steps: int, seed: int = 1234) -> list[dict]:
-    """Causal-LM pre-training: AdamW, linear warm-up then cosine decay to 10 %, random batches of 64.
+def _length_grouped_batches(
+    lengths: torch.Tensor, batch_size: int, steps: int, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """Row indices of ``steps`` batches: each epoch shuffles, sorts chunks by length, shuffles batches.
 
-    Returns the loss log, one dict per step. Deterministic for a given seed.
+    Rows of similar length share a batch, so little compute goes to padding.
+    """
+    batches: list[torch.Tensor] = []
+    while len(batches) < steps:
+        order = torch.randperm(len(lengths), generator=generator)
+        chunk = batch_size * 16
+        for start in range(0, len(order), chunk):
+            part = order[start : start + chunk]
+            part = part[torch.argsort(lengths[part], stable=True)]
+            epoch = [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+            batches += [epoch[i] for i in torch.randperm(len(epoch), generator=generator)]
+    return batches[:steps]
+
+
+def pretrain(model, tokenizer, texts: Sequence[str], steps: int, seed: int = 1234) -> list[dict]:
+    """Causal-LM pre-training: AdamW, linear warm-up then cosine decay to 10 %, batches of 64.
+
+    Batches are length-grouped random draws (:func:`_length_grouped_batches`); the loss covers every
+    token of BOS + text + EOS. Returns the loss log, one dict per step. Deterministic for a seed.
 
     Used by: dpo_utils.models.
     """
@@ -206,11 +230,13 @@ def pretrain(model, tokenizer, texts: Sequence[str], steps: int, seed: int = 123
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     generator = torch.Generator().manual_seed(seed)
+    lengths = (labels != -100).sum(1)
     model.train()
     log = []
-    for step in range(steps):
-        rows = torch.randint(0, len(input_ids), (hp["batch_size"],), generator=generator)
-        width = int((labels[rows] != -100).sum(1).max())
+    for step, rows in enumerate(
+        _length_grouped_batches(lengths, hp["batch_size"], steps, generator)
+    ):
+        width = int(lengths[rows].max())
         batch, target = input_ids[rows, :width], labels[rows, :width]
         loss = model(input_ids=batch, attention_mask=(target != -100).long(), labels=target).loss
         optimizer.zero_grad(set_to_none=True)
@@ -222,8 +248,9 @@ def pretrain(model, tokenizer, texts: Sequence[str], steps: int, seed: int = 123
     return log
 
 
-def _cache_key(arch: str, steps: int, seed: int, vocab_size: int, texts: Sequence[str]) -> dict:
-    digest = config_hash({"texts": list(texts)})
+def _cache_key(
+    arch: str, steps: int, seed: int, vocab_size: int, texts: Sequence[str], source: str
+) -> dict:
     return dict(
         kind="tiny-causal-lm",
         version=_FORMAT_VERSION,
@@ -234,20 +261,26 @@ def _cache_key(arch: str, steps: int, seed: int, vocab_size: int, texts: Sequenc
         pretrain_steps=steps,
         seed=seed,
         optimizer=PRETRAIN_DEFAULTS,
-        corpus_seed=corpus.LM_SEED,
-        corpus_texts=digest,
-        code=code_fingerprint(["models"]),
+        source=source,
+        texts=config_hash({"texts": list(texts)}),
+        code=code_fingerprint(["models", "pretraining"]),
     )
 
 
 def tiny_model_dir(
-    arch: str, profile: str = "cpu", steps: int = 300, seed: int = 1234, vocab_size: int = 1024
+    arch: str,
+    profile: str = "cpu",
+    steps: int = PRETRAIN_STEPS,
+    seed: int = 1234,
+    vocab_size: int = VOCAB_SIZE,
+    source: str = "persona",
 ) -> Path:
     """Where the pre-trained stand-in for these settings is (or will be) cached.
 
     Used by: dpo_utils.models.
     """
-    return _cache_folder(_cache_key(arch, steps, seed, vocab_size, corpus.lm_texts()), profile)
+    texts = pretraining_text(source).texts
+    return _cache_folder(_cache_key(arch, steps, seed, vocab_size, texts, source), profile)
 
 
 def _cache_folder(key: dict, profile: str) -> Path:
@@ -257,24 +290,26 @@ def _cache_folder(key: dict, profile: str) -> Path:
 def pretrained_tiny_model(
     arch: str,
     profile: str = "cpu",
-    steps: int = 300,
+    steps: int = PRETRAIN_STEPS,
     seed: int = 1234,
-    vocab_size: int = 1024,
+    vocab_size: int = VOCAB_SIZE,
     force: bool | None = None,
+    source: str = "persona",
 ):
     """The pre-trained tiny model and its tokenizer, from the disk cache or trained now (and cached).
 
+    ``source`` ("persona" or "corpus") picks the pre-training text (:mod:`dpo_utils.pretraining`).
     The cache folder ``results/<profile>/models/tiny-<arch>-<hash>`` is keyed by the architecture,
-    shape, steps, seed, optimiser settings and the pre-training texts; ``pretrain.json`` there holds
-    the loss log and the training time. The key also holds a fingerprint of this module's code (and
-    the package modules it imports). Writes are atomic and locked; a folder whose files do not
-    match their manifest is trained again, with a warning. ``force=None`` reads
-    ``$DPO_FORCE_RERUN``.
+    shape, steps, seed, optimiser settings, source and the texts' hash; ``pretrain.json`` there
+    holds the loss log and the training time (CPU and wall seconds, one torch thread). The key also
+    holds a fingerprint of this module's code (and the package modules it imports). Writes are
+    atomic and locked; a folder whose files do not match their manifest is trained again, with a
+    warning. ``force=None`` reads ``$DPO_FORCE_RERUN``.
 
     Used by: dpo_utils.models.
     """
-    texts = corpus.lm_texts()
-    key = _cache_key(arch, steps, seed, vocab_size, texts)
+    texts = pretraining_text(source).texts
+    key = _cache_key(arch, steps, seed, vocab_size, texts, source)
     folder = _cache_folder(key, profile)
     with cache_lock(folder):
         if force_rerun(force) or not _trusted(folder):
@@ -298,15 +333,25 @@ def _trusted(folder: Path) -> bool:
 
 
 def _pretrain_into(folder, key, arch, texts, steps, seed, vocab_size) -> None:
-    start = time.perf_counter()
-    tokenizer = train_tokenizer(texts, vocab_size)
-    model = tiny_model(arch, tokenizer, seed)
-    log = pretrain(model, tokenizer, texts, steps, seed)
-    seconds = time.perf_counter() - start
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # small ops: a second thread only adds contention on 2 cores
+    try:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        tokenizer = train_tokenizer(texts, vocab_size)
+        model = tiny_model(arch, tokenizer, seed)
+        log = pretrain(model, tokenizer, texts, steps, seed)
+        seconds = time.perf_counter() - start
+        cpu_seconds = time.process_time() - cpu_start
+    finally:
+        torch.set_num_threads(previous)
     with atomic_directory(folder) as tmp:
         save_model(model, tokenizer, tmp)
         info = dict(
-            key=key, seconds=round(seconds, 2), torch_threads=torch.get_num_threads(), log=log
+            key=key,
+            seconds=round(seconds, 2),
+            cpu_seconds=round(cpu_seconds, 2),
+            torch_threads=1,
+            log=log,
         )
         (tmp / "pretrain.json").write_text(json.dumps(info, indent=1))
 
@@ -317,6 +362,11 @@ def _dtype_for(cfg: ExperimentConfig, device: str) -> torch.dtype:
     if device.startswith("cuda") and cfg.dtype in ("bfloat16", "float16"):
         return torch.float16
     return torch.float32
+
+
+def _source(cfg: ExperimentConfig) -> str:
+    """The stand-in's pre-training source: "corpus" when the profile's data is the corpus."""
+    return "corpus" if cfg.persona_source == "corpus" else "persona"
 
 
 def load_model_and_tokenizer(cfg: ExperimentConfig, device: str = "cpu"):
@@ -335,7 +385,7 @@ def load_model_and_tokenizer(cfg: ExperimentConfig, device: str = "cpu"):
                 f"model_arch={cfg.model_arch!r}; set model_arch to {TINY_MODELS[cfg.model_name]!r}."
             )
         model, tokenizer = pretrained_tiny_model(
-            cfg.model_arch, cfg.profile, cfg.pretrain_steps, cfg.pretrain_seed
+            cfg.model_arch, cfg.profile, cfg.pretrain_steps, cfg.pretrain_seed, source=_source(cfg)
         )
         return model.to(device).eval(), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -434,7 +484,8 @@ def pretrain_record(cfg: ExperimentConfig) -> dict | None:
     """
     if cfg.model_name not in TINY_MODELS:
         return None
-    path = (
-        tiny_model_dir(cfg.model_arch, cfg.profile, cfg.pretrain_steps, cfg.seed) / "pretrain.json"
+    folder = tiny_model_dir(
+        cfg.model_arch, cfg.profile, cfg.pretrain_steps, cfg.pretrain_seed, source=_source(cfg)
     )
+    path = folder / "pretrain.json"
     return json.loads(path.read_text()) if path.is_file() else None

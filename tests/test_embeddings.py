@@ -7,19 +7,27 @@ import numpy as np
 import pytest
 import torch
 
-from dpo_utils import corpus, data, embeddings, feature_experiments, metrics, models, synthetic
+from dpo_utils import (
+    data,
+    embeddings,
+    feature_experiments,
+    metrics,
+    models,
+    pretraining,
+    synthetic,
+)
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return models.train_tokenizer(corpus.lm_texts(n_per_behavior=200))
+    return models.train_tokenizer(pretraining.pretraining_text().texts[:3000])
 
 
 @pytest.fixture(scope="module", params=["llama", "mistral"])
 def model(request, tokenizer):
     m = models.tiny_model(request.param, tokenizer, seed=5)
     models.pretrain(
-        m, tokenizer, corpus.lm_texts(n_per_behavior=20), steps=3, seed=5
+        m, tokenizer, pretraining.pretraining_text().texts[:200], steps=3, seed=5
     )  # move off init
     return m
 

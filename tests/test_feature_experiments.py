@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dpo_utils import corpus, data, linear, metrics, models
+from dpo_utils import data, linear, metrics, models, pretraining
 from dpo_utils import feature_experiments as L
 
 ARGS = dict(lr=1.0, beta=0.01, steps=30, batch_size=32)
@@ -69,7 +69,7 @@ def test_split_follows_the_authors_split_of_the_rows():
 
 
 def test_answer_direction_is_the_heads_yes_minus_no_row_and_gives_the_logit_gap():
-    tokenizer = models.train_tokenizer(corpus.lm_texts(n_per_behavior=50))
+    tokenizer = models.train_tokenizer(pretraining.pretraining_text().texts[:1500])
     model = models.tiny_model("llama", tokenizer, seed=3)
     u0 = L.answer_direction(model, tokenizer)
     yes, no = models.answer_token_ids(tokenizer)

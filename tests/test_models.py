@@ -8,14 +8,14 @@ import json
 import pytest
 import torch
 
-from dpo_utils import config, corpus, data, models
+from dpo_utils import config, data, models, pretraining
 
 STEPS = 4  # enough to exercise the loop and the cache; the chapter uses cfg.pretrain_steps
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return models.train_tokenizer(corpus.lm_texts(n_per_behavior=200))
+    return models.train_tokenizer(pretraining.pretraining_text().texts[:3000])
 
 
 @pytest.fixture()
@@ -27,7 +27,7 @@ def results(tmp_path, monkeypatch):
 def test_answers_are_single_tokens_appended_to_the_prompt(tokenizer):
     yes, no = models.answer_token_ids(tokenizer)
     assert yes != no and tokenizer.convert_ids_to_tokens([yes, no]) == ["ĠYes", "ĠNo"]
-    for row in data.load_persona(data.corpus_dir(), 0).popitem()[1][:50]:
+    for row in data.load_persona("persona", 84).popitem()[1][:50]:
         prompt = row["question"] + "\n"
         base = tokenizer(prompt)["input_ids"]
         assert base[0] == tokenizer.bos_token_id
@@ -78,7 +78,9 @@ def test_tiny_model_shape_and_seed(tokenizer, arch, cls):
 @pytest.mark.slow  # 40 pre-training steps: about a minute on 2 cores
 def test_pretraining_lowers_the_loss(tokenizer):
     model = models.tiny_model("llama", tokenizer, seed=0)
-    log = models.pretrain(model, tokenizer, corpus.lm_texts(n_per_behavior=50), steps=40, seed=0)
+    log = models.pretrain(
+        model, tokenizer, pretraining.pretraining_text().texts[:1500], steps=40, seed=0
+    )
     first, last = log[0]["loss"], sum(r["loss"] for r in log[-5:]) / 5
     assert last < first - 1.0 and not model.training
 
@@ -101,6 +103,18 @@ def test_pretrained_model_is_cached_by_config(results):
     assert len(info["log"]) == STEPS and info["key"]["arch"] == "llama"
 
 
+def test_cache_key_covers_seed_source_and_texts(results, monkeypatch):
+    base = models.tiny_model_dir("llama", steps=STEPS)
+    assert models.tiny_model_dir("llama", steps=STEPS, seed=1235) != base
+    assert models.tiny_model_dir("llama", steps=STEPS, source="corpus") != base
+    built = pretraining.pretraining_text()
+    changed = pretraining.PretrainingText(
+        built.source, built.texts[1:], built.evaluation, built.format, built.counts
+    )
+    monkeypatch.setattr(models, "pretraining_text", lambda source: changed)
+    assert models.tiny_model_dir("llama", steps=STEPS) != base  # other texts, other entry
+
+
 def test_cpu_profile_loads_the_cached_stand_in(results):
     cfg = config.get_config(
         "cpu", pretrain_steps=STEPS, model_name="tiny-mistral", model_arch="mistral"
@@ -108,6 +122,10 @@ def test_cpu_profile_loads_the_cached_stand_in(results):
     model, tok = models.load_model_and_tokenizer(cfg, "cpu")
     assert type(model).__name__ == "MistralForCausalLM" and str(results) in model.name_or_path
     assert model.config.num_key_value_heads == 2
+    record = models.pretrain_record(cfg)
+    assert record["key"]["seed"] == cfg.pretrain_seed and record["key"]["source"] == "persona"
+    other = cfg.replace(pretrain_seed=cfg.pretrain_seed + 1)
+    assert models.pretrain_record(other) is None  # keyed by the pre-training seed, not cfg.seed
     with pytest.raises(config.ConfigError, match="model_arch"):
         models.load_model_and_tokenizer(cfg.replace(model_arch="llama"), "cpu")
 

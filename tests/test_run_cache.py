@@ -42,7 +42,9 @@ def counted(monkeypatch, tmp_path):
 
 
 def _cfg(**overrides):
-    return config.get_config("cpu", dpo_max_steps=2, **overrides)
+    return config.get_config(
+        "cpu", dpo_max_steps=2, persona_source="corpus", pretrain_steps=20, **overrides
+    )
 
 
 def test_second_call_loads_and_returns_equal_tables(counted, tmp_path):
@@ -114,7 +116,7 @@ def test_start_from_a_saved_run_and_force(counted):
 
 
 def test_probe_subsample_and_partial_flip():
-    cfg = config.get_config("cpu")
+    cfg = config.get_config("cpu", persona_source="corpus")
     pairs, sets = run_cache.behavior_pairs(
         cfg, [BEHAVIOR, "interest-in-astronomy"], flip=["interest-in-astronomy"]
     )
