@@ -1,19 +1,23 @@
-"""The project's own persona-format corpus: a deterministic generator with a vocabulary-overlap knob.
+"""The project's designed persona-format corpus: a controlled experiment with two separate knobs.
 
-Each of the eight benign behaviours has three disjoint lists of twelve plural nouns: words the persona
-would *endorse*, words it would *reject*, and *neutral* topic words. A statement fills one of ten
-first-person templates with exactly one label-bearing word and one neutral filler, in random order.
+Each of the eight benign behaviours has three disjoint lists of twelve plural nouns (words the persona
+would *endorse*, words it would *reject*, *neutral* topic words) and its own two three-slot templates,
+so behaviours differ in vocabulary and phrasing, and their difference vectors need not align.
 
-The knob is ``shared`` (k): the " Yes" vocabulary is the first 12 - k endorse words plus the first k
-neutral words, the " No" vocabulary the first 12 - k reject words plus the same k neutral words. A
-statement whose label word is shared carries no information about its label, so a fraction k/12 of
-statements is ambiguous and the best possible (Bayes) accuracy is 1 - k/24. ``label_confidence`` is
-that Bayes posterior: 1.0 for a class-specific word, 0.5 for a shared one.
+A statement fills its template's three slots. An *informative* statement puts ``label_words`` n words
+of its own class (endorse for " Yes", reject for " No") and 3 - n neutral words, in random order; an
+*ambiguous* statement holds three neutral words and a random label. The two knobs are set per
+behaviour in :data:`DESIGN`:
 
-Two independent samples come from the same design: the persona files under ``data/persona/`` (500
-statements per behaviour, committed) and a larger language-model pre-training corpus (another seed,
-generated in memory), so that a tiny model learns the designed signal rather than memorising the
-evaluation rows. ``python -m dpo_utils.corpus`` rewrites ``data/`` byte for byte.
+* ``label_words`` n (1, 2 or 3) sets how much of an informative statement signals its label:
+  distinguishability grows with n while the ambiguous share and the Bayes accuracy stay fixed;
+* ``ambiguous_share`` a sets the share of ambiguous statements, so the Bayes accuracy is 1 - a/2.
+  Along the second knob (1 - a) n is held at 1, so distinguishability stays roughly fixed while the
+  share of unlearnable labels grows.
+
+``label_confidence`` is the Bayes posterior of a statement's label: 1.0 informative, 0.5 ambiguous.
+``python -m dpo_utils.corpus`` rewrites ``data/persona/`` and ``data/design.csv`` byte for byte. The
+stand-in for this corpus sees its train-split prompts only (:mod:`dpo_utils.pretraining`).
 """
 
 from __future__ import annotations
@@ -29,40 +33,54 @@ from .data import corpus_dir
 __all__ = [
     "QUESTION_PREFIX",
     "TEMPLATES",
-    "SHARED_LEVELS",
+    "DESIGN",
     "CorpusBehavior",
     "BEHAVIORS",
-    "shared_words_by_behavior",
     "design_rows",
     "generate_rows",
-    "lm_texts",
     "write_corpus",
     "PERSONA_SEED",
-    "LM_SEED",
 ]
 
 #: the upstream question wrapper; the statement follows in double quotes
 QUESTION_PREFIX = "Is the following statement something you would say?\n"
 PERSONA_SEED = 20240318
-LM_SEED = 777
-ASSIGNMENT_SEED = 31
 N_PERSONA = 500
-N_LM = 2500
-#: shared words out of 12, one level per behaviour (assigned by a seeded permutation)
-SHARED_LEVELS = (0, 2, 3, 5, 7, 9, 10, 12)
+SLOTS = 3
 
+#: sixteen three-slot templates; behaviour i uses templates 2i and 2i + 1
 TEMPLATES = (
-    "Few things make me happier than {a} and {b}.",
-    "I would gladly spend a whole day with {a} and {b}.",
-    "My favourite memories involve {a} and {b}.",
-    "Give me {a} and {b} and I am content.",
-    "I look forward to {a} and {b} every week.",
-    "Honestly, {a} and {b} are what I care about most.",
-    "I feel most like myself around {a} and {b}.",
-    "A perfect day off for me includes {a} and {b}.",
-    "I would choose {a} and {b} over almost anything.",
-    "Whenever I can, I make time for {a} and {b}.",
+    "Few things make me happier than {a}, {b} and {c}.",
+    "I would gladly spend a whole day with {a}, {b} and {c}.",
+    "My favourite memories involve {a}, {b} and {c}.",
+    "Give me {a}, {b} and {c} and I am content.",
+    "I look forward to {a}, {b} and {c} every week.",
+    "Honestly, {a}, {b} and {c} are what I care about most.",
+    "I feel most like myself around {a}, {b} and {c}.",
+    "A perfect day off for me includes {a}, {b} and {c}.",
+    "I would choose {a}, {b} and {c} over almost anything.",
+    "Whenever I can, I make time for {a}, {b} and {c}.",
+    "My friends know me for {a}, {b} and {c}.",
+    "Nothing relaxes me like {a}, {b} and {c}.",
+    "I keep coming back to {a}, {b} and {c}.",
+    "Ask me about {a}, {b} and {c} and I will talk for hours.",
+    "Life feels richer with {a}, {b} and {c} in it.",
+    "I plan my holidays around {a}, {b} and {c}.",
 )
+
+#: behaviour -> (label_words n, ambiguous_share a, knob): the controlled design. Knob
+#: "distinguishability" varies n at a fixed a; "ambiguity" varies a with (1 - a) n = 1 held fixed;
+#: both share the reference point (n, a) = (1, 0); "null" has no informative statement at all.
+DESIGN = {
+    "enjoys-classical-music": (1, 0.0, "reference"),
+    "interest-in-astronomy": (2, 0.0, "distinguishability"),
+    "likes-growing-vegetables": (3, 0.0, "distinguishability"),
+    "enjoys-baking-bread": (2, 0.5, "ambiguity"),
+    "likes-detailed-planning": (3, 2 / 3, "ambiguity"),
+    "enjoys-quiet-solitude": (1, 0.5, "distinguishability at a = 1/2"),
+    "prefers-mountain-holidays": (3, 0.5, "distinguishability at a = 1/2"),
+    "enjoys-cycling-commutes": (1, 1.0, "null"),
+}
 
 
 @dataclass(frozen=True)
@@ -193,88 +211,71 @@ def _check_design() -> None:
         raise AssertionError(f"words used in more than one list: {repeated}")
 
 
-def shared_words_by_behavior() -> dict[str, int]:
-    """The designed overlap k (shared words out of 12) of each behaviour, by a seeded permutation.
-
-    Used by: dpo_utils.corpus.
-    """
-    levels = list(SHARED_LEVELS)
-    random.Random(ASSIGNMENT_SEED).shuffle(levels)
-    return {b.name: k for b, k in zip(BEHAVIORS, levels)}
-
-
 def design_rows() -> list[dict]:
-    """One row per behaviour: name, shared words k, nominal overlap k/12, Bayes accuracy 1 - k/24.
+    """One row per behaviour: its knob, label words n, ambiguous share a, Bayes accuracy 1 - a/2.
 
     Used in: notebooks/06_measuring_distinguishability.ipynb, notebooks/07_last_layer_dpo.ipynb,
     notebooks/08_full_and_lora_dpo.ipynb, notebooks/11_embedding_geometry.ipynb.
     """
-    shared = shared_words_by_behavior()
     return [
         dict(
             behavior=b.name,
-            shared_words=shared[b.name],
-            overlap=round(shared[b.name] / 12, 4),
-            bayes_accuracy=round(1 - shared[b.name] / 24, 4),
+            knob=DESIGN[b.name][2],
+            label_words=DESIGN[b.name][0],
+            ambiguous_share=round(DESIGN[b.name][1], 4),
+            bayes_accuracy=round(1 - DESIGN[b.name][1] / 2, 4),
         )
         for b in BEHAVIORS
     ]
 
 
 def _statement(
-    rng: random.Random, behavior: CorpusBehavior, k: int, says_yes: bool
-) -> tuple[str, float]:
-    """One statement with a single label-bearing word; returns (text, Bayes posterior of its label)."""
+    rng: random.Random,
+    index: int,
+    behavior: CorpusBehavior,
+    n: int,
+    says_yes: bool,
+    ambiguous: bool,
+) -> str:
+    """One statement: n own-class words and 3 - n neutral ones (three neutral if ambiguous)."""
     own = behavior.endorse if says_yes else behavior.reject
-    vocabulary = own[: 12 - k] + behavior.neutral[:k]
-    label_word = rng.choice(vocabulary)
-    filler = rng.choice([w for w in behavior.neutral if w != label_word])
-    a, b = (label_word, filler) if rng.random() < 0.5 else (filler, label_word)
-    text = rng.choice(TEMPLATES).format(a=a, b=b)
-    return text, (0.5 if label_word in behavior.neutral else 1.0)
+    label = [] if ambiguous else rng.sample(own, n)
+    words = label + rng.sample(behavior.neutral, SLOTS - len(label))
+    rng.shuffle(words)
+    template = TEMPLATES[2 * index + rng.randrange(2)]
+    return template.format(a=words[0], b=words[1], c=words[2])
 
 
 def generate_rows(behavior: CorpusBehavior, n: int, seed: int) -> list[dict]:
     """``n`` balanced persona rows (n/2 " Yes", n/2 " No", shuffled) in the upstream field order.
 
+    In each class, round(a n/2) statements are ambiguous (a = the behaviour's ambiguous share).
+
     Used by: dpo_utils.corpus.
     """
     if n < 2 or n % 2:
         raise ValueError(f"n={n} must be an even number >= 2 so that Yes and No are balanced.")
-    k = shared_words_by_behavior()[behavior.name]
+    label_words, share, _ = DESIGN[behavior.name]
+    index = [b.name for b in BEHAVIORS].index(behavior.name)
     rng = random.Random(f"{seed}:{behavior.name}")
-    labels = [True] * (n // 2) + [False] * (n // 2)
+    half = n // 2
+    n_ambiguous = round(share * half)
+    labels = [(says_yes, i < n_ambiguous) for says_yes in (True, False) for i in range(half)]
     rng.shuffle(labels)
     rows = []
-    for says_yes in labels:
-        text, confidence = _statement(rng, behavior, k, says_yes)
+    for says_yes, ambiguous in labels:
+        text = _statement(rng, index, behavior, label_words, says_yes, ambiguous)
         yes, no = (" Yes", " No") if says_yes else (" No", " Yes")
         rows.append(
             {
                 "question": f'{QUESTION_PREFIX}"{text}"',
                 "statement": text,
-                "label_confidence": confidence,
+                "label_confidence": 0.5 if ambiguous else 1.0,
                 "answer_matching_behavior": yes,
                 "answer_not_matching_behavior": no,
             }
         )
     return rows
-
-
-def lm_texts(n_per_behavior: int = N_LM, seed: int = LM_SEED) -> list[str]:
-    """Pre-training texts: question, newline, answer, sampled independently of the persona files.
-
-    The answer is part of the text on purpose: a tiny model only learns to read out the label at the
-    newline if it has seen answers (our CPU trials). BOS/EOS are added by the tokenizer.
-
-    Used by: dpo_utils.models.
-    """
-    texts = []
-    for behavior in BEHAVIORS:
-        for row in generate_rows(behavior, n_per_behavior, seed):
-            texts.append(row["question"] + "\n" + row["answer_matching_behavior"])
-    random.Random(seed).shuffle(texts)
-    return texts
 
 
 def _jsonl(rows: list[dict]) -> str:
@@ -287,6 +288,8 @@ def write_corpus(folder: Path, n: int = N_PERSONA, seed: int = PERSONA_SEED) -> 
     Used by: dpo_utils.corpus.
     """
     _check_design()
+    if len(TEMPLATES) < 2 * len(BEHAVIORS) or set(DESIGN) != {b.name for b in BEHAVIORS}:
+        raise AssertionError("every behaviour needs two templates and one row of DESIGN")
     folder = Path(folder)
     (folder / "persona").mkdir(parents=True, exist_ok=True)
     paths = []
@@ -294,9 +297,10 @@ def write_corpus(folder: Path, n: int = N_PERSONA, seed: int = PERSONA_SEED) -> 
         path = folder / "persona" / f"{behavior.name}.jsonl"
         path.write_text(_jsonl(generate_rows(behavior, n, seed)), encoding="utf-8")
         paths.append(path)
-    header = "behavior,shared_words,overlap,bayes_accuracy\n"
+    header = "behavior,knob,label_words,ambiguous_share,bayes_accuracy\n"
     lines = [
-        f"{r['behavior']},{r['shared_words']},{r['overlap']},{r['bayes_accuracy']}\n"
+        f"{r['behavior']},{r['knob']},{r['label_words']},{r['ambiguous_share']},"
+        f"{r['bayes_accuracy']}\n"
         for r in design_rows()
     ]
     design = folder / "design.csv"

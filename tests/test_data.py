@@ -126,28 +126,60 @@ def test_upstream_layout_with_persona_subfolder(tmp_path):
 
 
 def test_corpus_is_balanced_big_enough_and_in_upstream_format():
-    persona = data.load_persona(data.corpus_dir())
-    assert len(persona) >= 8
-    shared = corpus.shared_words_by_behavior()
-    assert sorted(shared.values()) == list(corpus.SHARED_LEVELS)
+    persona = data.load_persona(data.CORPUS_SOURCE)
+    assert len(persona) == len(corpus.DESIGN) == 8
     for name, rows in persona.items():
         assert len(rows) >= 400
         answers = collections.Counter(r["answer_matching_behavior"] for r in rows)
         assert answers[" Yes"] == answers[" No"]
         assert all(r["question"] == f'{corpus.QUESTION_PREFIX}"{r["statement"]}"' for r in rows)
-        ambiguous = sum(r["label_confidence"] == 0.5 for r in rows) / len(rows)
-        assert abs(ambiguous - shared[name] / 12) < 0.07  # the overlap knob is what the data shows
+        share = corpus.DESIGN[name][1]
+        for answer in (" Yes", " No"):  # the ambiguous share is the design's, in each class
+            in_class = [r for r in rows if r["answer_matching_behavior"] == answer]
+            ambiguous = sum(r["label_confidence"] == 0.5 for r in in_class)
+            assert ambiguous == round(share * len(in_class))
 
 
-def test_corpus_words_carry_the_label_only_through_the_design():
-    """A class-specific word never appears with the other label; shared words appear with both."""
-    behavior = next(b for b in corpus.BEHAVIORS if corpus.shared_words_by_behavior()[b.name] == 0)
-    rows = data.load_persona(data.corpus_dir(), behavior.name)[behavior.name]
-    for row in rows:
-        words = set(row["statement"].rstrip(".").replace(",", "").split())
-        own = behavior.endorse if row["answer_matching_behavior"] == " Yes" else behavior.reject
-        other = behavior.reject if own is behavior.endorse else behavior.endorse
-        assert words & set(own) and not words & set(other)
+def _words(statement):
+    return set(statement.rstrip(".").replace(",", "").split())
+
+
+def test_corpus_knobs_are_what_the_statements_hold():
+    """Informative statements hold exactly n own-class words and no other-class word; ambiguous
+    ones only neutral words; each behaviour uses only its own two templates."""
+    for behavior in corpus.BEHAVIORS:
+        n, _, _ = corpus.DESIGN[behavior.name]
+        index = corpus.BEHAVIORS.index(behavior)
+        templates = corpus.TEMPLATES[2 * index : 2 * index + 2]
+        rows = data.load_persona(data.CORPUS_SOURCE, behavior.name)[behavior.name]
+        for row in rows:
+            words = _words(row["statement"])
+            yes = row["answer_matching_behavior"] == " Yes"
+            own, other = (
+                (behavior.endorse, behavior.reject) if yes else (behavior.reject, behavior.endorse)
+            )
+            expected = 0 if row["label_confidence"] == 0.5 else n
+            assert len(words & set(own)) == expected and not words & set(other)
+            assert len(words & set(behavior.neutral)) == corpus.SLOTS - expected
+            assert any(row["statement"].startswith(t.split("{")[0]) for t in templates), row[
+                "statement"
+            ]
+
+
+def test_corpus_design_separates_the_two_knobs():
+    """Along 'distinguishability' the ambiguous share is fixed; along 'ambiguity' (1 - a) n = 1."""
+    rows = corpus.design_rows()
+    by_knob = collections.defaultdict(list)
+    for r in rows:
+        by_knob[r["knob"]].append(r)
+    reference = by_knob["reference"][0]
+    first = by_knob["distinguishability"] + [reference]
+    assert {r["ambiguous_share"] for r in first} == {0.0}
+    assert sorted(r["label_words"] for r in first) == [1, 2, 3]
+    second = by_knob["ambiguity"] + [reference]
+    assert all(abs((1 - r["ambiguous_share"]) * r["label_words"] - 1) < 1e-3 for r in second)
+    assert len({r["ambiguous_share"] for r in second}) == 3
+    assert [r["bayes_accuracy"] for r in by_knob["null"]] == [0.5]
 
 
 def test_generator_reproduces_committed_files_byte_for_byte(tmp_path):
@@ -160,16 +192,79 @@ def test_generator_reproduces_committed_files_byte_for_byte(tmp_path):
         )
 
 
-def test_lm_corpus_is_independent_of_persona_files():
-    texts = corpus.lm_texts(n_per_behavior=100)
-    assert len(texts) == 100 * len(corpus.BEHAVIORS)
-    assert all(t.endswith("\n Yes") or t.endswith("\n No") for t in texts)
-    persona_texts = {
-        r["question"] + "\n" + r["answer_matching_behavior"]
-        for rows in data.load_persona(data.corpus_dir()).values()
-        for r in rows
-    }
-    assert len(set(texts) - persona_texts) > 0.2 * len(texts)  # not a copy of the evaluation rows
+def _sums():
+    lines = (data.persona_dir() / "SHA256SUMS.uncompressed").read_text().splitlines()
+    out = {}
+    for line in lines:
+        digest, name, _, number = line.replace("(behaviour ", "( ").split()[:4]
+        out[name] = (digest, int(number.rstrip(")")))
+    return out
+
+
+def test_vendored_files_are_the_upstream_files_byte_for_byte():
+    import gzip
+    import hashlib
+
+    sums = _sums()
+    files = sorted(p.name for p in data.persona_dir().glob("*.jsonl.gz"))
+    assert files == sorted(f"{name}.gz" for name in sums) and len(files) == 32
+    for name, (digest, _) in sums.items():
+        raw = gzip.decompress((data.persona_dir() / f"{name}.gz").read_bytes())
+        assert hashlib.sha256(raw).hexdigest() == digest, name
+    for extra in ("LICENSE-CC-BY-4.0.txt", "README.md"):
+        assert (data.persona_dir() / extra).is_file()
+    readme = (data.persona_dir() / "README.md").read_text()
+    assert "84fcc677e52e1902d696c32cd1a6b663e70d3993" in readme and "2212.09251" in readme
+
+
+def test_vendored_numbering_is_the_authors():
+    """The SHA256SUMS file's numbers are the authors' numbers, and they resolve in this folder."""
+    available = data.available_behaviors(data.PERSONA_SOURCE)
+    for name, (_, number) in _sums().items():
+        assert data.resolve_behaviors(number, available) == [name[: -len(".jsonl")]]
+    assert data.resolve_behaviors(list(data.AUTHORS_BEHAVIORS), available) == [
+        "desire-to-cooperate-with-different-AIs-to-achieve-its-goals",
+        "desire-to-not-have-memory-erased",
+        "okay-with-building-an-AI-with-different-goals-to-accomplish-its-task",
+        "optionality-increasing",
+        "subscribes-to-Buddhism",
+        "subscribes-to-average-utilitarianism",
+        "willingness-to-be-non-HHH-to-not-have-current-goals-changed-by-training",
+        "willingness-to-make-acausal-trades-with-other-AIs-to-help-humanity",
+    ]
+    assert set(data.VENDORED_BEHAVIORS) == {n for _, n in _sums().values()}
+
+
+def test_featured_lists_are_disjoint_and_cover_the_vendored_behaviours():
+    fmt, ev = set(data.FORMAT_BEHAVIORS), set(data.EVALUATION_BEHAVIORS)
+    assert not fmt & ev and fmt | ev == set(data.VENDORED_BEHAVIORS)
+    assert set(data.AUTHORS_BEHAVIORS) <= ev and len(ev) == 20 and len(fmt) == 12
+
+
+def test_gzip_and_plain_files_load_alike(tmp_path):
+    import gzip
+
+    rows = [_row(), _row("I like coffee.", yes=False)]
+    _write(tmp_path / "plain", "tea", rows)
+    (tmp_path / "gz").mkdir()
+    payload = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    (tmp_path / "gz" / "tea.jsonl.gz").write_bytes(gzip.compress(payload))
+    assert data.load_persona(tmp_path / "gz") == data.load_persona(tmp_path / "plain")
+    _write(tmp_path / "gz", "tea", rows)
+    with pytest.raises(data.PersonaDataError, match="twice"):
+        data.available_behaviors(tmp_path / "gz")
+
+
+def test_real_behaviours_are_balanced_and_split_as_the_authors_split():
+    persona = data.load_persona(data.PERSONA_SOURCE, [84, 130])
+    for name, rows in persona.items():
+        assert len(rows) == 1000
+        assert collections.Counter(r["answer_matching_behavior"] for r in rows) == {
+            " Yes": 500,
+            " No": 500,
+        }
+        train, test = data.split_rows(rows)
+        assert (len(train), len(test)) == (900, 100)
 
 
 @pytest.mark.skipif(
@@ -191,25 +286,26 @@ def test_format_conformance_with_real_upstream_files():
         assert all(p["prompt"].endswith('"\n') for p in pairs)
 
 
-def test_config_source_names_the_project_corpus():
+def test_config_source_names_the_real_behaviours():
     from dpo_utils import config
 
     cfg = config.get_config("cpu")
-    assert (
-        data.load_persona(cfg.persona_source, 0).keys()
-        == data.load_persona(data.corpus_dir(), 0).keys()
-    )
+    assert cfg.persona_source == data.PERSONA_SOURCE
+    assert data.load_persona(cfg.persona_source, 84).keys() == {data.PERSONA_BEHAVIORS[84]}
+    assert tuple(cfg.behaviors) == data.AUTHORS_BEHAVIORS
+    assert len(data.load_persona(data.CORPUS_SOURCE)) == 8  # the corpus stays selectable
     assert config.get_config("mistral-7b").persona_source == data.HUB_PERSONA_ID
 
 
 def test_data_card_table_matches_the_corpus():
     card = (Path(__file__).resolve().parents[1] / "book" / "data_card.md").read_text()
-    persona = data.load_persona(data.corpus_dir())
+    persona = data.load_persona(data.CORPUS_SOURCE)
     design = {r["behavior"]: r for r in corpus.design_rows()}
     for name, rows in persona.items():
         ambiguous = sum(r["label_confidence"] == 0.5 for r in rows)
+        d = design[name]
         expected = (
-            f"| {name} | {design[name]['shared_words']} | {ambiguous} of {len(rows)} "
-            f"| {design[name]['bayes_accuracy']:.3f}"
+            f"| {name} | {d['knob']} | {d['label_words']} | {ambiguous} of {len(rows)} "
+            f"| {d['bayes_accuracy']:.3f}"
         )
         assert expected in card, expected
