@@ -16,16 +16,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
 from . import linear, metrics
 from .data import split_rows
-from .embeddings import FeatureSet, persona_features
-from .metrics import class_means, priority_gap_matrix, properties_table
-from .models import TINY_MODELS, answer_token_ids, load_model_and_tokenizer
-from .results import config_hash, load_or_run
+from .embeddings import FeatureSet
+from .metrics import class_means, priority_gap_matrix
+from .models import answer_token_ids
 from .runtime import run_seed, single_threaded
 from .tables import early_slope, rank_correlation, time_to_accuracy, value_at_step
 
@@ -35,12 +33,7 @@ __all__ = [
     "last_layer_experiment",
     "speed_summary",
     "speed_correlations",
-    "standardised_projections",
-    "survival_table",
-    "properties",
-    "chapter_model_configs",
     "priority_gaps",
-    "measure_models",
 ]
 
 Groups = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
@@ -230,77 +223,6 @@ def speed_correlations(
 # --- measuring the features (chapter 06) --------------------------------------------------
 
 
-def standardised_projections(features: torch.Tensor, signs: torch.Tensor) -> np.ndarray:
-    """1-D projections onto the unit mean-difference direction, centred per class, unit variance.
-
-    These are the coordinates the theory's tail assumption is about; compare their survival function
-    with the alpha-subexponential families of ``dpo_utils.synthetic``.
-
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
-    """
-    positive = signs > 0
-    mu_yes, mu_no = class_means(features, signs)
-    direction = mu_yes - mu_no
-    norm = direction.norm()
-    if norm == 0:
-        raise ValueError(
-            "the two classes have the same mean, so there is no direction to project on."
-        )
-    values = features.double() @ (direction.double() / norm)
-    centred = torch.where(
-        positive, values - values[positive].mean(), values - values[~positive].mean()
-    )
-    spread = centred.std()
-    return (centred / (spread if spread > 0 else 1.0)).numpy()
-
-
-def survival_table(samples: Mapping[str, np.ndarray], thresholds: np.ndarray) -> pd.DataFrame:
-    """Tidy empirical P(|X| > t): columns source, t, survival (one row per source and threshold).
-
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
-    """
-    rows = []
-    for source, values in samples.items():
-        magnitudes = np.sort(np.abs(np.asarray(values, dtype=float)))
-        above = len(magnitudes) - np.searchsorted(magnitudes, thresholds, side="right")
-        rows += [
-            dict(source=source, t=float(t), survival=float(a) / len(magnitudes))
-            for t, a in zip(thresholds, above)
-        ]
-    return pd.DataFrame(rows)
-
-
-def properties(feature_set: FeatureSet, model_label: str, probe: bool = True) -> pd.DataFrame:
-    """The properties table for every behaviour and both variants, plus the model's own accuracy.
-
-    Columns: model, variant, behavior, n, distinguishability, concentration, covariance_trace,
-    mean_norm, snr, probe_accuracy (if ``probe``), lm_accuracy.
-
-    Used by: dpo_utils.feature_experiments.
-    """
-    accuracy = feature_set.answer_accuracy()
-    tables = []
-    for variant in feature_set.features:
-        table = properties_table(feature_set.groups(variant), probe=probe)
-        table.insert(0, "variant", variant)
-        table.insert(0, "model", model_label)
-        table["lm_accuracy"] = table["behavior"].map(accuracy)
-        tables.append(table)
-    return pd.concat(tables, ignore_index=True)
-
-
-def chapter_model_configs(cfg) -> list:
-    """The models a measuring chapter covers: both tiny stand-ins on the CPU profile, else the profile's.
-
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
-    """
-    if cfg.model_name in TINY_MODELS:
-        return [
-            cfg.replace(model_name=name, model_arch=arch) for name, arch in TINY_MODELS.items()
-        ]
-    return [cfg]
-
-
 def priority_gaps(feature_set: FeatureSet, variant: str = "final") -> pd.DataFrame:
     """Tidy priority-gap matrix (behavior_i, behavior_j, gap) from each behaviour's d = mu_Yes - mu_No.
 
@@ -317,37 +239,3 @@ def priority_gaps(feature_set: FeatureSet, variant: str = "final") -> pd.DataFra
             for j, b in enumerate(names)
         ]
     )
-
-
-def measure_models(cfg, persona: Mapping[str, Sequence[Mapping]], device: str = "cpu"):
-    """Properties of every behaviour for each model of :func:`chapter_model_configs`.
-
-    Returns ``(table, feature_sets)``: the tidy properties table (model, variant, behavior, ...) read
-    through ``results.load_or_run`` and ``{model_name: FeatureSet}`` (features are cached on disk).
-
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
-    """
-
-    tables, feature_sets = [], {}
-    fingerprint = config_hash({"persona": persona})
-    for model_cfg in chapter_model_configs(cfg):
-        model, tokenizer = load_model_and_tokenizer(model_cfg, device)
-        feature_sets[model_cfg.model_name] = persona_features(
-            model, tokenizer, persona, profile=cfg.profile
-        )
-        key = dict(
-            model=model_cfg.model_name,
-            weights=getattr(model, "name_or_path", ""),
-            pretrain_steps=model_cfg.pretrain_steps,
-            persona=fingerprint,
-        )
-        tables.append(
-            load_or_run(
-                "properties",
-                key,
-                lambda: properties(feature_sets[model_cfg.model_name], model_cfg.model_name),
-                profile=cfg.profile,
-            )
-        )
-        del model
-    return pd.concat(tables, ignore_index=True), feature_sets

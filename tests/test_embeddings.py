@@ -3,14 +3,12 @@ table."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from dpo_utils import (
     data,
     embeddings,
-    feature_experiments,
     metrics,
     models,
     pretraining,
@@ -114,16 +112,3 @@ def test_properties_table_recovers_a_known_gap_and_flags_no_signal():
         abs(by.loc["signal", "covariance_trace"] - 16) < 3
         and by.loc["signal", "concentration"] < 2
     )
-
-
-def test_projections_are_standardised_and_survival_is_a_tail(model, tokenizer, persona):
-    fs = embeddings.persona_features(model, tokenizer, persona, cache=False)
-    feats, signs = next(iter(fs.groups("final").values()))
-    z = feature_experiments.standardised_projections(feats, signs)
-    assert abs(z.mean()) < 1e-8 and abs(z.std(ddof=1) - 1) < 1e-8
-    table = feature_experiments.survival_table(
-        {"features": z, "gaussian": np.random.default_rng(0).normal(size=2000)},
-        np.linspace(0, 4, 9),
-    )
-    for _, part in table.groupby("source"):
-        assert part["survival"].is_monotonic_decreasing and part["survival"].iloc[0] <= 1

@@ -1,0 +1,73 @@
+"""Chapter 06's measurements: the length-matched distinguishability, direction cosines, rank
+stability, the stand-in configs and the verdict table, on constructed data with known answers."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from dpo_utils import config, data, embeddings
+from dpo_utils import measuring_experiments as M
+
+
+def test_length_matching_removes_a_pure_length_effect():
+    """Features that encode only length, with Yes-statements longer: raw distinguishability is
+    large, the length-matched one is near zero (bar: < 0.15 of the raw value)."""
+    g = torch.Generator().manual_seed(0)
+    signs = torch.tensor([1.0] * 300 + [-1.0] * 300, dtype=torch.float64)
+    lengths = torch.cat(
+        [torch.randint(10, 30, (300,), generator=g), torch.randint(5, 25, (300,), generator=g)]
+    )
+    features = torch.zeros(600, 4, dtype=torch.float64)
+    features[:, 0] = lengths.double()
+    features[:, 1:] = torch.randn(600, 3, generator=g, dtype=torch.float64) * 0.01
+    raw = float((features[:300].mean(0) - features[300:].mean(0)).norm())
+    matched = M.length_matched_distinguishability(features, signs, lengths, n_bins=10)
+    assert raw > 4 and matched < 0.15 * raw
+    # a label effect orthogonal to length (class means +3 and -3, gap 6) survives matching
+    # (bar: within 10 %)
+    features[:, 2] += signs * 3
+    assert abs(M.length_matched_distinguishability(features, signs, lengths, n_bins=10) - 6) < 0.6
+
+
+def _feature_set(directions):
+    names, feats, signs = [], [], []
+    for k, d in enumerate(directions):
+        d = torch.tensor(d, dtype=torch.float64)
+        for s in (1.0, -1.0):
+            for _ in range(5):
+                names.append(f"b{k}")
+                feats.append(s * d / 2)
+                signs.append(s)
+    f = torch.stack(feats)
+    return embeddings.FeatureSet(names, torch.tensor(signs), {"final": f}, torch.zeros(len(names)))
+
+
+def test_direction_cosines_and_summary():
+    fs = _feature_set([[1, 0], [0, 2], [-1, 0]])
+    cos = M.direction_cosines(fs).set_index(["behavior_i", "behavior_j"])["cosine"]
+    assert abs(cos[("b0", "b1")]) < 1e-12 and abs(cos[("b0", "b2")] + 1) < 1e-12
+    summary = M.direction_summary({("m", 1): fs})
+    assert abs(summary["mean"].iloc[0] + 1 / 3) < 1e-12 and summary["min"].iloc[0] == -1
+
+
+def test_rank_stability_is_spearman_between_seeds():
+    rows = [
+        dict(model="m", variant="final", pretrain_seed=s, behavior=b, distinguishability=v)
+        for s, values in ((1, [1, 2, 3]), (2, [1, 2, 3]), (3, [3, 2, 1]))
+        for b, v in zip("abc", values)
+    ]
+    table = M.rank_stability(pd.DataFrame(rows)).set_index(["seed_a", "seed_b"])["rho"]
+    assert table[(1, 2)] == 1 and table[(1, 3)] == -1
+
+
+def test_standin_configs_and_measured_behaviours():
+    cfg = config.get_config("cpu")
+    configs = M.standin_configs(cfg, 3)
+    assert [(c.model_arch, c.pretrain_seed) for c in configs] == [
+        (a, cfg.pretrain_seed + i) for a in ("llama", "mistral") for i in range(3)
+    ]
+    assert M.standin_configs(config.get_config("llama2-7b"), 3) == [config.get_config("llama2-7b")]
+    assert M.measured_behaviors(cfg) == list(data.EVALUATION_BEHAVIORS)
+    assert not set(M.measured_behaviors(cfg)) & set(data.FORMAT_BEHAVIORS)
+    assert len(M.measured_behaviors(cfg, "corpus")) == 8
