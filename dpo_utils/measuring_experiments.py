@@ -224,7 +224,7 @@ def rank_stability(table: pd.DataFrame, value: str = "distinguishability") -> pd
         for a, b in itertools.combinations(wide.columns, 2):
             rho = rank_correlation(wide[a], wide[b])
             rows.append(dict(model=model, variant=variant, seed_a=a, seed_b=b, rho=rho))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["model", "variant", "seed_a", "seed_b", "rho"])
 
 
 def direction_summary(feature_sets: Mapping, variant: str = "final") -> pd.DataFrame:
@@ -305,7 +305,7 @@ def verdicts(
             "their ranking is stable across pre-training seeds",
             ", ".join(f"{m}: rho {r:.2f}" for m, r in rho.items()),
             f"mean pairwise rho >= {t['seed_rho']} in every model",
-            _holds(bool((rho >= t["seed_rho"]).all())),
+            _holds(bool((rho >= t["seed_rho"]).all())) if len(rho) else "not measured (one seed)",
         ),
         (
             "the measurement is above random-label noise",
