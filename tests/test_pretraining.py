@@ -84,3 +84,23 @@ def test_answers_are_single_tokens_for_a_tokenizer_trained_on_the_text():
     yes, no = models.answer_token_ids(tokenizer)
     assert tokenizer.convert_ids_to_tokens([yes, no]) == ["ĠYes", "ĠNo"]
     assert len(tokenizer) == models.VOCAB_SIZE
+
+
+def test_data_card_states_what_each_stand_in_saw():
+    """The data card's counts and role table are the code's, not typed guesses."""
+    from pathlib import Path
+
+    card = (Path(__file__).resolve().parents[1] / "book" / "data_card.md").read_text()
+    built = pretraining.pretraining_text(data.PERSONA_SOURCE)
+    rows = built.summary()
+    prompts = sum(r["rows"] for r in rows if r["role"] == "evaluation")
+    answered = sum(r["answered"] for r in rows)
+    assert f"{len(built.texts):,} texts: {prompts:,} prompts without answer" in card
+    assert f"{answered:,} answered format rows" in card
+    for r in rows:
+        number = data.PERSONA_BEHAVIORS.index(r["behavior"])
+        assert f"| {number} | {r['behavior']} | {r['role']} |" in card, r["behavior"]
+    corpus_built = pretraining.pretraining_text(data.CORPUS_SOURCE)
+    corpus_rows = corpus_built.summary()
+    assert f"({sum(r['rows'] for r in corpus_rows if r['role'] == 'evaluation'):,} texts" in card
+    assert f"({sum(r['answered'] for r in corpus_rows):,} texts)" in card
