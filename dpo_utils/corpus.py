@@ -1,11 +1,13 @@
 """The project's designed persona-format corpus: a controlled experiment with two separate knobs.
 
-Each of the eight benign behaviours has three disjoint lists of twelve plural nouns (words the persona
-would *endorse*, words it would *reject*, *neutral* topic words) and its own two three-slot templates,
-so behaviours differ in vocabulary and phrasing, and their difference vectors need not align.
+Each of the eight benign behaviours has three disjoint lists of twelve plural nouns (words the
+persona would *endorse*, words it would *reject*, *neutral* topic words) and its own two three-slot
+templates, so behaviours differ in vocabulary and phrasing, and their difference vectors need not
+align.
 
-A statement fills its template's three slots. An *informative* statement puts ``label_words`` n words
-of its own class (endorse for " Yes", reject for " No") and 3 - n neutral words, in random order; an
+A statement fills its template's three slots. An *informative* statement puts ``label_words`` n
+words of its own class (endorse for " Yes", reject for " No") and 3 - n neutral words, in random
+order; an
 *ambiguous* statement holds three neutral words and a random label. The two knobs are set per
 behaviour in :data:`DESIGN`:
 
@@ -16,8 +18,8 @@ behaviour in :data:`DESIGN`:
   share of unlearnable labels grows.
 
 ``label_confidence`` is the Bayes posterior of a statement's label: 1.0 informative, 0.5 ambiguous.
-``python -m dpo_utils.corpus`` rewrites ``data/persona/`` and ``data/design.csv`` byte for byte. The
-stand-in for this corpus sees its train-split prompts only (:mod:`dpo_utils.pretraining`).
+``python -m dpo_utils.corpus`` rewrites ``data/persona/`` and ``data/design.csv`` byte for byte.
+The stand-in for this corpus sees its train-split prompts only (:mod:`dpo_utils.pretraining`).
 """
 
 from __future__ import annotations
@@ -104,97 +106,121 @@ BEHAVIORS = (
     CorpusBehavior(
         "prefers-mountain-holidays",
         _words(
-            "summits glaciers ridges chalets gondolas crags valleys pines snowfields cabins boulders marmots"
+            "summits glaciers ridges chalets gondolas crags "
+            "valleys pines snowfields cabins boulders marmots"
         ),
         _words(
-            "beaches lagoons piers seashells sandcastles boardwalks surfboards harbours palms lifeguards sunbeds yachts"
+            "beaches lagoons piers seashells sandcastles boardwalks "
+            "surfboards harbours palms lifeguards sunbeds yachts"
         ),
         _words(
-            "picnics photographs sandwiches postcards maps backpacks blankets lanterns journals thermoses snacks hats"
+            "picnics photographs sandwiches postcards maps backpacks "
+            "blankets lanterns journals thermoses snacks hats"
         ),
     ),
     CorpusBehavior(
         "enjoys-baking-bread",
         _words(
-            "sourdoughs baguettes loaves rolls pretzels bagels croissants crusts doughs flours yeasts brioches"
+            "sourdoughs baguettes loaves rolls pretzels bagels "
+            "croissants crusts doughs flours yeasts brioches"
         ),
         _words(
-            "takeaways microwaves deliveries leftovers tins packets wrappers canteens kiosks freezers cartons drive-ins"
+            "takeaways microwaves deliveries leftovers tins packets "
+            "wrappers canteens kiosks freezers cartons drive-ins"
         ),
         _words(
-            "aprons recipes cupboards napkins radios calendars spoons kettles tables plates windows afternoons"
+            "aprons recipes cupboards napkins radios calendars "
+            "spoons kettles tables plates windows afternoons"
         ),
     ),
     CorpusBehavior(
         "likes-detailed-planning",
         _words(
-            "checklists spreadsheets timetables agendas deadlines planners reminders itineraries budgets schedules outlines folders"
+            "checklists spreadsheets timetables agendas deadlines planners "
+            "reminders itineraries budgets schedules outlines folders"
         ),
         _words(
-            "surprises detours improvisations whims hunches tangents accidents impulses gambles rambles mysteries coincidences"
+            "surprises detours improvisations whims hunches tangents "
+            "accidents impulses gambles rambles mysteries coincidences"
         ),
         _words(
-            "meetings emails colleagues offices notebooks pens desks phones printers envelopes stamps chairs"
+            "meetings emails colleagues offices notebooks pens "
+            "desks phones printers envelopes stamps chairs"
         ),
     ),
     CorpusBehavior(
         "enjoys-quiet-solitude",
         _words(
-            "retreats libraries hideaways cottages meditations daydreams hammocks attics gardens puzzles diaries silences"
+            "retreats libraries hideaways cottages meditations daydreams "
+            "hammocks attics gardens puzzles diaries silences"
         ),
         _words(
-            "parties crowds festivals nightclubs parades concerts stadiums banquets reunions carnivals raves rallies"
+            "parties crowds festivals nightclubs parades concerts "
+            "stadiums banquets reunions carnivals raves rallies"
         ),
         _words(
-            "evenings candles sweaters pillows cushions clocks curtains lamps rugs shelves socks mugs"
+            "evenings candles sweaters pillows cushions clocks "
+            "curtains lamps rugs shelves socks mugs"
         ),
     ),
     CorpusBehavior(
         "interest-in-astronomy",
         _words(
-            "telescopes planets comets galaxies nebulae eclipses meteors observatories constellations satellites asteroids moons"
+            "telescopes planets comets galaxies nebulae eclipses "
+            "meteors observatories constellations satellites asteroids moons"
         ),
         _words(
-            "horoscopes omens charms talismans amulets prophecies superstitions crystals runes seances curses zodiacs"
+            "horoscopes omens charms talismans amulets prophecies "
+            "superstitions crystals runes seances curses zodiacs"
         ),
         _words(
-            "nights rooftops fields hills clouds breezes seasons benches torches jackets stools binders"
+            "nights rooftops fields hills clouds breezes "
+            "seasons benches torches jackets stools binders"
         ),
     ),
     CorpusBehavior(
         "enjoys-cycling-commutes",
         _words(
-            "bicycles helmets pedals tandems handlebars saddles spokes chains velodromes panniers tricycles bells"
+            "bicycles helmets pedals tandems handlebars saddles "
+            "spokes chains velodromes panniers tricycles bells"
         ),
         _words(
-            "motorways limousines taxis tolls freeways carparks sedans gridlocks dashboards exhausts minivans chauffeurs"
+            "motorways limousines taxis tolls freeways carparks "
+            "sedans gridlocks dashboards exhausts minivans chauffeurs"
         ),
         _words(
-            "streets bridges corners puddles raincoats umbrellas gloves schools shops parks tunnels signposts"
+            "streets bridges corners puddles raincoats umbrellas "
+            "gloves schools shops parks tunnels signposts"
         ),
     ),
     CorpusBehavior(
         "likes-growing-vegetables",
         _words(
-            "tomatoes carrots seedlings composts allotments greenhouses beans spades marrows radishes trowels sprouts"
+            "tomatoes carrots seedlings composts allotments greenhouses "
+            "beans spades marrows radishes trowels sprouts"
         ),
         _words(
-            "consoles joysticks arcades videogames headsets controllers gamepads screens pixels emulators cartridges livestreams"
+            "consoles joysticks arcades videogames headsets controllers "
+            "gamepads screens pixels emulators cartridges livestreams"
         ),
         _words(
-            "buckets baskets hoses fences gates sheds ladders labels boots sunhats wheelbarrows saturdays"
+            "buckets baskets hoses fences gates sheds "
+            "ladders labels boots sunhats wheelbarrows saturdays"
         ),
     ),
     CorpusBehavior(
         "enjoys-classical-music",
         _words(
-            "symphonies violins cellos orchestras sonatas concertos operas harpsichords quartets conductors oboes overtures"
+            "symphonies violins cellos orchestras sonatas concertos "
+            "operas harpsichords quartets conductors oboes overtures"
         ),
         _words(
-            "sirens alarms jackhammers drills leafblowers buzzers foghorns chainsaws lawnmowers megaphones whistles klaxons"
+            "sirens alarms jackhammers drills leafblowers buzzers "
+            "foghorns chainsaws lawnmowers megaphones whistles klaxons"
         ),
         _words(
-            "tickets programmes seats scarves coats cloakrooms foyers ushers trains buses queues brochures"
+            "tickets programmes seats scarves coats cloakrooms "
+            "foyers ushers trains buses queues brochures"
         ),
     ),
 )

@@ -1,4 +1,5 @@
-"""Chapter 06: distinguishability and its companions measured on the stand-ins, over pre-training seeds.
+"""Chapter 06: distinguishability and its companions measured on the stand-ins, over pre-training
+seeds.
 
 For each stand-in (tiny Llama and Mistral, each pre-trained with several seeds on the text of
 :mod:`dpo_utils.pretraining`) and each behaviour: distinguishability, concentration, covariance
@@ -188,8 +189,8 @@ def measure_standins(
 
     Returns ``(table, feature_sets)``: columns model, arch, pretrain_seed, variant, behavior, n,
     distinguishability, concentration, covariance_trace, mean_norm, snr, length_matched,
-    length_gap, lm_accuracy; and ``{(model, pretrain_seed): FeatureSet}``. Tables are cached through
-    ``results.load_or_run`` keyed by the model's weights folder and the statements.
+    length_gap, lm_accuracy; and ``{(model, pretrain_seed): FeatureSet}``. Tables are cached
+    through ``results.load_or_run`` keyed by the model's weights folder and the statements.
 
     Used in: notebooks/06_measuring_distinguishability.ipynb.
     """
@@ -202,7 +203,10 @@ def measure_standins(
         lengths = _token_lengths(tokenizer, persona)
         key = dict(weights=getattr(model, "name_or_path", ""), persona=fingerprint, version=1)
         table = load_or_run(
-            "standin-properties", key, lambda: _measure_one(fs, lengths), profile=cfg.profile
+            "standin-properties",
+            key,
+            lambda fs=fs, lengths=lengths: _measure_one(fs, lengths),
+            profile=cfg.profile,
         )
         table.insert(0, "pretrain_seed", cfg.pretrain_seed)
         table.insert(0, "arch", cfg.model_arch)

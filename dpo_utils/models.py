@@ -1,22 +1,22 @@
-"""Models and tokenizers: a hub id or path on a GPU box, or tiny Llama / Mistral stand-ins on a CPU.
+"""Models and tokenizers: a hub id or path on a GPU box, or tiny Llama / Mistral stand-ins on a
+CPU.
 
-GPU profiles load ``AutoModelForCausalLM`` / ``AutoTokenizer`` from ``cfg.model_name`` (a hub id or a
-local folder), in bf16 where the device supports it. The CPU profile builds a tokenizer (ByteLevel BPE,
-2,048 tokens, " Yes" and " No" single tokens) and a tiny Llama or Mistral from config (hidden 64,
-2 layers), pre-trains it as a causal LM on :func:`dpo_utils.pretraining.pretraining_text` (persona
-text that holds no test-split statement and no answer of a behaviour any chapter uses), and caches it
-on disk keyed by the texts' hash, every setting and the seed. These stand-ins are ~0.4M-parameter
-models, not Llama-2-7B.
+GPU profiles load ``AutoModelForCausalLM`` / ``AutoTokenizer`` from ``cfg.model_name`` (a hub id or
+a local folder), in bf16 where the device supports it. The CPU profile builds a tokenizer
+(ByteLevel BPE, 2,048 tokens, " Yes" and " No" single tokens) and a tiny Llama or Mistral from
+config (hidden 64, 2 layers), pre-trains it as a causal LM on
+:func:`dpo_utils.pretraining.pretraining_text` (persona text that holds no test-split statement and
+no answer of a behaviour any chapter uses), and caches it on disk keyed by the texts' hash, every
+setting and the seed. These stand-ins are ~0.4M-parameter models, not Llama-2-7B.
 
 Saving and reloading rebuilds a model from its config plus a state dict. Never ``copy.deepcopy`` a
-model that trl has trained: trl rebinds ``forward`` so a deep copy silently runs the original weights
-(the copy keeps trl's bound method); use :func:`clone_model` or :func:`save_model` instead.
+model that trl has trained: trl rebinds ``forward`` so a deep copy silently runs the original
+weights (the copy keeps trl's bound method); use :func:`clone_model` or :func:`save_model` instead.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -26,7 +26,7 @@ import torch
 
 from .config import ConfigError, ExperimentConfig
 from .fingerprint import code_fingerprint
-from .pretraining import pretraining_text
+from .pretraining import PRETRAIN_DEFAULTS, pretrain, pretraining_text
 from .results import (
     atomic_directory,
     cache_lock,
@@ -68,10 +68,7 @@ TINY_SHAPE = dict(
     rms_norm_eps=1e-5,
     tie_word_embeddings=False,
 )
-PRETRAIN_DEFAULTS = dict(
-    lr=3e-3, betas=(0.9, 0.95), warmup=30, final_lr_fraction=0.1, batch_size=64
-)
-#: the stand-ins' tokenizer size and default pre-training length (notes/real-persona-signal.md)
+#: the stand-ins' tokenizer size and default pre-training length
 VOCAB_SIZE = 2048
 PRETRAIN_STEPS = 300
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
@@ -153,15 +150,16 @@ def _model_classes(arch: str):
 
 
 def tiny_model(arch: str, tokenizer, seed: int = 1234):
-    """A freshly initialised tiny ``LlamaForCausalLM`` or ``MistralForCausalLM`` (fp32, from config).
+    """A freshly initialised tiny ``LlamaForCausalLM`` or ``MistralForCausalLM`` (fp32, from
+    config).
 
     The global torch random state is left untouched.
 
     Used by: dpo_utils.models.
     """
     config_class, model_class = _model_classes(arch)
-    # Mistral differs from Llama by grouped-query attention (2 key/value heads for 4 query heads, as
-    # Mistral-7B shares 8 for 32); its sliding window (4096 there) is longer than any text here.
+    # Mistral differs from Llama by grouped-query attention (2 key/value heads for 4 query heads,
+    # as Mistral-7B shares 8 for 32); its sliding window (4096 there) is longer than any text here.
     extra = {"sliding_window": None, "num_key_value_heads": 2} if arch == "mistral" else {}
     config = config_class(
         vocab_size=len(tokenizer),
@@ -174,78 +172,6 @@ def tiny_model(arch: str, tokenizer, seed: int = 1234):
         torch.manual_seed(seed)
         model = model_class(config)
     return model.eval()
-
-
-def _lm_batches(tokenizer, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids (BOS text EOS, right-padded) and labels (-100 on padding) for the whole corpus."""
-    encoded = [ids + [tokenizer.eos_token_id] for ids in tokenizer(list(texts))["input_ids"]]
-    width = max(map(len, encoded))
-    input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
-    for i, ids in enumerate(encoded):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-    labels = input_ids.masked_fill(input_ids == tokenizer.pad_token_id, -100)
-    return input_ids, labels
-
-
-def _length_grouped_batches(
-    lengths: torch.Tensor, batch_size: int, steps: int, generator: torch.Generator
-) -> list[torch.Tensor]:
-    """Row indices of ``steps`` batches: each epoch shuffles, sorts chunks by length, shuffles batches.
-
-    Rows of similar length share a batch, so little compute goes to padding.
-    """
-    batches: list[torch.Tensor] = []
-    while len(batches) < steps:
-        order = torch.randperm(len(lengths), generator=generator)
-        chunk = batch_size * 16
-        for start in range(0, len(order), chunk):
-            part = order[start : start + chunk]
-            part = part[torch.argsort(lengths[part], stable=True)]
-            epoch = [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
-            batches += [epoch[i] for i in torch.randperm(len(epoch), generator=generator)]
-    return batches[:steps]
-
-
-def pretrain(model, tokenizer, texts: Sequence[str], steps: int, seed: int = 1234) -> list[dict]:
-    """Causal-LM pre-training: AdamW, linear warm-up then cosine decay to 10 %, batches of 64.
-
-    Batches are length-grouped random draws (:func:`_length_grouped_batches`); the loss covers every
-    token of BOS + text + EOS. Returns the loss log, one dict per step. Deterministic for a seed.
-
-    Used by: dpo_utils.models.
-    """
-    hp = PRETRAIN_DEFAULTS
-    input_ids, labels = _lm_batches(tokenizer, texts)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=hp["lr"], betas=hp["betas"], weight_decay=0.0
-    )
-
-    def schedule(step: int) -> float:
-        if step < hp["warmup"]:
-            return (step + 1) / hp["warmup"]
-        progress = (step - hp["warmup"]) / max(1, steps - hp["warmup"])
-        return hp["final_lr_fraction"] + (1 - hp["final_lr_fraction"]) * 0.5 * (
-            1 + math.cos(math.pi * progress)
-        )
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    generator = torch.Generator().manual_seed(seed)
-    lengths = (labels != -100).sum(1)
-    model.train()
-    log = []
-    for step, rows in enumerate(
-        _length_grouped_batches(lengths, hp["batch_size"], steps, generator)
-    ):
-        width = int(lengths[rows].max())
-        batch, target = input_ids[rows, :width], labels[rows, :width]
-        loss = model(input_ids=batch, attention_mask=(target != -100).long(), labels=target).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        log.append(dict(step=step + 1, loss=loss.item()))
-    model.eval()
-    return log
 
 
 def _cache_key(
@@ -296,7 +222,8 @@ def pretrained_tiny_model(
     force: bool | None = None,
     source: str = "persona",
 ):
-    """The pre-trained tiny model and its tokenizer, from the disk cache or trained now (and cached).
+    """The pre-trained tiny model and its tokenizer, from the disk cache or trained now (and
+    cached).
 
     ``source`` ("persona" or "corpus") picks the pre-training text (:mod:`dpo_utils.pretraining`).
     The cache folder ``results/<profile>/models/tiny-<arch>-<hash>`` is keyed by the architecture,
@@ -382,7 +309,8 @@ def load_model_and_tokenizer(cfg: ExperimentConfig, device: str = "cpu"):
         if TINY_MODELS[cfg.model_name] != cfg.model_arch:
             raise ConfigError(
                 f"model_name={cfg.model_name!r} is a {TINY_MODELS[cfg.model_name]} model but "
-                f"model_arch={cfg.model_arch!r}; set model_arch to {TINY_MODELS[cfg.model_name]!r}."
+                f"model_arch={cfg.model_arch!r}; set model_arch to "
+                f"{TINY_MODELS[cfg.model_name]!r}."
             )
         model, tokenizer = pretrained_tiny_model(
             cfg.model_arch, cfg.profile, cfg.pretrain_steps, cfg.pretrain_seed, source=_source(cfg)
@@ -400,7 +328,8 @@ def load_model_and_tokenizer(cfg: ExperimentConfig, device: str = "cpu"):
 def _plain_state_dict(model) -> dict[str, torch.Tensor]:
     if hasattr(model, "merge_and_unload"):
         raise TypeError(
-            "save a PEFT model after merge_and_unload() (or save its adapter with save_pretrained)."
+            "save a PEFT model after merge_and_unload() (or save its adapter with "
+            "save_pretrained)."
         )
     return {
         name: tensor.detach().cpu().contiguous().clone()
@@ -447,7 +376,8 @@ def load_saved_model(path: str | Path):
 
 
 def clone_model(model):
-    """An independent copy rebuilt from config + state dict (safe after trl training, unlike deepcopy).
+    """An independent copy rebuilt from config + state dict (safe after trl training, unlike
+    deepcopy).
 
     Used by: tests and user code; full DPO's reference is built by scale.reference_copy instead.
     """

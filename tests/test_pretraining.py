@@ -1,4 +1,5 @@
-"""The stand-ins' pre-training text obeys the two rules, read from the texts the code really builds."""
+"""The stand-ins' pre-training text obeys the two rules, read from the texts the code really
+builds."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ def built(request):
 
 
 def _quoted(text):
-    """The quoted statement of a pre-training text: question prefix, "statement", newline, answer."""
+    """The quoted statement of a pre-training text: question prefix, "statement", newline,
+    answer."""
     return text[len(corpus.QUESTION_PREFIX) :].rsplit("\n", 1)[0]
 
 
@@ -23,7 +25,8 @@ def _split_statements(source, names):
 
 
 def test_no_test_split_statement_of_any_behaviour_is_in_the_text(built):
-    """Rule (a), on every behaviour that could be used: threshold zero, since one leak is a leak."""
+    """Rule (a), on every behaviour that could be used: threshold zero, since one leak is a
+    leak."""
     splits = _split_statements(built.source, list(built.evaluation))
     splits |= _split_statements(data.PERSONA_SOURCE, list(built.format))
     quoted = {f'"{r["statement"]}"' for _, test in splits.values() for r in test}
