@@ -12,6 +12,7 @@ directions, and the verdicts with thresholds fixed before the first run (:data:`
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ from . import data
 from .config import ExperimentConfig
 from .embeddings import FeatureSet, persona_features
 from .metrics import class_means, properties_table
-from .models import TINY_MODELS, load_model_and_tokenizer
+from .models import TINY_MODELS, load_model_and_tokenizer, pretrain_tiny_models
 from .results import config_hash, load_or_run
 from .tables import rank_correlation
 
@@ -196,6 +197,7 @@ def measure_standins(
     """
     tables, feature_sets = [], {}
     fingerprint = config_hash({"persona": persona})
+    pretrain_tiny_models(configs, processes=min(2, os.cpu_count() or 1))
     for cfg in configs:
         model, tokenizer = load_model_and_tokenizer(cfg, device)
         fs = persona_features(model, tokenizer, persona, profile=cfg.profile)

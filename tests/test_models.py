@@ -170,3 +170,20 @@ def test_lora_config_follows_the_profile():
     lora = models.lora_config(cfg)
     assert (lora.r, lora.lora_alpha, lora.lora_dropout, lora.bias) == (8, 32, 0.05, "none")
     assert set(lora.target_modules) == {"q_proj", "v_proj"}
+
+
+def test_pretrain_tiny_models_trains_the_missing_ones_in_workers(results):
+    configs = [
+        config.get_config("cpu", pretrain_steps=STEPS, model_name=name, model_arch=arch)
+        for name, arch in models.TINY_MODELS.items()
+    ]
+    assert models.pretrain_tiny_models(configs + configs[:1], processes=2) == 2
+    assert models.pretrain_tiny_models(configs, processes=2) == 0  # cached now
+    for cfg in configs:
+        record = models.pretrain_record(cfg)
+        assert record["key"]["arch"] == cfg.model_arch and len(record["log"]) == STEPS
+        assert record["torch_threads"] == 1
+    # a worker's model equals the one the parent process trains with the same settings
+    spawned, _ = models.load_model_and_tokenizer(configs[0], "cpu")
+    again, _ = models.pretrained_tiny_model("llama", steps=STEPS, force=True)
+    assert all(torch.equal(p, q) for p, q in zip(spawned.parameters(), again.parameters()))
