@@ -8,12 +8,13 @@ Mechanisms (import only each other):
     losses                  the DPO loss, implicit rewards, margins, both accuracies [01 04 05]
     linear                  last-layer DPO, single-token answers: the two-row trainer [01 02 07]
     full_vocab              its full-vocabulary autograd reference [01]
-    synthetic               synthetic behaviours: samplers, random_direction [01 02 06]
+    synthetic               synthetic behaviours: samplers, random_direction [01 02]
     feature_models          trainable features under a one-token head [via synthetic_experiments]
     metrics                 distinguishability, concentration, priority gaps, probes [02 03 04]
     data                    persona behaviours and HH-RLHF as preference pairs [06 07 12]
     corpus                  the project's own persona-format corpus [06 07 08 11]
     models                  hub models, or tiny pre-trained Llama / Mistral stand-ins [06 07 12]
+    pretraining             the stand-ins' pre-training text and loop, leak-free [06]
     embeddings              last-token features of a causal LM, cached [07]
     probes                  per-pair log-probs and the probe callback [via training]
     training                DPO through trl's DPOTrainer [12]
@@ -31,6 +32,7 @@ Chapter experiments (import mechanisms; each returns tidy tables, never plots):
     synthetic_experiments   chapters 01-03 and 05 on synthetic features [02 03 05]
     priority_experiments    chapter 04's prioritisation [04]
     feature_experiments     chapters 06-07: measuring features, last-layer DPO on them [06 07]
+    measuring_experiments   chapter 06: stand-ins' features over pre-training seeds [06]
     llm_experiments         chapters 08-12: full and LoRA DPO on language models [08-12]
 
 Book infrastructure (may import anything):

@@ -168,7 +168,7 @@ class PersonaDataError(ValueError):
 def corpus_dir() -> Path:
     """The repository's ``data/`` folder, which holds the project's corpus under ``data/persona/``.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb, notebooks/07_last_layer_dpo.ipynb.
+    Used in: notebooks/07_last_layer_dpo.ipynb.
     """
     beside_package = Path(__file__).resolve().parent.parent / "data"
     if (beside_package / "persona").is_dir():
@@ -180,7 +180,7 @@ def corpus_dir() -> Path:
 def persona_dir() -> Path:
     """The repository's ``data/anthropic-persona/`` folder: the 32 vendored real behaviours.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    Used by: dpo_utils.data.
     """
     return corpus_dir() / "anthropic-persona"
 
@@ -214,7 +214,7 @@ def source_folder(source: str | Path) -> Path:
     any other value is a folder holding ``.jsonl`` / ``.jsonl.gz`` files, directly or under
     ``persona/``.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb, dpo_utils.pretraining.
+    Used by: dpo_utils.data.
     """
     named = {PERSONA_SOURCE: persona_dir(), CORPUS_SOURCE: corpus_dir()}
     folder = named.get(str(source), Path(source))

@@ -116,7 +116,7 @@ def length_matched_distinguishability(
 
     Bins are quantiles of the pooled token lengths; a bin without both classes is skipped.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    Used by: dpo_utils.measuring_experiments.
     """
     lengths = lengths.double()
     edges = torch.quantile(lengths, torch.linspace(0, 1, n_bins + 1, dtype=torch.float64))
@@ -138,7 +138,7 @@ def length_matched_distinguishability(
 def direction_cosines(feature_set: FeatureSet, variant: str = "final") -> pd.DataFrame:
     """Cosine between every two behaviours' difference vectors d = mu_Yes - mu_No (tidy).
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    Used by: dpo_utils.measuring_experiments.
     """
     groups = feature_set.groups(variant)
     names = list(groups)

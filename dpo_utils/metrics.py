@@ -155,7 +155,7 @@ def properties_table(groups, probe: bool = True, folds: int = 5):
     distinguishability divided by its size under random labels,
     sqrt(mean class-covariance trace * (1/n_Yes + 1/n_No)), so about 1 means no signal.
 
-    Used by: dpo_utils.feature_experiments, dpo_utils.llm_experiments.
+    Used by: dpo_utils.llm_experiments, dpo_utils.measuring_experiments.
     """
     import pandas as pd
 

@@ -295,7 +295,7 @@ def pretrain_tiny_models(configs: Sequence[ExperimentConfig], processes: int = 2
 
     Returns how many were trained. Configs of hub models are skipped.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb (through measuring_experiments).
+    Used by: dpo_utils.measuring_experiments.
     """
     import multiprocessing
 

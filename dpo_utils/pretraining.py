@@ -43,7 +43,10 @@ _SHUFFLE_SEED = 4321
 
 @dataclass(frozen=True)
 class PretrainingText:
-    """The pre-training texts of one source and the account of what went into them."""
+    """The pre-training texts of one source and the account of what went into them.
+
+    Used by: dpo_utils.pretraining.
+    """
 
     source: str
     texts: tuple[str, ...]
@@ -156,7 +159,7 @@ def pretrain(model, tokenizer, texts: Sequence[str], steps: int, seed: int = 123
     every token of BOS + text + EOS. Returns the loss log, one dict per step. Deterministic for a
     seed.
 
-    Used in: dpo_utils.models.pretrained_tiny_model (also as ``models.pretrain``).
+    Used by: dpo_utils.models.
     """
     hp = PRETRAIN_DEFAULTS
     input_ids, labels = _lm_batches(tokenizer, texts)

@@ -64,7 +64,7 @@ def sample_noise(
 ) -> torch.Tensor:
     """Independent zero-mean, unit-variance entries from one tail family.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    Used by: dpo_utils.synthetic.
     """
     _check_family(family)
     shape = tuple(shape)
