@@ -112,8 +112,10 @@ ALLOWED: dict[str, dict[str, str]] = {
         "with mean gap 1.5 in 32 dimensions": "input: the gap of the behaviour",
     },
     "data_card.md": {
-        "1.0 for a class-specific word, 0.5 for a shared one": "design constants of the corpus",
-        "| enjoys-classical-music | 0 | 0 of 500 | 1.000 |": "design arithmetic 1 - k/24",
+        "1.0 for an informative statement, 0.5 for an ambiguous one": "design constants",
+        "| enjoys-classical-music | reference | 1 | 0 of 500 | 1.000 |": "design: 1 - a/2",
+        "CC BY 4.0; the only change is gzip compression": "licence version, arXiv identifier",
+        "CC BY 4.0, Perez et al.": "licence version",
     },
     "setup.md": {
         "the environment is about 1.8 GB": "size of the installed environment, a unit",
