@@ -1,4 +1,5 @@
-"""Pre-training sweep of the CPU stand-ins (steps x arch x seed), one process per model, one thread each.
+"""Pre-training sweep of the CPU stand-ins (steps x arch x seed), one process per model,
+one thread each.
 
 Measures per model: seconds, final loss, and per evaluation behaviour the distinguishability of the
 final features (all 1000 prompts), and the model's own Yes/No accuracy. Run by hand:
@@ -32,9 +33,16 @@ def job(args):
     rows = []
     for name, (f, s) in fs.groups("final").items():
         rows.append(
-            dict(steps=steps, arch=arch, seed=seed, behavior=name, seconds=seconds,
-                 loss=sum(r["loss"] for r in log[-20:]) / 20,
-                 dist=float(metrics.distinguishability(f, s)), lm_accuracy=acc[name])
+            dict(
+                steps=steps,
+                arch=arch,
+                seed=seed,
+                behavior=name,
+                seconds=seconds,
+                loss=sum(r["loss"] for r in log[-20:]) / 20,
+                dist=float(metrics.distinguishability(f, s)),
+                lm_accuracy=acc[name],
+            )
         )
     return rows
 
