@@ -11,6 +11,7 @@ Mechanisms (import only each other):
     synthetic               synthetic behaviours: samplers, random_direction [01 02]
     feature_models          trainable features under a one-token head [via synthetic_experiments]
     metrics                 distinguishability, concentration, priority gaps, probes [02 03 04]
+    persona_names           the 135 behaviours' names and numbers, the featured lists [via data]
     data                    persona behaviours and HH-RLHF as preference pairs [06 07 12]
     corpus                  the project's own persona-format corpus [06 07 08 11]
     models                  hub models, or tiny pre-trained Llama / Mistral stand-ins [06 07 12]

@@ -140,7 +140,7 @@ CHAPTER_PARAMETERS: dict[str, dict[str, Check]] = {
         "model_beta": _config_field("dpo_beta"),
         "n_model_seeds": _int_at_least(2),
     },
-    "06": dict(_PERSONA),
+    "06": {**_PERSONA, "n_pretrain_seeds": _int_at_least(1)},
     "07": {
         "learning_rate": _config_field("last_layer_lr"),
         "comparison_lr": _config_field("last_layer_lr"),

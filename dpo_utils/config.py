@@ -146,9 +146,9 @@ PROFILES: dict[str, ExperimentConfig] = {
     "cpu": ExperimentConfig(
         profile="cpu",
         description=(
-            "CPU profile: tiny Llama/Mistral models built from config and pre-trained briefly on real "
-            "persona text (never on an evaluated answer or test statement); synthetic features of "
-            "width 64. Not Llama-2-7B."
+            "CPU profile: tiny Llama/Mistral models built from config and pre-trained briefly on "
+            "real persona text (never on an evaluated answer or test statement); synthetic "
+            "features of width 64. Not Llama-2-7B."
         ),
         model_name="tiny-llama",
         model_arch="llama",
@@ -312,11 +312,12 @@ def _check_model_name(value: str) -> None:
 
 
 def _check_persona_source(value: str) -> None:
-    if value in ("corpus", HUB_PERSONA_SOURCE) or os.path.isdir(value):
+    if value in ("persona", "corpus", HUB_PERSONA_SOURCE) or os.path.isdir(value):
         return
     raise ConfigError(
-        f"persona_source={value!r} is not allowed; choose 'corpus' (the project's data), "
-        f"{HUB_PERSONA_SOURCE!r}, or an existing folder of persona .jsonl files."
+        f"persona_source={value!r} is not allowed; choose 'persona' (the 32 vendored real "
+        f"behaviours), 'corpus' (the project's designed corpus), {HUB_PERSONA_SOURCE!r}, or an "
+        "existing folder of persona .jsonl / .jsonl.gz files."
     )
 
 

@@ -23,7 +23,8 @@ from . import data
 from .config import ExperimentConfig
 from .embeddings import FeatureSet, persona_features
 from .metrics import class_means, properties_table
-from .models import TINY_MODELS, load_model_and_tokenizer, pretrain_tiny_models
+from . import models
+from .models import TINY_MODELS, load_model_and_tokenizer
 from .results import config_hash, load_or_run
 from .tables import rank_correlation
 
@@ -38,6 +39,7 @@ __all__ = [
     "direction_summary",
     "knob_table",
     "verdicts",
+    "pretrain_tiny_models",
 ]
 
 #: Verdict thresholds, written down (and committed) before the first run of chapter 06 on the new
@@ -68,6 +70,43 @@ THRESHOLDS = dict(
     knob2_ratio=1.5,
     seeds_needed=2,
 )
+
+
+def _pretrain_job(job: dict) -> None:
+    """One stand-in's pre-training in a worker process (one torch thread, like the parent)."""
+    models.pretrained_tiny_model(**job)
+
+
+def pretrain_tiny_models(configs: Sequence[ExperimentConfig], processes: int = 2) -> int:
+    """Pre-train (and cache) the stand-ins of ``configs`` that are not cached yet, ``processes`` at
+    a time in spawned worker processes (each single-threaded: two cores, two models at once).
+
+    Returns how many were trained. Configs of hub models are skipped.
+
+    Used by: dpo_utils.measuring_experiments.
+    """
+    import multiprocessing
+
+    jobs = []
+    for cfg in configs:
+        if cfg.model_name not in TINY_MODELS:
+            continue
+        job = dict(
+            arch=cfg.model_arch,
+            profile=cfg.profile,
+            steps=cfg.pretrain_steps,
+            seed=cfg.pretrain_seed,
+            source=models._source(cfg),
+        )
+        if not (models.tiny_model_dir(**job) / "pretrain.json").exists() and job not in jobs:
+            jobs.append(job)
+    if processes <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            _pretrain_job(job)
+    else:
+        with multiprocessing.get_context("spawn").Pool(min(processes, len(jobs))) as pool:
+            pool.map(_pretrain_job, jobs, chunksize=1)
+    return len(jobs)
 
 
 def measured_behaviors(cfg: ExperimentConfig, source: str | None = None) -> list[str | int]:

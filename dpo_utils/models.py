@@ -53,7 +53,6 @@ __all__ = [
     "clone_model",
     "lora_config",
     "pretrain_record",
-    "pretrain_tiny_models",
 ]
 
 #: CPU-profile model names -> architecture
@@ -282,43 +281,6 @@ def _pretrain_into(folder, key, arch, texts, steps, seed, vocab_size) -> None:
             log=log,
         )
         (tmp / "pretrain.json").write_text(json.dumps(info, indent=1))
-
-
-def _pretrain_job(job: dict) -> None:
-    """One stand-in's pre-training in a worker process (one torch thread, like the parent)."""
-    pretrained_tiny_model(**job)
-
-
-def pretrain_tiny_models(configs: Sequence[ExperimentConfig], processes: int = 2) -> int:
-    """Pre-train (and cache) the stand-ins of ``configs`` that are not cached yet, ``processes`` at
-    a time in spawned worker processes (each single-threaded: two cores, two models at once).
-
-    Returns how many were trained. Configs of hub models are skipped.
-
-    Used by: dpo_utils.measuring_experiments.
-    """
-    import multiprocessing
-
-    jobs = []
-    for cfg in configs:
-        if cfg.model_name not in TINY_MODELS:
-            continue
-        job = dict(
-            arch=cfg.model_arch,
-            profile=cfg.profile,
-            steps=cfg.pretrain_steps,
-            seed=cfg.pretrain_seed,
-            source=_source(cfg),
-        )
-        if not (tiny_model_dir(**job) / "pretrain.json").exists() and job not in jobs:
-            jobs.append(job)
-    if processes <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            _pretrain_job(job)
-    else:
-        with multiprocessing.get_context("spawn").Pool(min(processes, len(jobs))) as pool:
-            pool.map(_pretrain_job, jobs, chunksize=1)
-    return len(jobs)
 
 
 def _dtype_for(cfg: ExperimentConfig, device: str) -> torch.dtype:

@@ -95,8 +95,8 @@ CASES = [
     ("08 steps 0", _chapter("08", steps=0), E, "dpo_max_steps=0", "integer >= 1"),
     ("08 full_lr str", _chapter("08", full_lr="1e-4"), E, "full_lr='1e-4'", "float > 0"),
     ("09 pair of one", _chapter("09", pair=[0]), E, "pair=[0]", "two different behaviours"),
-    ("09 pair twice", _chapter("09", pair=[1, 1]), E, "pair=[1, 1]", "two different"),
-    ("09 pair range", _chapter("09", pair=[0, 99]), E, "number 99", "from 0 to 7"),
+    ("09 pair twice", _chapter("09", pair=[84, 84]), E, "pair=[84, 84]", "two different"),
+    ("09 pair range", _chapter("09", pair=[0, 140]), E, "number 140", "from 0 to 134"),
     ("09 mode", _chapter("09", mode="qlora"), E, "mode='qlora'", "['full', 'lora']"),
     ("09 batch 0", _chapter("09", pair_batch_size=0), E, "pair_batch_size=0", "integer >= 1"),
     ("10 behaviour", _chapter("10", behaviors=[0, "nope"]), E, "'nope'", "closest available"),
@@ -246,8 +246,8 @@ def test_unknown_papermill_parameters_are_read_from_the_injected_cell(monkeypatc
 
 
 def test_good_values_pass_and_none_keeps_the_default():
-    got = book.check_parameters("09", {"profile": "cpu", "pair": [0, 3], "mode": None}, [])
-    assert got["pair"] == [data.available_behaviors("corpus")[i] for i in (0, 3)]
+    got = book.check_parameters("09", {"profile": "cpu", "pair": [123, 45], "mode": None}, [])
+    assert got["pair"] == [data.PERSONA_BEHAVIORS[i] for i in (123, 45)]  # the real behaviours
     assert got["mode"] is None and got["pair_batch_size"] is None
     assert (
         book.check_parameters("01", {"profile": "cpu", "vocab_size": 500}, [])["vocab_size"] == 500

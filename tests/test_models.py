@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from dpo_utils import config, data, models, pretraining
+from dpo_utils import config, data, measuring_experiments, models, pretraining
 
 STEPS = 4  # enough to exercise the loop and the cache; the chapter uses cfg.pretrain_steps
 
@@ -177,8 +177,8 @@ def test_pretrain_tiny_models_trains_the_missing_ones_in_workers(results):
         config.get_config("cpu", pretrain_steps=STEPS, model_name=name, model_arch=arch)
         for name, arch in models.TINY_MODELS.items()
     ]
-    assert models.pretrain_tiny_models(configs + configs[:1], processes=2) == 2
-    assert models.pretrain_tiny_models(configs, processes=2) == 0  # cached now
+    assert measuring_experiments.pretrain_tiny_models(configs + configs[:1], processes=2) == 2
+    assert measuring_experiments.pretrain_tiny_models(configs, processes=2) == 0  # cached now
     for cfg in configs:
         record = models.pretrain_record(cfg)
         assert record["key"]["arch"] == cfg.model_arch and len(record["log"]) == STEPS
