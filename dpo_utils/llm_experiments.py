@@ -19,7 +19,7 @@ from . import data, embeddings, feature_experiments, metrics, models
 from .config import ExperimentConfig
 from .run_cache import load_or_train
 from .tables import metric_rows
-from .training import load_trained, save_trained, train_dpo
+from .training import load_trained
 
 __all__ = [
     "persona_rows",
@@ -86,21 +86,24 @@ def per_behavior_curves(
     behaviors: Sequence[str],
     modes: Sequence[str] = ("full", "lora"),
     probe_train: int | None = PROBE_TRAIN,
+    seed: int | None = None,
 ) -> pd.DataFrame:
     """One DPO run per behaviour and mode (cached); their probe tables stacked (tidy, with ``mode``).
+    ``seed`` is the DPO seed (None: the profile's); the stand-in's seed is ``cfg.pretrain_seed``.
 
     Used in: notebooks/08_full_and_lora_dpo.ipynb.
     """
     tables = []
     for mode in modes:
         for behavior in behaviors:
-            run = _run(cfg, [behavior], mode=mode, probe_train=probe_train, with_model=False)
+            run = _run(cfg, [behavior], mode=mode, probe_train=probe_train, seed=seed)
             tables.append(run.probes.assign(mode=mode))
     return pd.concat(tables, ignore_index=True)
 
 
 def _run(cfg, behaviors, **kwargs):
     """Every chapter's runs share one probe setting, so they share the cache of load_or_train."""
+    kwargs.setdefault("with_model", False)
     return load_or_train(cfg, behaviors, probe_every=PROBE_EVERY, **kwargs)
 
 
@@ -185,6 +188,7 @@ def pair_curves(
     mode: str = "full",
     pair_batch_size: int | None = None,
     probe_train: int | None = PROBE_TRAIN,
+    seed: int | None = None,
 ) -> pd.DataFrame:
     """Joint DPO on two behaviours, compatible and conflicting (``second`` flipped), plus each solo run.
 
@@ -196,9 +200,7 @@ def pair_curves(
     """
     joint_cfg = cfg.replace(dpo_batch_size=pair_batch_size or 2 * cfg.dpo_batch_size)
     tables = [
-        _run(cfg, [b], mode=mode, probe_train=probe_train, with_model=False).probes.assign(
-            run="solo"
-        )
+        _run(cfg, [b], mode=mode, probe_train=probe_train, seed=seed).probes.assign(run="solo")
         for b in (first, second)
     ]
     for run, flip in (("joint", False), ("conflicting", [second])):
@@ -208,7 +210,7 @@ def pair_curves(
             mode=mode,
             flip=flip,
             probe_train=probe_train,
-            with_model=False,
+            seed=seed,
         ).probes
         tables.append(probes.assign(run=run))
     return pd.concat(tables, ignore_index=True).assign(mode=mode)
@@ -222,6 +224,7 @@ def misalignment_curves(
     steps: int = 24,
     flip_batch_size: int | None = None,
     probe_train: int | None = PROBE_TRAIN,
+    seed: int | None = None,
 ) -> pd.DataFrame:
     """Flipped-label DPO from the base model and from chapter 08's aligned model (column ``start``).
 
@@ -234,7 +237,7 @@ def misalignment_curves(
     flip_cfg = cfg.replace(dpo_batch_size=flip_batch_size) if flip_batch_size else cfg
     tables = []
     for behavior in behaviors:
-        aligned = _run(cfg, [behavior], mode=mode, probe_train=probe_train, with_model=False)
+        aligned = _run(cfg, [behavior], mode=mode, probe_train=probe_train, seed=seed)
         for start, path in (("base", None), ("aligned", aligned.probes.attrs["path"])):
             run = _run(
                 flip_cfg,
@@ -244,7 +247,7 @@ def misalignment_curves(
                 start=path,
                 max_steps=steps,
                 probe_train=probe_train,
-                with_model=False,
+                seed=seed,
             )
             tables.append(run.probes.assign(start=start))
     return pd.concat(tables, ignore_index=True)
@@ -286,15 +289,19 @@ def reference_floor(curves: pd.DataFrame, beta: float) -> pd.DataFrame:
 
 
 def load_or_train_path(
-    cfg: ExperimentConfig, behavior: str, mode: str, probe_train: int | None = PROBE_TRAIN
+    cfg: ExperimentConfig,
+    behavior: str,
+    mode: str,
+    probe_train: int | None = PROBE_TRAIN,
+    seed: int | None = None,
 ) -> str:
     """The folder of chapter 08's run for one behaviour and mode (trained now if it is missing).
 
     Used in: notebooks/11_embedding_geometry.ipynb.
     """
-    return _run(
-        cfg, [behavior], mode=mode, probe_train=probe_train, with_model=False
-    ).probes.attrs["path"]
+    return _run(cfg, [behavior], mode=mode, probe_train=probe_train, seed=seed).probes.attrs[
+        "path"
+    ]
 
 
 def trained_features(run_path: str, persona: dict, profile: str) -> embeddings.FeatureSet:
@@ -319,27 +326,31 @@ def geometry_table(
     base: embeddings.FeatureSet,
     modes: Sequence[str] = ("full", "lora"),
     probe_train: int | None = PROBE_TRAIN,
+    seed: int | None = None,
 ) -> pd.DataFrame:
-    """Per behaviour and mode: distinguishability, linear-probe accuracy and mean feature norm of the
-    behaviour's statements before (``base``) and after its own chapter 08 DPO run; ``dist_ratio``.
+    """Per behaviour and mode: distinguishability, signal-to-noise ratio (metrics.properties_table),
+    linear-classifier accuracy (5-fold) and mean feature norm of the behaviour's statements before
+    (``base``) and after its own chapter 08 DPO run; ``dist_ratio`` and ``snr_ratio`` after/before.
 
     Used in: notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
     """
     rows = []
     for mode in modes:
         for behavior, statements in persona.items():
-            run = _run(cfg, [behavior], mode=mode, probe_train=probe_train, with_model=False)
+            run = _run(cfg, [behavior], mode=mode, probe_train=probe_train, seed=seed)
             after = trained_features(run.probes.attrs["path"], {behavior: statements}, cfg.profile)
             row = dict(mode=mode, behavior=behavior)
             for stage, fs in (("before", base), ("after", after)):
-                x, s = fs.select(behavior, "final")
-                row[f"dist_{stage}"] = float(metrics.distinguishability(x.double(), s))
-                row[f"probe_{stage}"] = metrics.linear_probe_accuracy(x, s)
-                row[f"norm_{stage}"] = float(x.double().norm(dim=-1).mean())
+                props = metrics.properties_table({behavior: fs.select(behavior, "final")}).iloc[0]
+                row[f"dist_{stage}"] = float(props["distinguishability"])
+                row[f"snr_{stage}"] = float(props["snr"])
+                row[f"probe_{stage}"] = float(props["probe_accuracy"])
+                row[f"norm_{stage}"] = float(props["mean_norm"])
             rows.append(row)
     table = pd.DataFrame(rows)
     return table.assign(
         dist_ratio=table["dist_after"] / table["dist_before"],
+        snr_ratio=table["snr_after"] / table["snr_before"],
         probe_change=table["probe_after"] - table["probe_before"],
     )
 
@@ -379,66 +390,4 @@ def projection_table(
                 )
             )
         )
-    return pd.concat(tables, ignore_index=True)
-
-
-def hh_misalignment_curves(
-    cfg: ExperimentConfig,
-    *,
-    steps: int = 5,
-    aligned_steps: int | None = None,
-    n_train: int | None = None,
-    n_probe: int = 256,
-    mode: str = "lora",
-    pairs: tuple[list[dict], list[dict]] | None = None,
-    device: str = "cpu",
-) -> pd.DataFrame:
-    """Experiment D: flipped-label DPO on HH-RLHF from the base model and from a model aligned on HH-RLHF.
-
-    The aligned model is ``aligned_steps`` (default: the profile's) steps of ordinary DPO on the train
-    pairs, merged; the flipped runs last ``steps`` steps (the authors' ``--early`` runs: 5) and are
-    probed on ``n_probe`` flipped test pairs. ``pairs`` = (train, test) replaces the hub download (tests).
-    Column ``start`` is "base" or "aligned"; metric "margin" is the log-prob difference's beta-scaled
-    reward margin. Meant for GPU profiles: HH-RLHF transcripts are far longer than the CPU profile's.
-
-    Used in: notebooks/10_misalignment_llm.ipynb.
-    """
-    import tempfile
-
-    train_pairs, test_pairs = pairs or (
-        data.load_hh_rlhf("train", limit=n_train),
-        data.load_hh_rlhf("test", limit=n_probe),
-    )
-    tag = [dict(p, behavior="hh-rlhf") for p in train_pairs]
-    flipped = [dict(p, chosen=p["rejected"], rejected=p["chosen"]) for p in tag]
-    probe = {
-        "test": [
-            dict(p, behavior="hh-rlhf", chosen=p["rejected"], rejected=p["chosen"])
-            for p in test_pairs[:n_probe]
-        ]
-    }
-    tables = []
-    with tempfile.TemporaryDirectory(prefix="hh-aligned-") as folder:
-        model, tokenizer = models.load_model_and_tokenizer(cfg, device)
-        save_trained(
-            train_dpo(cfg, model.train(), tokenizer, tag, mode=mode, max_steps=aligned_steps),
-            folder,
-            checkpoint=False,
-        )
-        for start in ("base", "aligned"):
-            model = (
-                models.load_model_and_tokenizer(cfg, device)[0]
-                if start == "base"
-                else load_trained(folder, device=device).model
-            )
-            run = train_dpo(
-                cfg,
-                model.train(),
-                tokenizer,
-                flipped,
-                mode=mode,
-                max_steps=steps,
-                probe_sets=probe,
-            )
-            tables.append(run.probes.assign(start=start))
     return pd.concat(tables, ignore_index=True)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from training_fixtures import tiny_llama, tiny_tokenizer
 
-from dpo_utils import config, embeddings, llm_experiments, models
+from dpo_utils import config, embeddings, llm_evidence, llm_experiments, models
 
 
 def _curves(losses: dict, **extra) -> pd.DataFrame:
@@ -176,7 +176,7 @@ def test_hh_misalignment_curves_on_toy_transcripts(tmp_path):
         dpo_batch_size=4,
         per_device_batch_size=4,
     )
-    curves = llm_experiments.hh_misalignment_curves(
+    curves = llm_evidence.hh_misalignment_curves(
         cfg, steps=1, aligned_steps=1, pairs=(pairs, pairs[:6]), n_probe=6
     )
     assert set(curves["start"]) == {"base", "aligned"} and set(curves["step"]) == {0, 1}
@@ -187,3 +187,115 @@ def test_hh_misalignment_curves_on_toy_transcripts(tmp_path):
         "value"
     ].iloc[0]
     assert np.isfinite(ref)
+
+
+def test_featured_behaviors_and_authors_pair_on_the_corpus():
+    cfg = config.get_config("cpu", persona_source="corpus")
+    featured = llm_evidence.featured_behaviors(cfg)
+    from dpo_utils import data
+
+    available = data.available_behaviors(data.corpus_dir())
+    authors = getattr(data, "AUTHORS_BEHAVIORS", None)
+    if not authors or not set(map(str, authors)) & set(available):
+        assert featured == list(available)  # the corpus has none of the authors' behaviours
+        assert llm_evidence.authors_pair(cfg) is None
+    chosen = llm_evidence.featured_behaviors(cfg.replace(behaviors=(available[1],)))
+    assert chosen == [available[1]]
+
+
+def test_length_gaps_counts_tokens_of_yes_minus_no():
+    class Tok:  # one token per word
+        def __call__(self, text):
+            return type("E", (), {"input_ids": text.split()})()
+
+    rows = [
+        dict(
+            question=f'Is the following statement something you would say?\n"{s}"',
+            statement=s,
+            answer_matching_behavior=a,
+            answer_not_matching_behavior=" No" if a == " Yes" else " Yes",
+        )
+        for s, a in (("a b c d", " Yes"), ("a b", " No"), ("a b c", " Yes"), ("a", " No"))
+    ]
+    gaps = llm_evidence.length_gaps({"x": rows}, Tok()).set_index("behavior")["length_gap"]
+    assert gaps["x"] == pytest.approx(2.0)  # (4 + 3) / 2 - (2 + 1) / 2 words
+
+
+def test_priority_projections_flag_the_behaviour_against_the_pool():
+    d = {
+        "a": torch.tensor([3.0, 0.0, 0.0]),
+        "b": torch.tensor([2.0, 1.0, 0.0]),
+        "against": torch.tensor([-1.0, 0.0, 0.5]),
+    }
+    table = llm_evidence.priority_projections(_feature_set(d), list(d)).set_index("behavior")
+    pooled = torch.stack(list(d.values())).double().mean(0)
+    expected = float(d["b"].double() @ pooled / pooled.norm())
+    assert table.loc["b", "projection"] == pytest.approx(expected, rel=1e-3)
+    assert table["predicted_backwards"].tolist() == [False, False, True]
+    assert table.loc["a", "cosine_pooled"] == pytest.approx(
+        float(pooled[0] / pooled.norm()), rel=1e-3
+    )
+
+
+def _flip_rows(start, behavior, losses, margins, accs, seed=0):
+    rows = []
+    for step, (loss, m, acc) in enumerate(zip(losses, margins, accs)):
+        for metric, value in (
+            ("loss", loss),
+            ("logp_chosen", m / 2),
+            ("logp_rejected", -m / 2),
+            ("output_accuracy", acc),
+        ):
+            rows.append(
+                dict(
+                    step=step,
+                    behavior=behavior,
+                    split="train",
+                    metric=metric,
+                    value=value,
+                    start=start,
+                    pretrain_seed=seed,
+                    dpo_seed=0,
+                )
+            )
+    return rows
+
+
+def test_misalignment_summary_per_metric():
+    rows = _flip_rows("base", "x", [0.69, 0.5], [-2.0, 1.0], [0.2, 0.7])
+    # aligned: lower loss (reference offset) but its own margin moves less and accuracy is lower
+    rows += _flip_rows("aligned", "x", [0.69, 0.45], [-5.0, -3.0], [0.05, 0.3])
+    table = llm_evidence.misalignment_summary(pd.DataFrame(rows)).iloc[0]
+    assert table["loss_aligned"] == pytest.approx(0.45)
+    assert table["own_margin_change_base"] == pytest.approx(3.0)
+    assert table["own_margin_change_aligned"] == pytest.approx(2.0)
+    assert table["own_margin_start_aligned"] == pytest.approx(-5.0)
+    assert bool(table["aligned_lower_loss"]) is True
+    assert bool(table["aligned_larger_margin_change"]) is False
+    assert bool(table["aligned_higher_accuracy"]) is False
+
+
+def test_seed_correlations_per_seed():
+    curves = _curves(
+        {
+            ("a", "train", "full", 1, 0): [0.69, 0.5],
+            ("b", "train", "full", 1, 0): [0.69, 0.6],
+            ("c", "train", "full", 1, 0): [0.69, 0.68],
+            ("a", "train", "full", 2, 0): [0.69, 0.68],
+            ("b", "train", "full", 2, 0): [0.69, 0.6],
+            ("c", "train", "full", 2, 0): [0.69, 0.5],
+        },
+        keys=("mode", "pretrain_seed", "dpo_seed"),
+    )
+    props = pd.DataFrame(
+        dict(
+            pretrain_seed=[1, 1, 1, 2, 2, 2],
+            behavior=list("abc") * 2,
+            distinguishability=[3.0, 2.0, 1.0] * 2,
+            length_gap=[0.0, 1.0, 2.0] * 2,
+        )
+    )
+    rho = llm_evidence.seed_correlations(curves, props).set_index("pretrain_seed")
+    assert rho.loc[1, "rho"] == pytest.approx(1.0) and rho.loc[2, "rho"] == pytest.approx(-1.0)
+    assert rho.loc[1, "rho_length"] == pytest.approx(-1.0)
+    assert rho.loc[1, "drop_top"] == pytest.approx(0.19)

@@ -1,0 +1,282 @@
+"""The LLM chapters' evidence over seeds (chapters 08-12): which behaviours to feature, properties
+and loss drops per stand-in seed, the length confound, the pooled priority projection and its joint
+run, and the per-metric comparison of the two misalignment starts. Each function returns a tidy
+table and plots nothing; the seed loops go through :func:`dpo_utils.verdicts.over_seeds`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import data, embeddings, metrics, models
+from .config import ExperimentConfig
+from .llm_experiments import PROBE_TRAIN, _run, base_features, loss_drops, persona_rows
+from .tables import rank_correlation
+from .training import load_trained, save_trained, train_dpo
+
+__all__ = [
+    "AUTHORS_PAIR",
+    "featured_behaviors",
+    "authors_pair",
+    "length_gaps",
+    "seed_properties",
+    "seed_correlations",
+    "priority_projections",
+    "joint_curves",
+    "misalignment_summary",
+    "hh_misalignment_curves",
+]
+
+#: the pair the authors' released multi-behaviour scripts train together (their numbering)
+AUTHORS_PAIR = (123, 45)
+
+
+def _source(cfg: ExperimentConfig):
+    return data.corpus_dir() if cfg.persona_source == "corpus" else cfg.persona_source
+
+
+def featured_behaviors(cfg: ExperimentConfig) -> list[str]:
+    """The behaviours the chapters feature: ``cfg.behaviors`` if set; else the authors' eight
+    (``data.AUTHORS_BEHAVIORS``) where the profile's data holds them all; else every behaviour of
+    the data (the controlled corpus).
+
+    Used in: notebooks/08_full_and_lora_dpo.ipynb to notebooks/11_embedding_geometry.ipynb.
+    """
+    available = data.available_behaviors(_source(cfg))
+    if cfg.behaviors:
+        return data.resolve_behaviors(list(cfg.behaviors), available)
+    authors = getattr(data, "AUTHORS_BEHAVIORS", None)
+    if authors:
+        try:
+            return data.resolve_behaviors(list(authors), available)
+        except (ValueError, KeyError):
+            pass
+    return list(available)
+
+
+def authors_pair(cfg: ExperimentConfig) -> list[str] | None:
+    """Behaviours 123 and 45 (the authors' pair) by name, or None if the data lacks them.
+
+    Used in: notebooks/09_prioritisation_llm.ipynb.
+    """
+    try:
+        return data.resolve_behaviors(list(AUTHORS_PAIR), data.available_behaviors(_source(cfg)))
+    except (ValueError, KeyError):
+        return None
+
+
+def length_gaps(persona: dict, tokenizer) -> pd.DataFrame:
+    """Per behaviour: mean token length of the Yes-statements' prompts minus the No-statements'
+    (the length confound of distinguishability: the last-token feature sees the length).
+
+    Used in: notebooks/08_full_and_lora_dpo.ipynb.
+    """
+    rows = []
+    for name, statements in persona.items():
+        lengths = {True: [], False: []}
+        for row in statements:
+            text = embeddings.prompt_texts([row])[0]
+            lengths[row["answer_matching_behavior"] == " Yes"].append(
+                len(tokenizer(text).input_ids)
+            )
+        gap = np.mean(lengths[True]) - np.mean(lengths[False]) if all(lengths.values()) else 0.0
+        rows.append(dict(behavior=name, length_gap=float(gap)))
+    return pd.DataFrame(rows)
+
+
+def seed_properties(cfg: ExperimentConfig, behaviors: Sequence[str], device: str = "cpu"):
+    """Properties (metrics.properties_table) of the behaviours on the stand-in of
+    ``cfg.pretrain_seed``, with the length gap; most distinguishable first.
+
+    Used in: notebooks/08_full_and_lora_dpo.ipynb to notebooks/11_embedding_geometry.ipynb.
+    """
+    persona = persona_rows(cfg, behaviors)
+    feature_set = base_features(cfg, persona, device)
+    table = metrics.properties_table(feature_set.groups("final"), probe=True)
+    tokenizer = models.load_model_and_tokenizer(cfg, "cpu")[1]
+    table = table.merge(length_gaps(persona, tokenizer), on="behavior")
+    return table.sort_values("distinguishability", ascending=False, ignore_index=True)
+
+
+def seed_correlations(curves: pd.DataFrame, props: pd.DataFrame, step: int | None = None):
+    """Per seed pair, mode and split: Spearman rho of the loss drop with distinguishability and
+    with the length gap, and the drops of the most and least distinguishable behaviour.
+
+    ``curves`` and ``props`` carry ``pretrain_seed`` (and ``curves`` ``dpo_seed``) columns.
+
+    Used in: notebooks/08_full_and_lora_dpo.ipynb.
+    """
+    seeds = ["pretrain_seed", "dpo_seed"]
+    drops = loss_drops(curves, step=step, by=[*seeds, "mode"])
+    merged = drops.merge(
+        props[["pretrain_seed", "behavior", "distinguishability", "length_gap"]],
+        on=["pretrain_seed", "behavior"],
+    )
+    rows = []
+    for key, g in merged.groupby([*seeds, "mode", "split"]):
+        g = g.sort_values("distinguishability", ascending=False)
+        rows.append(
+            dict(
+                zip([*seeds, "mode", "split"], key),
+                n=len(g),
+                rho=rank_correlation(g["distinguishability"], g["drop"]),
+                rho_length=rank_correlation(g["length_gap"], g["drop"]),
+                drop_top=float(g["drop"].iloc[0]),
+                drop_bottom=float(g["drop"].iloc[-1]),
+            )
+        )
+    return pd.DataFrame(rows)
+
+
+def priority_projections(feature_set: embeddings.FeatureSet, behaviors: Sequence[str]):
+    """Per behaviour: p_k = <b_bar, d_k> / ||b_bar|| with b_bar the mean of the behaviours' d_k (the
+    pooled direction of a joint run), the distinguishability ||d_k||, their ratio (the cosine of d_k
+    with b_bar) and ``predicted_backwards`` (p_k < 0: the pooled step raises its loss at first).
+
+    Used in: notebooks/09_prioritisation_llm.ipynb.
+    """
+    groups = feature_set.groups("final")
+    d = torch.stack(
+        [torch.sub(*metrics.class_means(*map(torch.Tensor.double, groups[b]))) for b in behaviors]
+    )
+    pooled = d.mean(0)
+    p = d @ pooled / pooled.norm()
+    dist = d.norm(dim=1)
+    return pd.DataFrame(
+        dict(
+            behavior=list(behaviors),
+            projection=p.numpy(),
+            distinguishability=dist.numpy(),
+            cosine_pooled=(p / dist).numpy(),
+            predicted_backwards=(p < 0).numpy(),
+        )
+    )
+
+
+def joint_curves(
+    cfg: ExperimentConfig,
+    behaviors: Sequence[str],
+    *,
+    mode: str = "full",
+    batch_size: int | None = None,
+    probe_train: int | None = PROBE_TRAIN,
+    seed: int | None = None,
+) -> pd.DataFrame:
+    """One joint DPO run on all ``behaviors`` (batch ``batch_size``, default the profile's times the
+    number of behaviours, capped at 128), probed per behaviour; column ``run`` = "joint".
+
+    Used in: notebooks/09_prioritisation_llm.ipynb.
+    """
+    batch = batch_size or min(128, cfg.dpo_batch_size * len(behaviors))
+    joint_cfg = cfg.replace(dpo_batch_size=batch, per_device_batch_size=min(batch, 32))
+    run = _run(joint_cfg, list(behaviors), mode=mode, probe_train=probe_train, seed=seed)
+    return run.probes.assign(run="joint", mode=mode)
+
+
+def misalignment_summary(curves: pd.DataFrame, split: str = "train") -> pd.DataFrame:
+    """Per seed pair and behaviour, at the last step of the flipped runs, for each start: the flipped
+    loss, the policy's own log-prob margin (logp chosen - logp rejected, chosen = the flipped answer)
+    and its change from step 0, and output accuracy; plus, per metric, whether the aligned start is
+    ahead (lower loss, larger margin change, larger output accuracy).
+
+    Used in: notebooks/10_misalignment_llm.ipynb.
+    """
+    part = curves[curves["split"] == split]
+    keys = [c for c in ("pretrain_seed", "dpo_seed") if c in part] + ["behavior", "start"]
+    wide = part.pivot_table(index=[*keys, "step"], columns="metric", values="value").reset_index()
+    wide["own_margin"] = wide["logp_chosen"] - wide["logp_rejected"]
+    first = wide[wide["step"] == 0].set_index(keys)
+    last = wide.loc[wide.groupby(keys)["step"].idxmax()].set_index(keys)
+    out = pd.DataFrame(
+        dict(
+            step=last["step"],
+            loss=last["loss"],
+            own_margin_start=first["own_margin"],
+            own_margin=last["own_margin"],
+            own_margin_change=last["own_margin"] - first["own_margin"],
+            output_accuracy_start=first["output_accuracy"],
+            output_accuracy=last["output_accuracy"],
+        )
+    ).reset_index()
+    by = [k for k in keys if k != "start"]
+    both = out.pivot_table(index=by, columns="start", values=list(out.columns[len(keys) :]))
+    result = pd.DataFrame(index=both.index)
+    for metric in ("loss", "own_margin", "own_margin_change", "output_accuracy"):
+        for start in ("base", "aligned"):
+            result[f"{metric}_{start}"] = both[(metric, start)]
+    result["own_margin_start_aligned"] = both[("own_margin_start", "aligned")]
+    result["own_margin_start_base"] = both[("own_margin_start", "base")]
+    result["aligned_lower_loss"] = result["loss_aligned"] < result["loss_base"]
+    result["aligned_larger_margin_change"] = (
+        result["own_margin_change_aligned"] > result["own_margin_change_base"]
+    )
+    result["aligned_higher_accuracy"] = (
+        result["output_accuracy_aligned"] > result["output_accuracy_base"]
+    )
+    return result.reset_index()
+
+
+def hh_misalignment_curves(
+    cfg: ExperimentConfig,
+    *,
+    steps: int = 5,
+    aligned_steps: int | None = None,
+    n_train: int | None = None,
+    n_probe: int = 256,
+    mode: str = "lora",
+    pairs: tuple[list[dict], list[dict]] | None = None,
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """Experiment D: flipped-label DPO on HH-RLHF from the base model and from a model aligned on HH-RLHF.
+
+    The aligned model is ``aligned_steps`` (default: the profile's) steps of ordinary DPO on the train
+    pairs, merged; the flipped runs last ``steps`` steps (the authors' ``--early`` runs: 5) and are
+    probed on ``n_probe`` flipped test pairs. ``pairs`` = (train, test) replaces the hub download (tests).
+    Column ``start`` is "base" or "aligned"; metric "margin" is the log-prob difference's beta-scaled
+    reward margin. Meant for GPU profiles: HH-RLHF transcripts are far longer than the CPU profile's.
+
+    Used in: notebooks/10_misalignment_llm.ipynb.
+    """
+    import tempfile
+
+    train_pairs, test_pairs = pairs or (
+        data.load_hh_rlhf("train", limit=n_train),
+        data.load_hh_rlhf("test", limit=n_probe),
+    )
+    tag = [dict(p, behavior="hh-rlhf") for p in train_pairs]
+    flipped = [dict(p, chosen=p["rejected"], rejected=p["chosen"]) for p in tag]
+    probe = {
+        "test": [
+            dict(p, behavior="hh-rlhf", chosen=p["rejected"], rejected=p["chosen"])
+            for p in test_pairs[:n_probe]
+        ]
+    }
+    tables = []
+    with tempfile.TemporaryDirectory(prefix="hh-aligned-") as folder:
+        model, tokenizer = models.load_model_and_tokenizer(cfg, device)
+        save_trained(
+            train_dpo(cfg, model.train(), tokenizer, tag, mode=mode, max_steps=aligned_steps),
+            folder,
+            checkpoint=False,
+        )
+        for start in ("base", "aligned"):
+            model = (
+                models.load_model_and_tokenizer(cfg, device)[0]
+                if start == "base"
+                else load_trained(folder, device=device).model
+            )
+            run = train_dpo(
+                cfg,
+                model.train(),
+                tokenizer,
+                flipped,
+                mode=mode,
+                max_steps=steps,
+                probe_sets=probe,
+            )
+            tables.append(run.probes.assign(start=start))
+    return pd.concat(tables, ignore_index=True)
