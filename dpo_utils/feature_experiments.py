@@ -21,9 +21,10 @@ import torch
 
 from . import linear, metrics
 from .data import split_rows
-from .embeddings import FeatureSet
+from .embeddings import FeatureSet, persona_features
 from .metrics import class_means, priority_gap_matrix
-from .models import answer_token_ids
+from .models import TINY_MODELS, answer_token_ids, load_model_and_tokenizer, tiny_model
+from .results import config_hash, load_or_run
 from .runtime import run_seed, single_threaded
 from .tables import early_slope, rank_correlation, time_to_accuracy, value_at_step
 
@@ -33,6 +34,7 @@ __all__ = [
     "last_layer_experiment",
     "speed_summary",
     "speed_correlations",
+    "last_layer_runs",
     "priority_gaps",
 ]
 
@@ -218,6 +220,77 @@ def speed_correlations(
                 )
             )
     return pd.DataFrame(rows)
+
+
+def last_layer_runs(
+    cfg,
+    persona: Mapping[str, Sequence[Mapping]],
+    *,
+    lrs: Sequence[float],
+    n_seeds: int,
+    random_init: bool = False,
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """Chapter 07's runs for one model, cached: :func:`last_layer_experiment` at every learning rate
+    in ``lrs``, aligned and flipped, ``n_seeds`` batch seeds, on the "final" features.
+
+    The model is the profile's (for a tiny stand-in, the one of ``cfg.pretrain_seed``), or with
+    ``random_init`` a freshly initialised tiny model of the same shape and tokenizer (seed
+    ``cfg.pretrain_seed``), whose head is also the reference. The table gains ``model`` ("pre-trained"
+    or "random init") and ``pretrain_seed``; the results key holds the model, its weights' folder, the
+    persona rows, every setting and the seeds.
+
+    Used in: notebooks/07_last_layer_dpo.ipynb
+    """
+    model, tokenizer = load_model_and_tokenizer(cfg, device)
+    weights = getattr(model, "name_or_path", cfg.model_name)
+    if random_init:
+        if cfg.model_name not in TINY_MODELS:
+            raise ValueError(
+                f"random_init=True needs a tiny stand-in; model_name={cfg.model_name!r} is not one "
+                f"of {sorted(TINY_MODELS)}."
+            )
+        model = tiny_model(cfg.model_arch, tokenizer, cfg.pretrain_seed).to(device)
+        weights = f"random-init:{cfg.pretrain_seed}:{weights}"
+    label = "random init" if random_init else "pre-trained"
+    key = dict(
+        model=weights,
+        variant="final",
+        persona=config_hash({"persona": persona}),
+        beta=cfg.beta,
+        steps=cfg.last_layer_steps,
+        batch_size=cfg.last_layer_batch_size,
+        seeds=int(n_seeds),
+        lrs=[float(lr) for lr in lrs],
+        version=2,
+    )
+
+    def run() -> pd.DataFrame:
+        features = persona_features(
+            model, tokenizer, persona, profile=cfg.profile, model_key=weights
+        )
+        groups = features.groups("final")
+        u0 = answer_direction(model, tokenizer)
+        return pd.concat(
+            [
+                last_layer_experiment(
+                    groups,
+                    u0,
+                    lr=lr,
+                    beta=cfg.beta,
+                    steps=cfg.last_layer_steps,
+                    batch_size=cfg.last_layer_batch_size,
+                    flip=flip,
+                    seeds=range(n_seeds),
+                )
+                for lr in lrs
+                for flip in (False, True)
+            ],
+            ignore_index=True,
+        )
+
+    table = load_or_run("last_layer", key, run, profile=cfg.profile)
+    return table.assign(model=label, pretrain_seed=cfg.pretrain_seed)
 
 
 # --- measuring the features (chapter 06) --------------------------------------------------

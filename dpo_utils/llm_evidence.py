@@ -28,6 +28,7 @@ __all__ = [
     "priority_projections",
     "joint_curves",
     "misalignment_summary",
+    "spanning_behaviors",
     "hh_misalignment_curves",
 ]
 
@@ -280,3 +281,33 @@ def hh_misalignment_curves(
             )
             tables.append(run.probes.assign(start=start))
     return pd.concat(tables, ignore_index=True)
+
+
+def spanning_behaviors(
+    order: Sequence[str], n: int = 4, include: Sequence[str] = ()
+) -> list[str]:
+    """``n`` behaviours spanning a distinguishability ranking (``order``, most first): those in
+    ``include`` (e.g. the authors' misalignment behaviour 84) plus evenly spaced ranks, in ``order``.
+
+    Used in: notebooks/10_misalignment_llm.ipynb.
+    """
+    order = list(order)
+    missing = [b for b in include if b not in order]
+    if missing:
+        raise ValueError(f"include={missing!r} are not in the ranking {order!r}.")
+    if not 1 <= n <= len(order):
+        raise ValueError(f"n={n!r} is not allowed; choose 1..{len(order)}.")
+    chosen = list(dict.fromkeys(include))
+    for r in (int(round(r)) for r in np.linspace(0, len(order) - 1, n)):
+        if len(chosen) < n and order[r] not in chosen and not _near(order, chosen, r, n):
+            chosen.append(order[r])
+    for b in order:  # fill up where the spacing collided with the included ones
+        if len(chosen) < n and b not in chosen:
+            chosen.append(b)
+    return [b for b in order if b in chosen]
+
+
+def _near(order, chosen, r, n) -> bool:
+    """Whether rank r is within half a spacing of an already chosen behaviour."""
+    spacing = max(1.0, (len(order) - 1) / max(1, n - 1))
+    return any(abs(order.index(c) - r) < spacing / 2 for c in chosen)

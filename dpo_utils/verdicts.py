@@ -22,7 +22,9 @@ from .results import atomic_write_text, results_dir
 
 __all__ = [
     "VERDICTS",
+    "CHAPTER_SEEDS",
     "seed_grid",
+    "chapter_seeds",
     "over_seeds",
     "t_interval",
     "bootstrap_interval",
@@ -50,9 +52,31 @@ def seed_grid(cfg: ExperimentConfig, n_pretrain: int, n_dpo: int) -> list[tuple[
     for name, value in (("n_pretrain", n_pretrain), ("n_dpo", n_dpo)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} is not allowed; it must be an integer >= 1.")
-    return [
-        (cfg.pretrain_seed + i, cfg.seed + j) for i in range(n_pretrain) for j in range(n_dpo)
-    ]
+    return [(cfg.pretrain_seed + i, cfg.seed + j) for i in range(n_pretrain) for j in range(n_dpo)]
+
+
+#: seeds of the LLM chapters' trl runs per profile kind: (stand-in pre-training seeds, DPO seeds).
+#: On CPU, 3 stand-ins x 1 DPO seed keeps chapters 07-12 within their time budget; a stand-in's
+#: seed moves the results more than the DPO seed (the batches) does. At 7B there is one model.
+CHAPTER_SEEDS = {"tiny": (3, 1), "paper": (1, 1)}
+
+
+def chapter_seeds(
+    cfg: ExperimentConfig, n_pretrain: int | None = None, n_dpo: int | None = None
+) -> list[tuple[int, int]]:
+    """The seed pairs a chapter runs: :data:`CHAPTER_SEEDS` for the profile's kind of model unless
+    ``n_pretrain`` / ``n_dpo`` say otherwise (a paper-scale model has one pre-training: n_pretrain 1).
+
+    Used in: notebooks/08_full_and_lora_dpo.ipynb to notebooks/11_embedding_geometry.ipynb.
+    """
+    kind = "paper" if cfg.requires_gpu else "tiny"
+    default_pretrain, default_dpo = CHAPTER_SEEDS[kind]
+    if kind == "paper" and n_pretrain not in (None, 1):
+        raise ValueError(
+            f"n_pretrain={n_pretrain!r} is not allowed on profile {cfg.profile!r}: its model has one "
+            "pre-training; vary n_dpo instead."
+        )
+    return seed_grid(cfg, n_pretrain or default_pretrain, n_dpo or default_dpo)
 
 
 def over_seeds(

@@ -299,3 +299,15 @@ def test_seed_correlations_per_seed():
     assert rho.loc[1, "rho"] == pytest.approx(1.0) and rho.loc[2, "rho"] == pytest.approx(-1.0)
     assert rho.loc[1, "rho_length"] == pytest.approx(-1.0)
     assert rho.loc[1, "drop_top"] == pytest.approx(0.19)
+
+
+def test_spanning_behaviors_keep_the_included_and_span_the_range():
+    order = list("abcdefgh")
+    assert llm_evidence.spanning_behaviors(order, 4) == ["a", "c", "f", "h"]
+    chosen = llm_evidence.spanning_behaviors(order, 4, include=["b"])
+    assert "b" in chosen and len(chosen) == 4 and chosen[0] == "a" and chosen[-1] == "h"
+    assert llm_evidence.spanning_behaviors(order, 2, include=["a", "b"]) == ["a", "b"]
+    with pytest.raises(ValueError, match="not in the ranking"):
+        llm_evidence.spanning_behaviors(order, 4, include=["z"])
+    with pytest.raises(ValueError, match="n=9"):
+        llm_evidence.spanning_behaviors(order, 9)

@@ -112,10 +112,21 @@ def test_save_load_and_claims_table(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="not allowed"):
         verdicts.claim_row("07", real, "c", "m", "probably", "w")
     with pytest.raises(ValueError, match="not '08'"):
-        verdicts.save_verdicts(
-            "08", [verdicts.claim_row("07", real, "c", "m", "holds", "w")]
-        )
+        verdicts.save_verdicts("08", [verdicts.claim_row("07", real, "c", "m", "holds", "w")])
 
 
 def test_format_interval():
     assert verdicts.format_interval((1.0, 0.5, 1.5)) == "1.00 [0.50, 1.50]"
+
+
+def test_chapter_seeds_per_profile():
+    cpu = config.get_config("cpu")
+    assert len(verdicts.chapter_seeds(cpu)) == 3  # 3 stand-ins x 1 DPO seed by default
+    assert len(verdicts.chapter_seeds(cpu, n_pretrain=3, n_dpo=3)) == 9
+    paper = config.get_config("llama2-7b")
+    assert verdicts.chapter_seeds(paper, n_dpo=2) == [
+        (paper.pretrain_seed, paper.seed),
+        (paper.pretrain_seed, paper.seed + 1),
+    ]
+    with pytest.raises(ValueError, match="n_pretrain=3"):
+        verdicts.chapter_seeds(paper, n_pretrain=3)
