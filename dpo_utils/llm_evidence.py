@@ -122,7 +122,7 @@ def seed_correlations(curves: pd.DataFrame, props: pd.DataFrame, step: int | Non
         g = g.sort_values("distinguishability", ascending=False)
         rows.append(
             dict(
-                zip([*seeds, "mode", "split"], key),
+                zip([*seeds, "mode", "split"], key, strict=True),
                 n=len(g),
                 rho=rank_correlation(g["distinguishability"], g["drop"]),
                 rho_length=rank_correlation(g["length_gap"], g["drop"]),
@@ -134,9 +134,10 @@ def seed_correlations(curves: pd.DataFrame, props: pd.DataFrame, step: int | Non
 
 
 def priority_projections(feature_set: embeddings.FeatureSet, behaviors: Sequence[str]):
-    """Per behaviour: p_k = <b_bar, d_k> / ||b_bar|| with b_bar the mean of the behaviours' d_k (the
-    pooled direction of a joint run), the distinguishability ||d_k||, their ratio (the cosine of d_k
-    with b_bar) and ``predicted_backwards`` (p_k < 0: the pooled step raises its loss at first).
+    """Per behaviour: p_k = <b_bar, d_k> / ||b_bar|| with b_bar the mean of the behaviours' d_k
+    (the pooled direction of a joint run), the distinguishability ||d_k||, their ratio (the cosine
+    of d_k with b_bar) and ``predicted_backwards`` (p_k < 0: the pooled step raises its loss at
+    first).
 
     Used in: notebooks/09_prioritisation_llm.ipynb.
     """
@@ -167,8 +168,8 @@ def joint_curves(
     probe_train: int | None = PROBE_TRAIN,
     seed: int | None = None,
 ) -> pd.DataFrame:
-    """One joint DPO run on all ``behaviors`` (batch ``batch_size``, default the profile's times the
-    number of behaviours, capped at 128), probed per behaviour; column ``run`` = "joint".
+    """One joint DPO run on all ``behaviors`` (batch ``batch_size``, default the profile's times
+    the number of behaviours, capped at 128), probed per behaviour; column ``run`` = "joint".
 
     Used in: notebooks/09_prioritisation_llm.ipynb.
     """
@@ -179,10 +180,10 @@ def joint_curves(
 
 
 def misalignment_summary(curves: pd.DataFrame, split: str = "train") -> pd.DataFrame:
-    """Per seed pair and behaviour, at the last step of the flipped runs, for each start: the flipped
-    loss, the policy's own log-prob margin (logp chosen - logp rejected, chosen = the flipped answer)
-    and its change from step 0, and output accuracy; plus, per metric, whether the aligned start is
-    ahead (lower loss, larger margin change, larger output accuracy).
+    """Per seed pair and behaviour, at the last step of the flipped runs, for each start: the
+    flipped loss, the policy's own log-prob margin (logp chosen - logp rejected, chosen = the
+    flipped answer) and its change from step 0, and output accuracy; plus, per metric, whether the
+    aligned start is ahead (lower loss, larger margin change, larger output accuracy).
 
     Used in: notebooks/10_misalignment_llm.ipynb.
     """
@@ -232,13 +233,15 @@ def hh_misalignment_curves(
     pairs: tuple[list[dict], list[dict]] | None = None,
     device: str = "cpu",
 ) -> pd.DataFrame:
-    """Experiment D: flipped-label DPO on HH-RLHF from the base model and from a model aligned on HH-RLHF.
+    """Experiment D: flipped-label DPO on HH-RLHF from the base model and from a model aligned on
+    HH-RLHF.
 
-    The aligned model is ``aligned_steps`` (default: the profile's) steps of ordinary DPO on the train
-    pairs, merged; the flipped runs last ``steps`` steps (the authors' ``--early`` runs: 5) and are
-    probed on ``n_probe`` flipped test pairs. ``pairs`` = (train, test) replaces the hub download (tests).
-    Column ``start`` is "base" or "aligned"; metric "margin" is the log-prob difference's beta-scaled
-    reward margin. Meant for GPU profiles: HH-RLHF transcripts are far longer than the CPU profile's.
+    The aligned model is ``aligned_steps`` (default: the profile's) steps of ordinary DPO on the
+    train pairs, merged; the flipped runs last ``steps`` steps (the authors' ``--early`` runs: 5)
+    and are probed on ``n_probe`` flipped test pairs. ``pairs`` = (train, test) replaces the hub
+    download (tests). Column ``start`` is "base" or "aligned"; metric "margin" is the log-prob
+    difference's beta-scaled reward margin. Meant for GPU profiles: HH-RLHF transcripts are far
+    longer than the CPU profile's.
 
     Used in: notebooks/10_misalignment_llm.ipynb.
     """
@@ -283,11 +286,10 @@ def hh_misalignment_curves(
     return pd.concat(tables, ignore_index=True)
 
 
-def spanning_behaviors(
-    order: Sequence[str], n: int = 4, include: Sequence[str] = ()
-) -> list[str]:
+def spanning_behaviors(order: Sequence[str], n: int = 4, include: Sequence[str] = ()) -> list[str]:
     """``n`` behaviours spanning a distinguishability ranking (``order``, most first): those in
-    ``include`` (e.g. the authors' misalignment behaviour 84) plus evenly spaced ranks, in ``order``.
+    ``include`` (e.g. the authors' misalignment behaviour 84) plus evenly spaced ranks, in
+    ``order``.
 
     Used in: notebooks/10_misalignment_llm.ipynb.
     """

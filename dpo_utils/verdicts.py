@@ -65,7 +65,8 @@ def chapter_seeds(
     cfg: ExperimentConfig, n_pretrain: int | None = None, n_dpo: int | None = None
 ) -> list[tuple[int, int]]:
     """The seed pairs a chapter runs: :data:`CHAPTER_SEEDS` for the profile's kind of model unless
-    ``n_pretrain`` / ``n_dpo`` say otherwise (a paper-scale model has one pre-training: n_pretrain 1).
+    ``n_pretrain`` / ``n_dpo`` say otherwise (a paper-scale model has one pre-training: n_pretrain
+    1).
 
     Used in: notebooks/08_full_and_lora_dpo.ipynb to notebooks/11_embedding_geometry.ipynb.
     """
@@ -73,8 +74,8 @@ def chapter_seeds(
     default_pretrain, default_dpo = CHAPTER_SEEDS[kind]
     if kind == "paper" and n_pretrain not in (None, 1):
         raise ValueError(
-            f"n_pretrain={n_pretrain!r} is not allowed on profile {cfg.profile!r}: its model has one "
-            "pre-training; vary n_dpo instead."
+            f"n_pretrain={n_pretrain!r} is not allowed on profile {cfg.profile!r}: its model "
+            "has one pre-training; vary n_dpo instead."
         )
     return seed_grid(cfg, n_pretrain or default_pretrain, n_dpo or default_dpo)
 
@@ -107,7 +108,8 @@ def _values(values: Sequence[float]) -> np.ndarray:
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): the mean with a two-sided Student's t interval on n - 1 degrees of freedom
+    """(mean, low, high): the mean with a two-sided Student's t interval on n - 1 degrees of
+    freedom
     (for n = 3 the quantile is 4.30, not 2).
 
     Used in: notebooks/07_last_layer_dpo.ipynb to notebooks/11_embedding_geometry.ipynb.

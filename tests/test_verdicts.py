@@ -1,4 +1,5 @@
-"""dpo_utils.verdicts: seed grids, small-sample intervals, counts, verdicts and the claims table."""
+"""dpo_utils.verdicts: seed grids, small-sample intervals, counts, verdicts and the claims
+table."""
 
 from __future__ import annotations
 
