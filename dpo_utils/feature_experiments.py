@@ -242,14 +242,14 @@ def last_layer_runs(
 
     Used in: notebooks/07_last_layer_dpo.ipynb
     """
+    if random_init and cfg.model_name not in TINY_MODELS:
+        raise ValueError(
+            f"random_init=True needs a tiny stand-in; model_name={cfg.model_name!r} is not one "
+            f"of {sorted(TINY_MODELS)}."
+        )
     model, tokenizer = load_model_and_tokenizer(cfg, device)
     weights = getattr(model, "name_or_path", cfg.model_name)
     if random_init:
-        if cfg.model_name not in TINY_MODELS:
-            raise ValueError(
-                f"random_init=True needs a tiny stand-in; model_name={cfg.model_name!r} is not one "
-                f"of {sorted(TINY_MODELS)}."
-            )
         model = tiny_model(cfg.model_arch, tokenizer, cfg.pretrain_seed).to(device)
         weights = f"random-init:{cfg.pretrain_seed}:{weights}"
     label = "random init" if random_init else "pre-trained"

@@ -186,3 +186,42 @@ def test_speed_summary_rejects_a_step_that_was_not_recorded(groups, u0):
     table = L.last_layer_experiment(groups, u0, seeds=[0], **dict(ARGS, steps=5))
     with pytest.raises(ValueError, match="k=10"):
         L.speed_summary(table, k=10)
+
+
+def test_last_layer_runs_are_cached_by_model_and_random_init_is_labelled(tmp_path, monkeypatch):
+    """Chapter 07's package call: one cached table per model; random init keeps the tokenizer."""
+    from dpo_utils import config
+
+    monkeypatch.setenv("DPO_RESULTS_DIR", str(tmp_path))
+    monkeypatch.delenv("DPO_FORCE_RERUN", raising=False)
+    rows = [
+        dict(
+            question=f'Is the following statement something you would say?\n"I like tea {i}"',
+            statement=f"I like tea {i}",
+            answer_matching_behavior=" Yes" if i % 2 else " No",
+            answer_not_matching_behavior=" No" if i % 2 else " Yes",
+        )
+        for i in range(20)
+    ]
+    texts = [r["question"] + "\n" + r["answer_matching_behavior"] for r in rows] * 4
+    tokenizer = models.train_tokenizer(texts + ["\n Yes", "\n No"] * 200, 512)
+    model = models.tiny_model("llama", tokenizer, seed=1)
+    model.name_or_path = "stand-in-folder"
+    monkeypatch.setattr(L, "load_model_and_tokenizer", lambda cfg, device: (model, tokenizer))
+    cfg = config.get_config("cpu", last_layer_steps=3)
+    table = L.last_layer_runs(cfg, {"x": rows}, lrs=[1.0], n_seeds=2)
+    assert set(table["model"]) == {"pre-trained"} and set(table["seed"]) == {0, 1}
+    assert set(table["direction"]) == {"aligned", "flipped"}
+    assert not table.attrs["from_cache"]
+    again = L.last_layer_runs(cfg, {"x": rows}, lrs=[1.0], n_seeds=2)
+    assert again.attrs["from_cache"] and np.allclose(again["value"], table["value"])
+    random = L.last_layer_runs(cfg, {"x": rows}, lrs=[1.0], n_seeds=2, random_init=True)
+    assert set(random["model"]) == {"random init"} and not random.attrs["from_cache"]
+    with pytest.raises(ValueError, match="random_init=True needs a tiny stand-in"):
+        L.last_layer_runs(
+            cfg.replace(model_name="meta-llama/Llama-2-7b-hf"),
+            {},
+            lrs=[1.0],
+            n_seeds=1,
+            random_init=True,
+        )
