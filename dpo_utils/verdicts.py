@@ -107,10 +107,14 @@ def _values(values: Sequence[float]) -> np.ndarray:
     return x
 
 
-def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): the mean with a two-sided Student's t interval on n - 1 degrees of
-    freedom
-    (for n = 3 the quantile is 4.30, not 2).
+def t_interval(
+    values: Sequence[float],
+    level: float = 0.95,
+    bounds: tuple[float, float] | None = None,
+) -> tuple[float, float, float]:
+    """(mean, low, high): the mean with a two-sided Student's t interval on n - 1 degrees of freedom
+    (for n = 3 the quantile is 4.30, not 2). ``bounds`` clips the interval to a statistic's range,
+    e.g. (-1, 1) for a correlation.
 
     Used in: notebooks/07_last_layer_dpo.ipynb to notebooks/11_embedding_geometry.ipynb.
     """
@@ -119,7 +123,10 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     x = _values(values)
     mean = float(x.mean())
     half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return mean, mean - half, mean + half
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return mean, low, high
 
 
 def bootstrap_interval(

@@ -131,3 +131,8 @@ def test_chapter_seeds_per_profile():
     ]
     with pytest.raises(ValueError, match="n_pretrain=3"):
         verdicts.chapter_seeds(paper, n_pretrain=3)
+
+
+def test_t_interval_clipped_to_a_correlations_range():
+    mean, low, high = verdicts.t_interval([1.0, 0.95, 1.0], bounds=(-1.0, 1.0))
+    assert high == 1.0 and low < mean < high
