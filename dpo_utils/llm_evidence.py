@@ -233,7 +233,7 @@ def hh_misalignment_curves(
     pairs: tuple[list[dict], list[dict]] | None = None,
     device: str = "cpu",
 ) -> pd.DataFrame:
-    """Experiment D: flipped-label DPO on HH-RLHF from the base model and from a model aligned on
+    """Flipped-label DPO on HH-RLHF from the base model and from a model aligned on
     HH-RLHF.
 
     The aligned model is ``aligned_steps`` (default: the profile's) steps of ordinary DPO on the
