@@ -41,16 +41,18 @@ def _source(cfg: ExperimentConfig):
 
 
 def featured_behaviors(cfg: ExperimentConfig) -> list[str]:
-    """The behaviours the chapters feature: ``cfg.behaviors`` if set; else the authors' eight
-    (``data.AUTHORS_BEHAVIORS``) where the profile's data holds them all; else every behaviour of
-    the data (the controlled corpus).
+    """The behaviours the chapters feature, by name: ``cfg.behaviors`` when it names behaviours of
+    the profile's data; the authors' eight (``data.AUTHORS_BEHAVIORS``, also the CPU profile's
+    default) where the data holds them; else every behaviour of the data (the controlled corpus).
+    A selection other than the authors' eight that the data lacks is an error.
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb to notebooks/11_embedding_geometry.ipynb.
+    Used in: notebooks/07_last_layer_dpo.ipynb to notebooks/11_embedding_geometry.ipynb.
     """
     available = data.available_behaviors(_source(cfg))
-    if cfg.behaviors:
-        return data.resolve_behaviors(list(cfg.behaviors), available)
-    authors = getattr(data, "AUTHORS_BEHAVIORS", None)
+    authors = tuple(getattr(data, "AUTHORS_BEHAVIORS", ()))
+    wanted = tuple(cfg.behaviors)
+    if wanted and wanted != authors:
+        return data.resolve_behaviors(list(wanted), available)
     if authors:
         try:
             return data.resolve_behaviors(list(authors), available)
