@@ -240,8 +240,7 @@ def _check_design() -> None:
 def design_rows() -> list[dict]:
     """One row per behaviour: its knob, label words n, ambiguous share a, Bayes accuracy 1 - a/2.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb, notebooks/07_last_layer_dpo.ipynb,
-    notebooks/08_full_and_lora_dpo.ipynb, notebooks/11_embedding_geometry.ipynb.
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
     """
     return [
         dict(

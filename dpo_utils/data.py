@@ -187,7 +187,7 @@ def resolve_behaviors(
     empty selection means every available behaviour. An unknown name raises an error that lists the
     closest names.
 
-    Used by: dpo_utils.data, dpo_utils.run_cache.
+    Used in: notebooks/09_prioritisation_llm.ipynb, notebooks/10_misalignment_llm.ipynb.
     """
     available = list(PERSONA_BEHAVIORS if available is None else available)
     if selection is None or isinstance(selection, (str, int)) and not isinstance(selection, bool):
@@ -330,7 +330,7 @@ def load_persona(
     local folder laid out as upstream or the hub id ``Anthropic/model-written-evals``;
     ``behaviors`` are names or numbers (see :func:`resolve_behaviors`), ``None`` for all of them.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb, notebooks/07_last_layer_dpo.ipynb.
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
     """
     names = resolve_behaviors(behaviors, available_behaviors(source))
     if _is_hub_id(source):
@@ -410,7 +410,7 @@ def load_hh_rlhf(
 ) -> list[dict]:
     """HH-RLHF pairs from the hub (or a local dataset folder) through ``datasets``.
 
-    Used by: dpo_utils.llm_experiments.
+    Used by: dpo_utils.llm_evidence.
     """
     if split not in ("train", "test"):
         raise PersonaDataError(f"split={split!r} is not allowed; choose 'train' or 'test'.")

@@ -186,7 +186,7 @@ def persona_features(
     truncated or corrupt ``features.pt`` is detected (manifest sizes and checksums) and recomputed.
     A prompt longer than the model's context is rejected before any extraction.
 
-    Used in: notebooks/07_last_layer_dpo.ipynb.
+    Used by: dpo_utils.feature_experiments, dpo_utils.llm_experiments.
     """
     names = [name for name, rows in persona.items() for _ in rows]
     rows = [row for rows in persona.values() for row in rows]

@@ -47,7 +47,7 @@ def answer_direction(model, tokenizer) -> torch.Tensor:
 
     The ids come from :func:`dpo_utils.models.answer_token_ids` (the tokenizer), never hard-coded.
 
-    Used in: notebooks/07_last_layer_dpo.ipynb
+    Used by: dpo_utils.feature_experiments.
     """
     yes, no = answer_token_ids(tokenizer)
     head = model.get_output_embeddings().weight.detach()
@@ -118,7 +118,7 @@ def last_layer_experiment(
     behavior, seed, direction ("aligned"/"flipped"), lr, batch_seed, distinguishability (of the train
     split) and max_feature_norm (largest ||e|| in the train split).
 
-    Used in: notebooks/07_last_layer_dpo.ipynb
+    Used by: dpo_utils.feature_experiments.
     """
     sign = -1.0 if flip else 1.0
     by_shape: dict[tuple, tuple[list, list, list]] = {}

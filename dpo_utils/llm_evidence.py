@@ -46,7 +46,9 @@ def featured_behaviors(cfg: ExperimentConfig) -> list[str]:
     default) where the data holds them; else every behaviour of the data (the controlled corpus).
     A selection other than the authors' eight that the data lacks is an error.
 
-    Used in: notebooks/07_last_layer_dpo.ipynb to notebooks/11_embedding_geometry.ipynb.
+    Used in: notebooks/07_last_layer_dpo.ipynb, notebooks/08_full_and_lora_dpo.ipynb,
+    notebooks/09_prioritisation_llm.ipynb, notebooks/10_misalignment_llm.ipynb,
+    notebooks/11_embedding_geometry.ipynb.
     """
     available = data.available_behaviors(_source(cfg))
     authors = tuple(getattr(data, "AUTHORS_BEHAVIORS", ()))
@@ -76,7 +78,7 @@ def length_gaps(persona: dict, tokenizer) -> pd.DataFrame:
     """Per behaviour: mean token length of the Yes-statements' prompts minus the No-statements'
     (the length confound of distinguishability: the last-token feature sees the length).
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb.
+    Used by: dpo_utils.llm_evidence.
     """
     rows = []
     for name, statements in persona.items():
@@ -95,7 +97,7 @@ def seed_properties(cfg: ExperimentConfig, behaviors: Sequence[str], device: str
     """Properties (metrics.properties_table) of the behaviours on the stand-in of
     ``cfg.pretrain_seed``, with the length gap; most distinguishable first.
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb to notebooks/11_embedding_geometry.ipynb.
+    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/10_misalignment_llm.ipynb.
     """
     persona = persona_rows(cfg, behaviors)
     feature_set = base_features(cfg, persona, device)

@@ -8,7 +8,6 @@ their features. Nothing here plots.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -27,11 +26,9 @@ __all__ = [
     "behavior_properties",
     "per_behavior_curves",
     "loss_drops",
-    "rank_correlations",
     "pair_table",
     "pair_curves",
     "misalignment_curves",
-    "overtake_steps",
     "reference_floor",
     "load_or_train_path",
     "trained_features",
@@ -50,7 +47,7 @@ def persona_rows(
 ) -> dict[str, list[dict]]:
     """The profile's persona statements per behaviour (all of them when ``behaviors`` is None or empty).
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb,
+    Used in: notebooks/07_last_layer_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb,
     notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb,
     notebooks/12_faq_rewards_go_down.ipynb.
     """
@@ -64,8 +61,8 @@ def base_features(
 ) -> embeddings.FeatureSet:
     """Last-token features of the profile's (un-aligned) model for every statement, cached on disk.
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb,
-    notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
+    Used in: notebooks/09_prioritisation_llm.ipynb, notebooks/10_misalignment_llm.ipynb,
+    notebooks/11_embedding_geometry.ipynb.
     """
     model, tokenizer = models.load_model_and_tokenizer(cfg, device)
     return embeddings.persona_features(model.eval(), tokenizer, persona, profile=cfg.profile)
@@ -74,8 +71,7 @@ def base_features(
 def behavior_properties(feature_set: embeddings.FeatureSet) -> pd.DataFrame:
     """behavior, distinguishability, snr, probe_accuracy on the "final" features, most distinguishable first.
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb,
-    notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
+    Used in: notebooks/09_prioritisation_llm.ipynb.
     """
     table = metrics.properties_table(feature_set.groups("final"), probe=True)
     return table.sort_values("distinguishability", ascending=False, ignore_index=True)
@@ -133,27 +129,6 @@ def loss_drops(
                 "drop": g.loc[0] - g.loc[at],
             }
         )
-    return pd.DataFrame(rows)
-
-
-def rank_correlations(drops: pd.DataFrame, properties: pd.DataFrame) -> pd.DataFrame:
-    """Spearman rho(distinguishability, loss drop) per mode and split.
-
-    Used in: notebooks/08_full_and_lora_dpo.ipynb.
-    """
-    from scipy.stats import spearmanr
-
-    merged = drops.merge(properties[["behavior", "distinguishability"]], on="behavior")
-    rows = [
-        dict(
-            mode=mode,
-            split=split,
-            step=int(g["step"].max()),
-            n=len(g),
-            rho=float(spearmanr(g["distinguishability"], g["drop"]).statistic),
-        )
-        for (mode, split), g in merged.groupby(["mode", "split"])
-    ]
     return pd.DataFrame(rows)
 
 
@@ -251,24 +226,6 @@ def misalignment_curves(
             )
             tables.append(run.probes.assign(start=start))
     return pd.concat(tables, ignore_index=True)
-
-
-def overtake_steps(curves: pd.DataFrame, split: str = "train") -> pd.DataFrame:
-    """Per behaviour: the flipped loss of each start at every step and the first step from which the
-    aligned start's loss stays below the base start's (NaN if it never does).
-
-    Used in: notebooks/10_misalignment_llm.ipynb.
-    """
-    loss = metric_rows(curves, "loss")
-    loss = loss[loss["split"] == split].pivot_table(
-        index=["behavior", "step"], columns="start", values="value"
-    )
-    rows = []
-    for behavior, g in loss.groupby(level="behavior"):
-        below = (g["aligned"] < g["base"]).droplevel("behavior")
-        after = [s for s in below.index if s > 0 and below.loc[s:].all()]
-        rows.append(dict(behavior=behavior, overtake_step=min(after) if after else math.nan))
-    return pd.DataFrame(rows)
 
 
 def reference_floor(curves: pd.DataFrame, beta: float) -> pd.DataFrame:

@@ -41,7 +41,7 @@ def distinguishability(features: torch.Tensor, signs: torch.Tensor) -> torch.Ten
     """Preference distinguishability ||mu_Yes - mu_No|| per leading index.
 
     Used by: dpo_utils.feature_experiments, dpo_utils.feature_models, dpo_utils.linear,
-    dpo_utils.llm_experiments, dpo_utils.metrics, dpo_utils.synthetic_experiments.
+    dpo_utils.metrics, dpo_utils.synthetic_experiments.
     """
     mu_yes, mu_no = class_means(features, signs)
     return (mu_yes - mu_no).norm(dim=-1)
@@ -104,7 +104,7 @@ def linear_probe_accuracy(
 ) -> float:
     """Cross-validated accuracy of a logistic-regression probe that predicts the sign from e.
 
-    Used by: dpo_utils.llm_experiments, dpo_utils.metrics.
+    Used by: dpo_utils.metrics.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score

@@ -303,7 +303,7 @@ def load_model_and_tokenizer(cfg: ExperimentConfig, device: str = "cpu"):
     ``cfg.model_arch`` (trained on first use). Anything else is a hub id or a local folder, loaded
     with ``AutoModelForCausalLM`` / ``AutoTokenizer`` in bf16 where the device supports it.
 
-    Used in: notebooks/07_last_layer_dpo.ipynb, notebooks/12_faq_rewards_go_down.ipynb.
+    Used in: notebooks/12_faq_rewards_go_down.ipynb.
     """
     if cfg.model_name in TINY_MODELS:
         if TINY_MODELS[cfg.model_name] != cfg.model_arch:

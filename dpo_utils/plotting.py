@@ -49,7 +49,12 @@ def sequential_colors(n: int, name: str = "viridis") -> list[tuple[float, float,
 def label_figure(fig: plt.Figure, **provenance: Any) -> plt.Figure:
     """Write 'profile=cpu · model=... · steps=...' in small grey type at the figure's bottom right.
 
-    Used in: every chapter.
+    Used in: notebooks/01_dpo_single_token.ipynb, notebooks/02_update_rate.ipynb,
+    notebooks/03_training_accuracy.ipynb, notebooks/04_prioritisation.ipynb,
+    notebooks/05_misalignment.ipynb, notebooks/06_measuring_distinguishability.ipynb,
+    notebooks/07_last_layer_dpo.ipynb, notebooks/08_full_and_lora_dpo.ipynb,
+    notebooks/09_prioritisation_llm.ipynb, notebooks/10_misalignment_llm.ipynb,
+    notebooks/11_embedding_geometry.ipynb, notebooks/12_faq_rewards_go_down.ipynb.
     """
     text = " · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in provenance.items())
     footer = 0.2 / fig.get_figheight()  # about 0.2 inch kept free below the axes for the label
@@ -66,7 +71,12 @@ def label_figure(fig: plt.Figure, **provenance: Any) -> plt.Figure:
 def figure(ncols: int = 1, nrows: int = 1, width: float = 4.2, height: float = 3.2, **kwargs: Any):
     """``plt.subplots`` sized for page width: ``width`` x ``height`` inches per panel.
 
-    Used in: every chapter.
+    Used in: notebooks/01_dpo_single_token.ipynb, notebooks/02_update_rate.ipynb,
+    notebooks/03_training_accuracy.ipynb, notebooks/04_prioritisation.ipynb,
+    notebooks/05_misalignment.ipynb, notebooks/06_measuring_distinguishability.ipynb,
+    notebooks/07_last_layer_dpo.ipynb, notebooks/08_full_and_lora_dpo.ipynb,
+    notebooks/09_prioritisation_llm.ipynb, notebooks/10_misalignment_llm.ipynb,
+    notebooks/11_embedding_geometry.ipynb, notebooks/12_faq_rewards_go_down.ipynb.
     """
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(width * ncols, height * nrows + 0.25), **kwargs

@@ -126,7 +126,8 @@ def portable(value: Any, profile: str = "cpu") -> Any:
 def config_hash(config: Mapping[str, Any]) -> str:
     """A 12-hex-digit digest of a JSON-able config; key order does not matter.
 
-    Used in: notebooks/07_last_layer_dpo.ipynb.
+    Used by: dpo_utils.embeddings, dpo_utils.feature_experiments, dpo_utils.models,
+    dpo_utils.results, dpo_utils.run_cache.
     """
     text = json.dumps(_jsonable(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -400,8 +401,7 @@ def load_or_run(
     ``attrs["config_hash"]`` say where it came from.
 
     Used in: notebooks/02_update_rate.ipynb, notebooks/03_training_accuracy.ipynb,
-    notebooks/04_prioritisation.ipynb, notebooks/05_misalignment.ipynb,
-    notebooks/07_last_layer_dpo.ipynb.
+    notebooks/04_prioritisation.ipynb, notebooks/05_misalignment.ipynb.
     """
     if not isinstance(name, str) or not name or not all(ch.isalnum() or ch in "-_" for ch in name):
         raise ValueError(

@@ -129,7 +129,7 @@ def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman rank correlation of two equal-length sequences (NaN if either is constant).
 
     Used in: notebooks/02_update_rate.ipynb, notebooks/03_training_accuracy.ipynb,
-    notebooks/07_last_layer_dpo.ipynb.
+    notebooks/07_last_layer_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb.
     """
     a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if a.shape != b.shape or a.size < 3:

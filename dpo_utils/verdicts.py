@@ -2,7 +2,7 @@
 
 A claim is measured once per seed pair (pre-training seed of the stand-in, DPO seed), asserted as a
 count, "holds in at least k of n", with k fixed before the runs, and summarised by an interval that
-respects the small sample (Student's t quantile, or a percentile bootstrap). Each chapter saves its
+respects the small sample (Student's t quantile). Each chapter saves its
 verdict rows under ``results/<profile>/verdicts/``; the intro page reads them back into one table.
 Nothing here trains or plots.
 """
@@ -27,7 +27,6 @@ __all__ = [
     "chapter_seeds",
     "over_seeds",
     "t_interval",
-    "bootstrap_interval",
     "count_holds",
     "verdict",
     "claim_row",
@@ -47,7 +46,7 @@ def seed_grid(cfg: ExperimentConfig, n_pretrain: int, n_dpo: int) -> list[tuple[
     """The (pretrain_seed, dpo_seed) pairs of a seeded chapter: the first n_pretrain stand-in seeds
     (``cfg.pretrain_seed``, +1, ...) times the first n_dpo DPO seeds (``cfg.seed``, +1, ...).
 
-    Used in: notebooks/07_last_layer_dpo.ipynb to notebooks/11_embedding_geometry.ipynb.
+    Used by: dpo_utils.verdicts.
     """
     for name, value in (("n_pretrain", n_pretrain), ("n_dpo", n_dpo)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -68,7 +67,9 @@ def chapter_seeds(
     ``n_pretrain`` / ``n_dpo`` say otherwise (a paper-scale model has one pre-training: n_pretrain
     1).
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb to notebooks/11_embedding_geometry.ipynb.
+    Used in: notebooks/07_last_layer_dpo.ipynb, notebooks/08_full_and_lora_dpo.ipynb,
+    notebooks/09_prioritisation_llm.ipynb, notebooks/10_misalignment_llm.ipynb,
+    notebooks/11_embedding_geometry.ipynb.
     """
     kind = "paper" if cfg.requires_gpu else "tiny"
     default_pretrain, default_dpo = CHAPTER_SEEDS[kind]
@@ -88,7 +89,8 @@ def over_seeds(
     """``run(cfg with that pretrain_seed, dpo_seed)`` for every seed pair, stacked with columns
     ``pretrain_seed`` and ``dpo_seed`` (one tidy table).
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb to notebooks/11_embedding_geometry.ipynb.
+    Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb,
+    notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
     """
     tables = []
     for pretrain_seed, dpo_seed in seeds:
@@ -116,7 +118,9 @@ def t_interval(
     (for n = 3 the quantile is 4.30, not 2). ``bounds`` clips the interval to a statistic's range,
     e.g. (-1, 1) for a correlation.
 
-    Used in: notebooks/07_last_layer_dpo.ipynb to notebooks/11_embedding_geometry.ipynb.
+    Used in: notebooks/07_last_layer_dpo.ipynb, notebooks/08_full_and_lora_dpo.ipynb,
+    notebooks/09_prioritisation_llm.ipynb, notebooks/10_misalignment_llm.ipynb,
+    notebooks/11_embedding_geometry.ipynb.
     """
     if not 0 < level < 1:
         raise ValueError(f"level={level!r} is not allowed; it must be in (0, 1).")
@@ -129,31 +133,12 @@ def t_interval(
     return mean, low, high
 
 
-def bootstrap_interval(
-    values: Sequence[float],
-    level: float = 0.95,
-    n_resamples: int = 2000,
-    seed: int = 0,
-    statistic: Callable[[np.ndarray], float] = np.mean,
-) -> tuple[float, float, float]:
-    """(statistic, low, high): a percentile bootstrap interval of ``statistic`` (default the mean).
-
-    Used in: notebooks/09_prioritisation_llm.ipynb, notebooks/10_misalignment_llm.ipynb.
-    """
-    if not 0 < level < 1:
-        raise ValueError(f"level={level!r} is not allowed; it must be in (0, 1).")
-    x = _values(values)
-    rng = np.random.default_rng(seed)
-    draws = rng.choice(x, size=(n_resamples, x.size), replace=True)
-    boot = np.apply_along_axis(statistic, 1, draws)
-    low, high = np.quantile(boot, [0.5 - level / 2, 0.5 + level / 2])
-    return float(statistic(x)), float(low), float(high)
-
-
 def count_holds(values: Sequence[bool]) -> tuple[int, int]:
     """(k, n): how many of n per-seed (or per-behaviour) checks hold. NaN counts as not holding.
 
-    Used in: notebooks/07_last_layer_dpo.ipynb to notebooks/11_embedding_geometry.ipynb.
+    Used in: notebooks/07_last_layer_dpo.ipynb, notebooks/08_full_and_lora_dpo.ipynb,
+    notebooks/09_prioritisation_llm.ipynb, notebooks/10_misalignment_llm.ipynb,
+    notebooks/11_embedding_geometry.ipynb.
     """
     flags = [bool(v) if v is not None and not _isnan(v) else False for v in values]
     if not flags:
@@ -172,7 +157,9 @@ def verdict(k: int, n: int, k_required: int, caveat: str | None = None) -> str:
     ``caveat`` names a reason to read it with care; otherwise (fewer than required, whatever the
     reason) "does not hold at this scale".
 
-    Used in: notebooks/07_last_layer_dpo.ipynb to notebooks/12_faq_rewards_go_down.ipynb.
+    Used in: notebooks/07_last_layer_dpo.ipynb, notebooks/08_full_and_lora_dpo.ipynb,
+    notebooks/09_prioritisation_llm.ipynb, notebooks/10_misalignment_llm.ipynb,
+    notebooks/11_embedding_geometry.ipynb, notebooks/12_faq_rewards_go_down.ipynb.
     """
     if not 0 <= k <= n or n < 1:
         raise ValueError(f"k={k!r}, n={n!r} is not a count; need 0 <= k <= n and n >= 1.")
@@ -197,7 +184,9 @@ def claim_row(
     ``setting`` the authors' setting of the claim, ``command`` how to run it at paper scale;
     ``verdict_`` must be one of :data:`VERDICTS`.
 
-    Used in: notebooks/07_last_layer_dpo.ipynb to notebooks/12_faq_rewards_go_down.ipynb.
+    Used in: notebooks/07_last_layer_dpo.ipynb, notebooks/08_full_and_lora_dpo.ipynb,
+    notebooks/09_prioritisation_llm.ipynb, notebooks/10_misalignment_llm.ipynb,
+    notebooks/11_embedding_geometry.ipynb, notebooks/12_faq_rewards_go_down.ipynb.
     """
     if verdict_ not in VERDICTS:
         raise ValueError(f"verdict={verdict_!r} is not allowed; choose one of {list(VERDICTS)}.")
@@ -217,7 +206,9 @@ def data_label(persona_source: str) -> str:
     """A short name for a persona source: "controlled corpus" for the project's designed corpus,
     "real behaviours" for anything else (the vendored Anthropic persona files or the hub).
 
-    Used in: notebooks/07_last_layer_dpo.ipynb to notebooks/12_faq_rewards_go_down.ipynb.
+    Used in: notebooks/07_last_layer_dpo.ipynb, notebooks/08_full_and_lora_dpo.ipynb,
+    notebooks/09_prioritisation_llm.ipynb, notebooks/10_misalignment_llm.ipynb,
+    notebooks/11_embedding_geometry.ipynb, notebooks/12_faq_rewards_go_down.ipynb.
     """
     return "controlled corpus" if persona_source == "corpus" else "real behaviours"
 
@@ -226,7 +217,9 @@ def save_verdicts(chapter: str, rows: Sequence[dict], profile: str = "cpu") -> p
     """Write a chapter's verdict rows to ``results/<profile>/verdicts/<chapter>-<data>.json``
     (replacing that chapter's earlier rows on the same data) and return them as a table.
 
-    Used in: notebooks/07_last_layer_dpo.ipynb to notebooks/12_faq_rewards_go_down.ipynb.
+    Used in: notebooks/07_last_layer_dpo.ipynb, notebooks/08_full_and_lora_dpo.ipynb,
+    notebooks/09_prioritisation_llm.ipynb, notebooks/10_misalignment_llm.ipynb,
+    notebooks/11_embedding_geometry.ipynb, notebooks/12_faq_rewards_go_down.ipynb.
     """
     if not rows:
         raise ValueError(f"chapter {chapter!r} gave no verdict rows.")
@@ -246,7 +239,7 @@ def save_verdicts(chapter: str, rows: Sequence[dict], profile: str = "cpu") -> p
 def load_verdicts(profile: str = "cpu") -> pd.DataFrame:
     """Every chapter's saved verdict rows, in chapter order (an empty table if none are saved).
 
-    Used in: book/intro.md (through its glue cell).
+    Used in: notebooks/13_claims_and_verdicts.ipynb (pasted into book/intro.md).
     """
     folder = results_dir(profile) / "verdicts"
     rows = []
@@ -258,7 +251,7 @@ def load_verdicts(profile: str = "cpu") -> pd.DataFrame:
 def format_interval(interval: tuple[float, float, float], digits: int = 2) -> str:
     """ "m [lo, hi]" for a (mean, low, high) triple, for tables (prose glues the three numbers).
 
-    Used in: notebooks/08_full_and_lora_dpo.ipynb to notebooks/11_embedding_geometry.ipynb.
+    Used in: notebooks/09_prioritisation_llm.ipynb, notebooks/10_misalignment_llm.ipynb.
     """
     mean, low, high = interval
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
@@ -270,7 +263,7 @@ def claims_table(verdicts: pd.DataFrame) -> pd.DataFrame:
     controlled corpus (each with its verdict; "not run in this build" where a source has no rows),
     the verdict on the real behaviours (else the corpus's), and the paper-scale command.
 
-    Used in: notebooks/claims_table.ipynb (pasted into book/intro.md).
+    Used in: notebooks/13_claims_and_verdicts.ipynb (pasted into book/intro.md).
     """
     out = []
     for (chapter, claim), group in verdicts.groupby(["chapter", "claim"], sort=False):

@@ -18,12 +18,6 @@ PAGES = sorted(ROOT.glob("notebooks/*.ipynb")) + sorted(ROOT.glob("book/*.md"))
 # shrinks
 PENDING = {
     "06_measuring_distinguishability.ipynb",
-    "07_last_layer_dpo.ipynb",
-    "08_full_and_lora_dpo.ipynb",
-    "09_prioritisation_llm.ipynb",
-    "10_misalignment_llm.ipynb",
-    "11_embedding_geometry.ipynb",
-    "12_faq_rewards_go_down.ipynb",
 }
 
 # fenced blocks: ```lang ... ``` is code (dropped); ```{directive} ... ``` is prose (kept)

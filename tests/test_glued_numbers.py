@@ -111,6 +111,35 @@ ALLOWED: dict[str, dict[str, str]] = {
         "(the 95 % t-interval lies below zero)": "input: the confidence level",
         "with mean gap 1.5 in 32 dimensions": "input: the gap of the behaviour",
     },
+    "07_last_layer_dpo.ipynb": {
+        "so the CPU profile uses": "input: the learning rates of the CPU profile and the authors'",
+        "a one-sided test at the 5 % level": "input: the significance level of the test",
+        "(one-sided 5 % for eight behaviours)": "input: the significance level of the test",
+        "(95 % t": "input: the confidence level",
+        "output accuracy crosses 0.5": "input: the accuracy threshold",
+        "crosses after": "input: the accuracy threshold (0.5) named in the sentence before",
+        "\\sigma(-h) \\approx 1/2": "exercise solution: the sigmoid at a zero margin",
+        "by 0.5 (and leave": "exercise input: the rescaling factor",
+    },
+    "08_full_and_lora_dpo.ipynb": {
+        "and $\\beta$ is 0.1 instead of 0.01": "input: the CPU profile's and the paper's beta",
+        "own 90 % split": "input: the authors' split",
+        "at the 5 % level": "input: the significance level of the test",
+        "(95 % t interval": "input: the confidence level",
+        "one pair is 0.02": "arithmetic: 1 / 50 test pairs",
+        "with a ten times larger step": "exercise input: the learning rate is set ten times larger",
+    },
+    "09_prioritisation_llm.ipynb": {
+        "(one-sided 5 % for eight behaviours)": "input: the significance level of the test",
+        "(95 % t interval": "input: the confidence level",
+    },
+    "10_misalignment_llm.ipynb": {
+        "95 % t interval": "input: the confidence level",
+        "(95 % t interval": "input: the confidence level",
+    },
+    "11_embedding_geometry.ipynb": {
+        "95 % t interval": "input: the confidence level",
+    },
     "data_card.md": {
         "1.0 for an informative statement, 0.5 for an ambiguous one": "design constants",
         "| enjoys-classical-music | reference | 1 | 0 of 500 | 1.000 |": "design: 1 - a/2",

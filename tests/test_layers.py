@@ -16,11 +16,11 @@ MECHANISMS = {
     "config", "losses", "linear", "full_vocab", "synthetic", "feature_models", "metrics", "data",
     "corpus", "models", "embeddings", "probes", "training", "run_cache", "results", "runtime",
     "tables", "train", "fingerprint", "chapter_parameters", "saved_runs", "scale",
-    "pretraining", "persona_names",
+    "pretraining", "persona_names", "verdicts",
 }  # fmt: skip
 EXPERIMENTS = {
     "synthetic_experiments", "priority_experiments", "feature_experiments", "llm_experiments",
-    "measuring_experiments",
+    "measuring_experiments", "llm_evidence",
 }  # fmt: skip
 BOOK = {"book", "plotting", "teaching"}
 LAYER = {m: 0 for m in MECHANISMS} | {m: 1 for m in EXPERIMENTS} | {m: 2 for m in BOOK}

@@ -32,7 +32,7 @@ def _curves(losses: dict, **extra) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_loss_drops_and_rank_correlation():
+def test_loss_drops():
     curves = _curves(
         {
             ("a", "train", "full"): [0.69, 0.6, 0.5],
@@ -49,31 +49,11 @@ def test_loss_drops_and_rank_correlation():
     assert llm_experiments.loss_drops(curves, step=1).set_index("behavior").loc[
         "a", "drop"
     ] == pytest.approx(0.09)
-    props = pd.DataFrame(dict(behavior=["a", "b", "c"], distinguishability=[3.0, 2.0, 1.0]))
-    rho = llm_experiments.rank_correlations(llm_experiments.loss_drops(curves), props)
-    assert rho["rho"].iloc[0] == pytest.approx(1.0)
-    reversed_props = props.assign(distinguishability=[1.0, 2.0, 3.0])
-    assert llm_experiments.rank_correlations(llm_experiments.loss_drops(curves), reversed_props)[
-        "rho"
-    ].iloc[0] == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="step=7 was not probed"):
         llm_experiments.loss_drops(curves, step=7)
 
 
-def test_overtake_step_and_reference_floor():
-    base = [math.log(2), 0.6, 0.5, 0.49, 0.48, 0.47]
-    aligned = [math.log(2), 0.68, 0.52, 0.47, 0.45, 0.40]
-    curves = _curves(
-        {
-            ("x", "train", "base"): base,
-            ("x", "train", "aligned"): aligned,
-            ("y", "train", "base"): base,
-            ("y", "train", "aligned"): base[:1] + [0.7] * 5,
-        },
-        keys=("start",),
-    )
-    steps = llm_experiments.overtake_steps(curves).set_index("behavior")["overtake_step"]
-    assert steps["x"] == 3 and math.isnan(steps["y"])
+def test_reference_floor():
     ref = pd.DataFrame(
         [
             dict(step=0, behavior="x", split="train", metric=m, value=v, start=s)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
@@ -45,17 +44,6 @@ def test_t_interval_uses_the_small_sample_quantile():
         verdicts.t_interval([1.0, float("nan")])
     with pytest.raises(ValueError, match="level=1.5"):
         verdicts.t_interval([1.0, 2.0], level=1.5)
-
-
-def test_bootstrap_interval_brackets_the_statistic_and_is_seeded():
-    x = np.random.default_rng(1).normal(5.0, 1.0, size=40)
-    stat, low, high = verdicts.bootstrap_interval(x, seed=3)
-    assert low < stat < high and stat == pytest.approx(x.mean())
-    assert (low, high) == verdicts.bootstrap_interval(x, seed=3)[1:]
-    # the 95 % percentile interval of the mean is close to the t interval for n = 40
-    _, tl, th = verdicts.t_interval(x)
-    assert abs(low - tl) < 0.15 and abs(high - th) < 0.15
-    assert verdicts.bootstrap_interval([1.0, 1.0, 1.0]) == (1.0, 1.0, 1.0)
 
 
 def test_count_and_verdict():
