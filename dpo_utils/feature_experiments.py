@@ -1,14 +1,16 @@
 """Experiment A: last-layer DPO on a language model's own features, one run per behaviour and seed.
 
 The model is frozen; its final hidden state e(x) at the DPO prompt's last token is cached once
-(:func:`dpo_utils.embeddings.persona_features`) and only the " Yes" and " No" rows of the unembedding
-train, with the exact two-row SGD of :func:`dpo_utils.linear.train_last_layer`. The reference head
-is the model's own, so u_0 = w_Yes - w_No comes from ``lm_head`` (:func:`answer_direction`).
+(:func:`dpo_utils.embeddings.persona_features`) and only the " Yes" and " No" rows of the
+unembedding train, with the exact two-row SGD of :func:`dpo_utils.linear.train_last_layer`. The
+reference head is the model's own, so u_0 = w_Yes - w_No comes from ``lm_head``
+(:func:`answer_direction`).
 
-Each behaviour is split 90/10 exactly as the authors split its rows (:func:`dpo_utils.data.split_rows`);
-training uses the train split and the test split is evaluated alongside. Every (behaviour, seed)
-run has its own batch stream, seeded from its labels, so a batched call equals running the runs one
-by one, and the aligned and flipped directions draw the same batches.
+Each behaviour is split 90/10 exactly as the authors split its rows
+(:func:`dpo_utils.data.split_rows`); training uses the train split and the test split is evaluated
+alongside. Every (behaviour, seed) run has its own batch stream, seeded from its labels, so a
+batched call equals running the runs one by one, and the aligned and flipped directions draw the
+same batches.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def split_groups(
 
     ``groups`` maps a behaviour to (features (n, d), signs (n,)) with rows in file order (as
     :meth:`FeatureSet.groups` returns them); the permutation is the one ``data.split_rows`` applies
-    to that behaviour's rows, so feature i of the train split belongs to row i of ``split_rows(rows)[0]``.
+    to that behaviour's rows, so feature i of the train split belongs to row i of
+    ``split_rows(rows)[0]``.
 
     Used by: dpo_utils.feature_experiments.
     """
@@ -115,8 +118,8 @@ def last_layer_experiment(
 
     ``flip=True`` swaps chosen and rejected (the misalignment direction: the *other* answer is
     preferred). Returns the tidy table of :meth:`LastLayerHistory.to_frame` with the run labels
-    behavior, seed, direction ("aligned"/"flipped"), lr, batch_seed, distinguishability (of the train
-    split) and max_feature_norm (largest ||e|| in the train split).
+    behavior, seed, direction ("aligned"/"flipped"), lr, batch_seed, distinguishability (of the
+    train split) and max_feature_norm (largest ||e|| in the train split).
 
     Used by: dpo_utils.feature_experiments.
     """
@@ -157,14 +160,15 @@ def last_layer_experiment(
 
 
 def speed_summary(table: pd.DataFrame, k: int = 10, threshold: float = 0.5) -> pd.DataFrame:
-    """Per run, how fast it learns; then the mean over seeds, one row per (behaviour, direction, lr).
+    """Per run, how fast it learns; then the mean over seeds, one row per (behaviour, direction,
+    lr).
 
-    Columns: ``drop_early`` / ``drop_final`` = ln 2 minus the train-split loss at step k / at the last
-    step; ``test_drop_final`` the same on the test split; ``slope_early`` = ||W(k) - W(0)|| / k
-    (:func:`tables.early_slope`); ``change_final`` = ||W(T) - W(0)||; ``output_accuracy_start`` /
-    ``_final`` on the train split; ``steps_to_threshold``: first step at which train output accuracy
-    reaches ``threshold`` (mean over the seeds that reach it, NaN if none; 0 when it starts above),
-    and ``reached``, the fraction of seeds that reach it.
+    Columns: ``drop_early`` / ``drop_final`` = ln 2 minus the train-split loss at step k / at the
+    last step; ``test_drop_final`` the same on the test split; ``slope_early`` = ||W(k) - W(0)|| /
+    k (:func:`tables.early_slope`); ``change_final`` = ||W(T) - W(0)||; ``output_accuracy_start`` /
+    ``_final`` on the train split; ``steps_to_threshold``: first step at which train output
+    accuracy reaches ``threshold`` (mean over the seeds that reach it, NaN if none; 0 when it
+    starts above), and ``reached``, the fraction of seeds that reach it.
 
     Used in: notebooks/07_last_layer_dpo.ipynb
     """
@@ -200,7 +204,8 @@ def speed_correlations(
     metrics_: Sequence[str] = SPEED_METRICS,
     by: Sequence[str] = ("direction", "lr"),
 ) -> pd.DataFrame:
-    """Spearman rho between distinguishability and each speed metric, per (direction, lr) condition.
+    """Spearman rho between distinguishability and each speed metric, per (direction, lr)
+    condition.
 
     Returns one row per condition and metric: the condition's labels, ``metric``, ``rho`` and
     ``n_behaviors``.
@@ -213,7 +218,7 @@ def speed_correlations(
         for metric in metrics_:
             rows.append(
                 dict(
-                    zip(by, condition),
+                    zip(by, condition, strict=True),
                     metric=metric,
                     n_behaviors=len(part),
                     rho=rank_correlation(part["distinguishability"], part[metric]),
@@ -231,14 +236,14 @@ def last_layer_runs(
     random_init: bool = False,
     device: str = "cpu",
 ) -> pd.DataFrame:
-    """Chapter 07's runs for one model, cached: :func:`last_layer_experiment` at every learning rate
-    in ``lrs``, aligned and flipped, ``n_seeds`` batch seeds, on the "final" features.
+    """Chapter 07's runs for one model, cached: :func:`last_layer_experiment` at every learning
+    rate in ``lrs``, aligned and flipped, ``n_seeds`` batch seeds, on the "final" features.
 
     The model is the profile's (for a tiny stand-in, the one of ``cfg.pretrain_seed``), or with
     ``random_init`` a freshly initialised tiny model of the same shape and tokenizer (seed
-    ``cfg.pretrain_seed``), whose head is also the reference. The table gains ``model`` ("pre-trained"
-    or "random init") and ``pretrain_seed``; the results key holds the model, its weights' folder, the
-    persona rows, every setting and the seeds.
+    ``cfg.pretrain_seed``), whose head is also the reference. The table gains ``model``
+    ("pre-trained" or "random init") and ``pretrain_seed``; the results key holds the model, its
+    weights' folder, the persona rows, every setting and the seeds.
 
     Used in: notebooks/07_last_layer_dpo.ipynb
     """
@@ -297,7 +302,8 @@ def last_layer_runs(
 
 
 def priority_gaps(feature_set: FeatureSet, variant: str = "final") -> pd.DataFrame:
-    """Tidy priority-gap matrix (behavior_i, behavior_j, gap) from each behaviour's d = mu_Yes - mu_No.
+    """Tidy priority-gap matrix (behavior_i, behavior_j, gap) from each behaviour's d = mu_Yes -
+    mu_No.
 
     Used in: notebooks/06_measuring_distinguishability.ipynb.
     """

@@ -1,9 +1,9 @@
 """Chapter-level experiments of the LLM part (chapters 08-11): each returns a tidy table.
 
-Every trained model comes from :func:`dpo_utils.run_cache.load_or_train`, so the chapters share their runs:
-chapter 08 trains one model per behaviour and mode, chapter 09 compares its joint runs with those solo
-runs, chapter 10 starts flipped-label training from chapter 08's aligned models, and chapter 11 measures
-their features. Nothing here plots.
+Every trained model comes from :func:`dpo_utils.run_cache.load_or_train`, so the chapters share
+their runs: chapter 08 trains one model per behaviour and mode, chapter 09 compares its joint runs
+with those solo runs, chapter 10 starts flipped-label training from chapter 08's aligned models,
+and chapter 11 measures their features. Nothing here plots.
 """
 
 from __future__ import annotations
@@ -36,16 +36,18 @@ __all__ = [
     "projection_table",
 ]
 
-#: train pairs probed per behaviour in chapters 08-11 (plus every test pair): keeps the probe < 20 % of a step
+#: train pairs probed per behaviour in chapters 08-11 (plus every test pair): keeps the probe
+#: under a fifth of a step
 PROBE_TRAIN = 48
-#: probe after every PROBE_EVERY-th optimizer step (and the last): ~10 % of the training time on CPU
+#: probe after every PROBE_EVERY-th optimizer step (and the last): a tenth of the CPU training time
 PROBE_EVERY = 2
 
 
 def persona_rows(
     cfg: ExperimentConfig, behaviors: Iterable | None = None
 ) -> dict[str, list[dict]]:
-    """The profile's persona statements per behaviour (all of them when ``behaviors`` is None or empty).
+    """The profile's persona statements per behaviour (all of them when ``behaviors`` is None or
+    empty).
 
     Used in: notebooks/07_last_layer_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb,
     notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb,
@@ -69,7 +71,8 @@ def base_features(
 
 
 def behavior_properties(feature_set: embeddings.FeatureSet) -> pd.DataFrame:
-    """behavior, distinguishability, snr, probe_accuracy on the "final" features, most distinguishable first.
+    """behavior, distinguishability, snr, probe_accuracy on the "final" features, most
+    distinguishable first.
 
     Used in: notebooks/09_prioritisation_llm.ipynb.
     """
@@ -84,8 +87,9 @@ def per_behavior_curves(
     probe_train: int | None = PROBE_TRAIN,
     seed: int | None = None,
 ) -> pd.DataFrame:
-    """One DPO run per behaviour and mode (cached); their probe tables stacked (tidy, with ``mode``).
-    ``seed`` is the DPO seed (None: the profile's); the stand-in's seed is ``cfg.pretrain_seed``.
+    """One DPO run per behaviour and mode (cached); their probe tables stacked (tidy, with
+    ``mode``). ``seed`` is the DPO seed (None: the profile's); the stand-in's seed is
+    ``cfg.pretrain_seed``.
 
     Used in: notebooks/08_full_and_lora_dpo.ipynb.
     """
@@ -106,7 +110,8 @@ def _run(cfg, behaviors, **kwargs):
 def loss_drops(
     curves: pd.DataFrame, step: int | None = None, by: Sequence[str] = ("mode",)
 ) -> pd.DataFrame:
-    """Loss at step 0 minus loss at ``step`` (default: each run's last step), per ``by``, behaviour and split.
+    """Loss at step 0 minus loss at ``step`` (default: each run's last step), per ``by``, behaviour
+    and split.
 
     Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb.
     """
@@ -118,11 +123,12 @@ def loss_drops(
         at = g.index.max() if step is None else step
         if at not in g.index:
             raise ValueError(
-                f"step={at} was not probed for {dict(zip(keys, key))}; probed steps: {list(g.index)}."
+                f"step={at} was not probed for {dict(zip(keys, key, strict=True))}; "
+                f"probed steps: {list(g.index)}."
             )
         rows.append(
             {
-                **dict(zip(keys, key)),
+                **dict(zip(keys, key, strict=True)),
                 "step": int(at),
                 "loss_start": g.loc[0],
                 "loss_end": g.loc[at],
@@ -133,8 +139,8 @@ def loss_drops(
 
 
 def pair_table(feature_set: embeddings.FeatureSet, properties: pd.DataFrame) -> pd.DataFrame:
-    """Every ordered pair (i != j): priority gap on the "final" features (chapter 06), cosine of d_i and
-    d_j, both distinguishabilities and the smaller SNR of the two, largest gap first.
+    """Every ordered pair (i != j): priority gap on the "final" features (chapter 06), cosine of
+    d_i and d_j, both distinguishabilities and the smaller SNR of the two, largest gap first.
 
     Used in: notebooks/09_prioritisation_llm.ipynb.
     """
@@ -145,7 +151,7 @@ def pair_table(feature_set: embeddings.FeatureSet, properties: pd.DataFrame) -> 
     table = table[table["behavior_i"] != table["behavior_j"]].copy()
     table["cosine"] = [
         float(torch.nn.functional.cosine_similarity(d[i], d[j], dim=0))
-        for i, j in zip(table["behavior_i"], table["behavior_j"])
+        for i, j in zip(table["behavior_i"], table["behavior_j"], strict=True)
     ]
     for side in ("i", "j"):
         table[f"dist_{side}"] = table[f"behavior_{side}"].map(props["distinguishability"])
@@ -165,11 +171,13 @@ def pair_curves(
     probe_train: int | None = PROBE_TRAIN,
     seed: int | None = None,
 ) -> pd.DataFrame:
-    """Joint DPO on two behaviours, compatible and conflicting (``second`` flipped), plus each solo run.
+    """Joint DPO on two behaviours, compatible and conflicting (``second`` flipped), plus each solo
+    run.
 
-    Solo runs are chapter 08's (``cfg``); joint runs use ``pair_batch_size`` (default twice the solo
-    batch, so each behaviour sees as many pairs per step as alone). Column ``run`` is "solo",
-    "joint" or "conflicting" (in which the second behaviour's labels, and so its loss, are flipped).
+    Solo runs are chapter 08's (``cfg``); joint runs use ``pair_batch_size`` (default twice the
+    solo batch, so each behaviour sees as many pairs per step as alone). Column ``run`` is "solo",
+    "joint" or "conflicting" (in which the second behaviour's labels, and so its loss, are
+    flipped).
 
     Used in: notebooks/09_prioritisation_llm.ipynb.
     """
@@ -201,10 +209,11 @@ def misalignment_curves(
     probe_train: int | None = PROBE_TRAIN,
     seed: int | None = None,
 ) -> pd.DataFrame:
-    """Flipped-label DPO from the base model and from chapter 08's aligned model (column ``start``).
+    """Flipped-label DPO from the base model and from chapter 08's aligned model (column
+    ``start``).
 
-    The aligned model is the run ``load_or_train(cfg, [b], mode=mode)`` of chapter 08 (reused from its
-    cache), merged; for the aligned start it is also the reference. Both flipped runs use
+    The aligned model is the run ``load_or_train(cfg, [b], mode=mode)`` of chapter 08 (reused from
+    its cache), merged; for the aligned start it is also the reference. Both flipped runs use
     ``flip_batch_size`` (default the profile's) and ``steps`` steps.
 
     Used in: notebooks/10_misalignment_llm.ipynb.
@@ -285,9 +294,10 @@ def geometry_table(
     probe_train: int | None = PROBE_TRAIN,
     seed: int | None = None,
 ) -> pd.DataFrame:
-    """Per behaviour and mode: distinguishability, signal-to-noise ratio (metrics.properties_table),
-    linear-classifier accuracy (5-fold) and mean feature norm of the behaviour's statements before
-    (``base``) and after its own chapter 08 DPO run; ``dist_ratio`` and ``snr_ratio`` after/before.
+    """Per behaviour and mode: distinguishability, signal-to-noise ratio
+    (metrics.properties_table), linear-classifier accuracy (5-fold) and mean feature norm of the
+    behaviour's statements before (``base``) and after its own chapter 08 DPO run; ``dist_ratio``
+    and ``snr_ratio`` after/before.
 
     Used in: notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
     """
@@ -317,8 +327,9 @@ def projection_table(
 ) -> pd.DataFrame:
     """2-D projection of each stage's features ({stage: (features, signs)}), fitted per stage.
 
-    ``method`` "pca" (torch.pca_lowrank; axis 1 oriented so the Yes class mean is positive) or "umap"
-    (umap-learn, ``random_state=seed``, as the authors' plots). Columns: stage, x, y, answer.
+    ``method`` "pca" (torch.pca_lowrank; axis 1 oriented so the Yes class mean is positive) or
+    "umap" (umap-learn, ``random_state=seed``, as the authors' plots). Columns: stage, x, y,
+    answer.
 
     Used in: notebooks/11_embedding_geometry.ipynb.
     """

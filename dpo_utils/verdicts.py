@@ -114,9 +114,9 @@ def t_interval(
     level: float = 0.95,
     bounds: tuple[float, float] | None = None,
 ) -> tuple[float, float, float]:
-    """(mean, low, high): the mean with a two-sided Student's t interval on n - 1 degrees of freedom
-    (for n = 3 the quantile is 4.30, not 2). ``bounds`` clips the interval to a statistic's range,
-    e.g. (-1, 1) for a correlation.
+    """(mean, low, high): the mean with a two-sided Student's t interval on n - 1 degrees of
+    freedom (for n = 3 the quantile is 4.30, not 2). ``bounds`` clips the interval to a statistic's
+    range, e.g. (-1, 1) for a correlation.
 
     Used in: notebooks/07_last_layer_dpo.ipynb, notebooks/08_full_and_lora_dpo.ipynb,
     notebooks/09_prioritisation_llm.ipynb, notebooks/10_misalignment_llm.ipynb,

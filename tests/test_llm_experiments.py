@@ -219,7 +219,7 @@ def test_priority_projections_flag_the_behaviour_against_the_pool():
 
 def _flip_rows(start, behavior, losses, margins, accs, seed=0):
     rows = []
-    for step, (loss, m, acc) in enumerate(zip(losses, margins, accs)):
+    for step, (loss, m, acc) in enumerate(zip(losses, margins, accs, strict=True)):
         for metric, value in (
             ("loss", loss),
             ("logp_chosen", m / 2),
