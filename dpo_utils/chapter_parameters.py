@@ -125,6 +125,13 @@ _PERSONA = {
     "pretrain_steps": _config_field("pretrain_steps"),
 }
 
+#: the seeds of chapters 08-11 (dpo_utils.verdicts.chapter_seeds) and their data source
+_SEEDS = {
+    "n_pretrain_seeds": _int_at_least(1),
+    "n_dpo_seeds": _int_at_least(1),
+    "persona_source": _config_field("persona_source"),
+}
+
 #: chapter -> {parameter: check}; ``profile`` is every chapter's first parameter
 CHAPTER_PARAMETERS: dict[str, dict[str, Check]] = {
     "01": {**_LAST_LAYER, "dim": _config_field("synthetic_dim"), "vocab_size": _vocab_size},
@@ -148,6 +155,7 @@ CHAPTER_PARAMETERS: dict[str, dict[str, Check]] = {
         "steps": _config_field("last_layer_steps"),
         "batch_size": _config_field("last_layer_batch_size"),
         "n_seeds": _config_field("n_seeds"),
+        "n_pretrain_seeds": _int_at_least(1),
         **_PERSONA,
     },
     "08": {
@@ -156,20 +164,31 @@ CHAPTER_PARAMETERS: dict[str, dict[str, Check]] = {
         "beta": _config_field("dpo_beta"),
         "full_lr": _config_field("full_lr"),
         "lora_lr": _config_field("lora_lr"),
+        **_SEEDS,
     },
-    "09": {"pair": _pair, "mode": _choice(*config.MODES), "pair_batch_size": _int_at_least(1)},
+    "09": {
+        "pair": _pair,
+        "mode": _choice(*config.MODES),
+        "pair_batch_size": _int_at_least(1),
+        **_SEEDS,
+    },
     "10": {
         "behaviors": _behaviors,
+        "n_behaviors": _int_at_least(1),
         "flip_steps": _int_at_least(1),
         "flip_batch_size": _int_at_least(1),
+        "n_pretrain_seeds": _int_at_least(1),
+        "n_dpo_seeds": _int_at_least(1),
         "hh_steps": _int_at_least(1),
+        "persona_source": _config_field("persona_source"),
     },
-    "11": {"projection_mode": _choice(*config.MODES), "projection": _projection},
+    "11": {"projection_mode": _choice(*config.MODES), "projection": _projection, **_SEEDS},
     "12": {
         "behavior": _one_behavior,
         "steps": _int_at_least(1),
         "learning_rate": _config_field("full_lr"),
     },
+    "13": {},
 }
 
 

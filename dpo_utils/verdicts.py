@@ -78,7 +78,11 @@ def chapter_seeds(
             f"n_pretrain={n_pretrain!r} is not allowed on profile {cfg.profile!r}: its model "
             "has one pre-training; vary n_dpo instead."
         )
-    return seed_grid(cfg, n_pretrain or default_pretrain, n_dpo or default_dpo)
+    return seed_grid(
+        cfg,
+        default_pretrain if n_pretrain is None else n_pretrain,
+        default_dpo if n_dpo is None else n_dpo,
+    )
 
 
 def over_seeds(

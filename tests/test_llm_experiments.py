@@ -293,7 +293,7 @@ def test_spanning_behaviors_keep_the_included_and_span_the_range():
         llm_evidence.spanning_behaviors(order, 9)
 
 
-def test_featured_behaviors_are_the_authors_when_the_data_has_them(monkeypatch):
+def test_featured_behaviors_are_the_authors_when_the_data_has_them(monkeypatch, tmp_path):
     from dpo_utils import data
 
     upstream = list(data.PERSONA_BEHAVIORS)
@@ -301,7 +301,7 @@ def test_featured_behaviors_are_the_authors_when_the_data_has_them(monkeypatch):
     monkeypatch.setattr(
         data, "AUTHORS_BEHAVIORS", (45, 54, 84, 88, 100, 108, 123, 130), raising=False
     )
-    cfg = config.get_config("cpu", persona_source="some/folder")
+    cfg = config.get_config("cpu", persona_source=str(tmp_path))
     featured = llm_evidence.featured_behaviors(cfg)
     assert featured[0] == upstream[45] and featured[2] == upstream[84] and len(featured) == 8
     assert llm_evidence.authors_pair(cfg) == [upstream[123], upstream[45]]
