@@ -99,7 +99,7 @@ class PersonaDataError(ValueError):
 def corpus_dir() -> Path:
     """The repository's ``data/`` folder, which holds the project's corpus under ``data/persona/``.
 
-    Used in: notebooks/07_last_layer_dpo.ipynb.
+    Used by: dpo_utils.corpus, dpo_utils.data, dpo_utils.llm_evidence.
     """
     beside_package = Path(__file__).resolve().parent.parent / "data"
     if (beside_package / "persona").is_dir():
