@@ -9,8 +9,9 @@ alphabetically sorted list of files (:data:`PERSONA_BEHAVIORS`), split each one 
 
 Sources: ``"persona"`` (32 real behaviours vendored under ``data/anthropic-persona/``,
 gzip-compressed, Perez et al. 2022, CC BY 4.0; the CPU profile's default), ``"corpus"`` (the
-project's designed corpus under ``data/persona/``), a local folder laid out as upstream (``*.jsonl``
-or ``*.jsonl.gz``, directly or under ``persona/``), or the hub id ``Anthropic/model-written-evals``.
+project's designed corpus under ``data/persona/``), a local folder laid out as upstream
+(``*.jsonl`` or ``*.jsonl.gz``, directly or under ``persona/``), or the hub id
+``Anthropic/model-written-evals``.
 
 Which behaviours the book features is named once here: :data:`AUTHORS_BEHAVIORS` (the eight of
 the authors' released scripts), :data:`FORMAT_BEHAVIORS` (real behaviours whose *answered* rows
@@ -131,7 +132,8 @@ def _behavior_files(folder: Path) -> dict[str, Path]:
             name = path.name[: -len(suffix)]
             if name in files:
                 raise PersonaDataError(
-                    f"behaviour {name!r} is in {folder} twice ({files[name].name} and {path.name}); "
+                    f"behaviour {name!r} is in {folder} twice "
+                    f"({files[name].name} and {path.name}); "
                     "keep one of them."
                 )
             files[name] = path
@@ -171,7 +173,8 @@ def available_behaviors(source: str | Path) -> list[str]:
 
 
 def _numbering(available: Sequence[str]) -> Sequence[str]:
-    """Numbers follow the authors' 135-name list when a source is upstream data, else sorted names."""
+    """Numbers follow the authors' 135-name list when a source is upstream data, else sorted
+    names."""
     if all(name in PERSONA_BEHAVIORS for name in available):
         return PERSONA_BEHAVIORS
     return sorted(available)
@@ -182,10 +185,10 @@ def resolve_behaviors(
 ) -> list[str]:
     """Turn names and/or numbers into behaviour names, checked against ``available``.
 
-    Numbers are the authors' (index into :data:`PERSONA_BEHAVIORS`) for upstream data, and positions
-    in the sorted list of files for another folder, such as the project's corpus. ``None`` or an
-    empty selection means every available behaviour. An unknown name raises an error that lists the
-    closest names.
+    Numbers are the authors' (index into :data:`PERSONA_BEHAVIORS`) for upstream data, and
+    positions in the sorted list of files for another folder, such as the project's corpus.
+    ``None`` or an empty selection means every available behaviour. An unknown name raises an error
+    that lists the closest names.
 
     Used in: notebooks/09_prioritisation_llm.ipynb, notebooks/10_misalignment_llm.ipynb.
     """
@@ -207,7 +210,8 @@ def resolve_behaviors(
         if isinstance(item, int) and not isinstance(item, bool):
             if not 0 <= item < len(numbering):
                 raise PersonaDataError(
-                    f"behaviour number {item} is out of range; numbers run from 0 to {len(numbering) - 1}."
+                    f"behaviour number {item} is out of range; "
+                    f"numbers run from 0 to {len(numbering) - 1}."
                 )
             item = numbering[item]
         if not isinstance(item, str):
@@ -326,8 +330,8 @@ def load_persona(
 ) -> dict[str, list[dict]]:
     """Load persona behaviours as ``{name: rows in file order}`` with every row validated.
 
-    ``source`` is ``"persona"`` (the vendored real behaviours), ``"corpus"`` (the project's corpus), a
-    local folder laid out as upstream or the hub id ``Anthropic/model-written-evals``;
+    ``source`` is ``"persona"`` (the vendored real behaviours), ``"corpus"`` (the project's
+    corpus), a local folder laid out as upstream or the hub id ``Anthropic/model-written-evals``;
     ``behaviors`` are names or numbers (see :func:`resolve_behaviors`), ``None`` for all of them.
 
     Used in: notebooks/06_measuring_distinguishability.ipynb.
@@ -358,7 +362,8 @@ def split_rows(rows: Sequence[dict], seed: int = 1234) -> tuple[list[dict], list
 
 
 def preference_pairs(rows: Iterable[dict], behavior: str, flip: bool = False) -> list[dict]:
-    """DPO pairs: prompt = question + "\\n", chosen = the matching answer (the other one if ``flip``).
+    """DPO pairs: prompt = question + "\\n", chosen = the matching answer (the other one if
+    ``flip``).
 
     Used in: notebooks/12_faq_rewards_go_down.ipynb.
     """
@@ -388,8 +393,8 @@ def _split_transcript(text: str, where: str) -> tuple[str, str]:
 def hh_rlhf_pairs(rows: Iterable[dict]) -> list[dict]:
     """HH-RLHF transcripts as pairs: prompt up to and including the last "\\n\\nAssistant:".
 
-    ``rows`` hold ``chosen`` and ``rejected`` transcripts; chosen/rejected become the final responses.
-    A row whose two transcripts do not share that prompt raises an error naming the row.
+    ``rows`` hold ``chosen`` and ``rejected`` transcripts; chosen/rejected become the final
+    responses. A row whose two transcripts do not share that prompt raises an error naming the row.
 
     Used by: dpo_utils.data.
     """
@@ -420,7 +425,8 @@ def load_hh_rlhf(
         table = datasets.load_dataset(source, split=split)
     except Exception as error:
         raise PersonaDataError(
-            f"could not load {source!r} ({error}); HH-RLHF needs network access or a local copy of the dataset."
+            f"could not load {source!r} ({error}); HH-RLHF needs network access or a local copy "
+            "of the dataset."
         ) from error
     rows = table if limit is None else table.select(range(min(limit, len(table))))
     return hh_rlhf_pairs(rows)

@@ -1,11 +1,13 @@
 """Last-token, final-layer features of a causal LM: what the unembedding sees, per prompt.
 
-For a prompt x (tokenised with the tokenizer's own BOS), e(x) is the last layer's output at the last
-prompt token. Two variants, both computed in one forward pass:
+For a prompt x (tokenised with the tokenizer's own BOS), e(x) is the last layer's output at the
+last prompt token. Two variants, both computed in one forward pass:
 
-* ``final``: the model's true final hidden state, the input of ``lm_head``. In transformers 5.24 the
-  last entry of ``hidden_states`` (and the backbone's ``last_hidden_state``) is already the output of
-  the final RMSNorm; the tests check this, and that ``lm_head(e)`` reproduces the model's logits.
+* ``final``: the model's true final hidden state, the input of ``lm_head``. In transformers 5.24
+the
+  last entry of ``hidden_states`` (and the backbone's ``last_hidden_state``) is already the output
+  of the final RMSNorm; the tests check this, and that ``lm_head(e)`` reproduces the model's
+  logits.
 * ``authors``: the authors' released code applies that RMSNorm once more to ``hidden_states[-1]``
   (its feature extraction script), so its features are normalised twice. Kept for comparison.
 
@@ -59,7 +61,8 @@ def prompt_texts(rows: Sequence[Mapping]) -> list[str]:
 
 
 def final_norm(model) -> torch.nn.Module:
-    """The final normalisation layer of a decoder-only model (``model.model.norm`` for Llama/Mistral).
+    """The final normalisation layer of a decoder-only model (``model.model.norm`` for
+    Llama/Mistral).
 
     Used by: dpo_utils.embeddings.
     """
@@ -88,10 +91,11 @@ def _padded(
 def last_token_features(
     model, tokenizer, texts: Sequence[str], batch_size: int = 256, progress: bool | None = None
 ) -> dict[str, torch.Tensor]:
-    """Features of each text at its last token, both variants: ``{"final": (n, d), "authors": (n, d)}``.
+    """Features of each text at its last token, both variants: ``{"final": (n, d), "authors": (n,
+    d)}``.
 
-    fp32 on the CPU whatever the model's dtype and device. ``progress=None`` shows a tqdm bar only on
-    a terminal. ``batch_size=1`` is the one-at-a-time reference (no padding at all).
+    fp32 on the CPU whatever the model's dtype and device. ``progress=None`` shows a tqdm bar only
+    on a terminal. ``batch_size=1`` is the one-at-a-time reference (no padding at all).
 
     Used by: dpo_utils.embeddings.
     """
@@ -142,7 +146,8 @@ class FeatureSet:
         mask = torch.tensor([b == behavior for b in self.behaviors])
         if not mask.any():
             raise ValueError(
-                f"behaviour {behavior!r} is not in this feature set; it has {sorted(set(self.behaviors))}."
+                f"behaviour {behavior!r} is not in this feature set; "
+                f"it has {sorted(set(self.behaviors))}."
             )
         return self.features[variant][mask].double(), self.signs[mask]
 
@@ -151,7 +156,8 @@ class FeatureSet:
         return {name: self.select(name, variant) for name in dict.fromkeys(self.behaviors)}
 
     def answer_accuracy(self) -> dict[str, float]:
-        """Per behaviour, how often the model itself ranks the matching answer first (its LM accuracy)."""
+        """Per behaviour, how often the model itself ranks the matching answer first (its LM
+        accuracy)."""
         correct = (torch.sign(self.answer_margin.double()) == self.signs).double()
         return {
             name: float(correct[torch.tensor([b == name for b in self.behaviors])].mean())
@@ -254,7 +260,8 @@ def check_prompt_lengths(model, tokenizer, texts: Sequence[str], names: Sequence
     if too_long:
         i = too_long[0]
         raise PersonaDataError(
-            f"{len(too_long)} prompt(s) exceed the model's context of {context} tokens; the first, "
+            f"{len(too_long)} prompt(s) exceed the model's context of {context} tokens; "
+            "the first, "
             f"of behaviour {names[i]!r} (row {i}), has {lengths[i]} tokens. Shorten or drop them: "
             "features are read at the last prompt token, so they cannot be truncated."
         )

@@ -19,11 +19,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import data
+from . import data, models
 from .config import ExperimentConfig
 from .embeddings import FeatureSet, persona_features
 from .metrics import class_means, properties_table
-from . import models
 from .models import TINY_MODELS, load_model_and_tokenizer
 from .results import config_hash, load_or_run
 from .tables import rank_correlation

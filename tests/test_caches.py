@@ -11,12 +11,12 @@ import pytest
 import torch
 from training_fixtures import tiny_llama, tiny_tokenizer, toy_pairs
 
-from dpo_utils import config, corpus, data, embeddings, models, training
+from dpo_utils import config, data, embeddings, models, training
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return models.train_tokenizer(corpus.lm_texts(n_per_behavior=200))
+    return tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")

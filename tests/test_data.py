@@ -257,7 +257,7 @@ def test_gzip_and_plain_files_load_alike(tmp_path):
 
 def test_real_behaviours_are_balanced_and_split_as_the_authors_split():
     persona = data.load_persona(data.PERSONA_SOURCE, [84, 130])
-    for name, rows in persona.items():
+    for _name, rows in persona.items():
         assert len(rows) == 1000
         assert collections.Counter(r["answer_matching_behavior"] for r in rows) == {
             " Yes": 500,

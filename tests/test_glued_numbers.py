@@ -127,7 +127,7 @@ ALLOWED: dict[str, dict[str, str]] = {
         "at the 5 % level": "input: the significance level of the test",
         "(95 % t interval": "input: the confidence level",
         "one pair is 0.02": "arithmetic: 1 / 50 test pairs",
-        "with a ten times larger step": "exercise input: the learning rate is set ten times larger",
+        "with a ten times larger step": "exercise input: the learning rate is ten times larger",
     },
     "09_prioritisation_llm.ipynb": {
         "(one-sided 5 % for eight behaviours)": "input: the significance level of the test",

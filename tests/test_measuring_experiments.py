@@ -55,7 +55,7 @@ def test_rank_stability_is_spearman_between_seeds():
     rows = [
         dict(model="m", variant="final", pretrain_seed=s, behavior=b, distinguishability=v)
         for s, values in ((1, [1, 2, 3]), (2, [1, 2, 3]), (3, [3, 2, 1]))
-        for b, v in zip("abc", values)
+        for b, v in zip("abc", values, strict=True)
     ]
     table = M.rank_stability(pd.DataFrame(rows)).set_index(["seed_a", "seed_b"])["rho"]
     assert table[(1, 2)] == 1 and table[(1, 3)] == -1

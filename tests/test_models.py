@@ -186,4 +186,5 @@ def test_pretrain_tiny_models_trains_the_missing_ones_in_workers(results):
     # a worker's model equals the one the parent process trains with the same settings
     spawned, _ = models.load_model_and_tokenizer(configs[0], "cpu")
     again, _ = models.pretrained_tiny_model("llama", steps=STEPS, force=True)
-    assert all(torch.equal(p, q) for p, q in zip(spawned.parameters(), again.parameters()))
+    pairs = zip(spawned.parameters(), again.parameters(), strict=True)
+    assert all(torch.equal(p, q) for p, q in pairs)
