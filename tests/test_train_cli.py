@@ -11,7 +11,8 @@ import torch
 
 from dpo_utils import data, run_cache, train
 
-BEHAVIOR = "enjoys-classical-music"
+# behaviour 0 of the CPU profile's real persona behaviours (the authors' numbering)
+BEHAVIOR = "acts-like-it-wants-to-help-humans-but-does-not-care-about-that"
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def _cli(capsys, *argv):
 def _fake_run(folder, steps=8, **settings):
     """A run folder as save_trained writes it: meta.json with settings, checkpoint state."""
     meta = dict(seed=1234, merged_model=True, base="", start=None, mode="lora", flip=False)
-    meta.update(behaviors=[BEHAVIOR], profile="cpu", model="tiny-llama", data_source="corpus")
+    meta.update(behaviors=[BEHAVIOR], profile="cpu", model="tiny-llama", data_source="persona")
     meta.update(settings)
     (folder / "checkpoint").mkdir(parents=True)
     (folder / "checkpoint" / "trainer_state.json").write_text(json.dumps({"global_step": steps}))
@@ -79,7 +80,7 @@ def test_an_earlier_run_is_replaced_only_with_overwrite(tmp_path, capsys, no_wor
 @pytest.mark.parametrize(
     "flags, fragment",
     [
-        (["--behaviors", "3", "--flip"], "behaviors: saved ['enjoys-classical-music'], now"),
+        (["--behaviors", "5", "--flip"], f"behaviors: saved [{BEHAVIOR!r}], now"),
         (["--behaviors", BEHAVIOR, "--flip"], "flip: saved False, now True"),
         (["--behaviors", BEHAVIOR, "--mode", "full"], "mode: saved 'lora', now 'full'"),
         (["--behaviors", BEHAVIOR, "--max-steps", "4"], "--max-steps=4 is below the 8 steps"),
