@@ -140,6 +140,12 @@ ALLOWED: dict[str, dict[str, str]] = {
     "11_embedding_geometry.ipynb": {
         "95 % t interval": "input: the confidence level",
     },
+    "06_measuring_distinguishability.ipynb": {
+        "two layers (about 0.4 million parameters)": "the stand-ins' architecture, a constant",
+        "135 upstream behaviours (CC BY 4.0;": "licence version",
+        "so about 1 means no signal": "definition of the ratio: 1 is its value without signal",
+        "accuracy stays near 0.5": "exercise solution: chance level of a two-answer choice",
+    },
     "data_card.md": {
         "1.0 for an informative statement, 0.5 for an ambiguous one": "design constants",
         "| enjoys-classical-music | reference | 1 | 0 of 500 | 1.000 |": "design: 1 - a/2",
