@@ -18,7 +18,6 @@ which is exact: with right padding the real tokens' positions and attention are 
 from __future__ import annotations
 
 import hashlib
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from .results import (
     force_rerun,
     record_provenance,
     results_dir,
-    verify_folder,
+    trusted_cache,
 )
 
 __all__ = [
@@ -217,17 +216,12 @@ def persona_features(
     )
     folder = results_dir(profile) / "features" / config_hash(key)
     with cache_lock(folder):
-        if not force_rerun() and (folder / "features.pt").exists():
-            problems = verify_folder(folder)
-            if not problems:
-                saved = torch.load(folder / "features.pt", weights_only=True)
-                record_provenance("features", "features", folder.name, True)
-                return FeatureSet(names, signs, saved["features"], saved["answer_margin"])
-            warnings.warn(
-                f"cached features {folder / 'features.pt'} are not trusted ({problems[0]}); "
-                "recomputing them.",
-                stacklevel=2,
-            )
+        if not force_rerun() and trusted_cache(
+            folder, "features.pt", "features", "recomputing them"
+        ):
+            saved = torch.load(folder / "features.pt", weights_only=True)
+            record_provenance("features", "features", folder.name, True)
+            return FeatureSet(names, signs, saved["features"], saved["answer_margin"])
         features = last_token_features(model, tokenizer, texts, batch_size=batch_size)
         margin = _answer_margin(model, tokenizer, features["final"])
         with atomic_directory(folder) as tmp:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from .results import (
     force_rerun,
     record_provenance,
     results_dir,
-    verify_folder,
+    trusted_cache,
 )
 
 __all__ = [
@@ -239,24 +238,14 @@ def pretrained_tiny_model(
     key = _cache_key(arch, steps, seed, vocab_size, texts, source)
     folder = _cache_folder(key, profile)
     with cache_lock(folder):
-        if force_rerun(force) or not _trusted(folder):
+        if force_rerun(force) or not trusted_cache(
+            folder, "pretrain.json", "model", "training it again", stacklevel=4
+        ):
             _pretrain_into(folder, key, arch, texts, steps, seed, vocab_size)
             record_provenance("model", folder.name, key["code"], False)
         else:
             record_provenance("model", folder.name, key["code"], True)
         return load_saved_model(folder)
-
-
-def _trusted(folder: Path) -> bool:
-    if not (folder / "pretrain.json").exists():
-        return False
-    problems = verify_folder(folder)
-    if problems:
-        warnings.warn(
-            f"cached model {folder} is not trusted ({problems[0]}); training it again.",
-            stacklevel=3,
-        )
-    return not problems
 
 
 def _pretrain_into(folder, key, arch, texts, steps, seed, vocab_size) -> None:

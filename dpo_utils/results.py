@@ -42,6 +42,7 @@ __all__ = [
     "cache_lock",
     "is_project_folder",
     "verify_folder",
+    "trusted_cache",
     "provenance_log",
     "record_provenance",
     "check_output_folder",
@@ -250,7 +251,7 @@ def verify_folder(path: Path) -> list[str]:
 
     Every file listed in its manifest must have the recorded size (and checksum, below 256 MB).
 
-    Used by: dpo_utils.embeddings, dpo_utils.models, dpo_utils.run_cache.
+    Used by: dpo_utils.results.
     """
     path = Path(path)
     if not (path / MANIFEST).is_file():
@@ -260,6 +261,19 @@ def verify_folder(path: Path) -> list[str]:
     except (ValueError, KeyError) as error:
         return [f"{path / MANIFEST} is unreadable ({error})"]
     return [p for name, rec in files.items() if (p := _check_record(path / name, rec))]
+
+
+def trusted_cache(folder: Path, marker: str, what: str, redo: str, stacklevel: int = 3) -> bool:
+    """Whether a cached ``folder`` holds ``marker`` and matches its manifest; when the marker is
+    there but :func:`verify_folder` finds problems, a warning names them and ``redo``.
+
+    Used by: dpo_utils.embeddings, dpo_utils.models, dpo_utils.run_cache.
+    """
+    problems = verify_folder(folder) if (Path(folder) / marker).is_file() else None
+    if problems:
+        msg = f"cached {what} {Path(folder) / marker} is not trusted ({'; '.join(problems[:3])})"
+        warnings.warn(f"{msg}; {redo}.", stacklevel=stacklevel)
+    return problems == []
 
 
 def _write_manifest(folder: Path) -> None:

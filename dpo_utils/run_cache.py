@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ from .results import (
     force_rerun,
     record_provenance,
     results_dir,
-    verify_folder,
+    trusted_cache,
 )
 from .training import DPORun, load_trained, run_tables, save_trained, train_dpo
 
@@ -281,19 +280,6 @@ def load_or_train(
     return run
 
 
-def _trusted(path: Path) -> bool:
-    """Whether a cached run is complete and intact (else a warning names what is wrong)."""
-    if not (path / "meta.json").is_file():
-        return False
-    problems = verify_folder(path)
-    if problems:
-        warnings.warn(
-            f"cached run {path} is not trusted ({'; '.join(problems[:3])}); training it again.",
-            stacklevel=4,
-        )
-    return not problems
-
-
 def _load_or_train_locked(
     path,
     cfg,
@@ -310,7 +296,9 @@ def _load_or_train_locked(
     with_model,
 ):
     device = "cuda" if _cuda() else None
-    if not force_rerun(force) and _trusted(path):
+    if not force_rerun(force) and trusted_cache(
+        path, "meta.json", "run", "training it again", stacklevel=5
+    ):
         run = load_trained(path, device=device) if with_model else _tables_only(path)
         from_cache = True
     else:
