@@ -114,33 +114,38 @@ class ExperimentConfig:
         return _apply_overrides(self, overrides)
 
 
-_PAPER_COMMON = dict(
-    requires_gpu=True,
-    dtype="bfloat16",
-    seed=1234,
-    n_seeds=1,
-    beta=0.01,
-    last_layer_lr=0.1,
-    last_layer_batch_size=128,
-    last_layer_steps=100,
-    synthetic_dim=4096,
-    synthetic_n_per_class=500,
-    dpo_beta=0.01,
-    full_lr=1e-6,
-    lora_lr=1e-5,
-    lora_r=8,
-    lora_alpha=32,
-    lora_dropout=0.05,
-    lora_target_modules=("q_proj", "v_proj"),
-    dpo_batch_size=128,
-    per_device_batch_size=32,
-    dpo_epochs=1,
-    dpo_max_steps=None,
-    max_length=512,
+@dataclass(frozen=True)
+class _PaperSettings:
+    """The authors' hyperparameters: the ExperimentConfig fields the paper profiles share."""
+
+    requires_gpu: bool = True
+    dtype: str = "bfloat16"
+    seed: int = 1234
+    n_seeds: int = 1
+    beta: float = 0.01
+    last_layer_lr: float = 0.1
+    last_layer_batch_size: int = 128
+    last_layer_steps: int = 100
+    synthetic_dim: int = 4096
+    synthetic_n_per_class: int = 500
+    dpo_beta: float = 0.01
+    full_lr: float = 1e-6
+    lora_lr: float = 1e-5
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    dpo_batch_size: int = 128
+    per_device_batch_size: int = 32
+    dpo_epochs: int = 1
+    dpo_max_steps: int | None = None
+    max_length: int = 512
     # the five behaviours of the authors' single-behaviour plots (their numbering)
-    behaviors=(108, 84, 88, 54, 100),
-    persona_source="Anthropic/model-written-evals",
-)
+    behaviors: tuple[str | int, ...] = (108, 84, 88, 54, 100)
+    persona_source: str = "Anthropic/model-written-evals"
+
+
+_PAPER_COMMON = _PaperSettings()
 
 PROFILES: dict[str, ExperimentConfig] = {
     "cpu": ExperimentConfig(
@@ -187,14 +192,14 @@ PROFILES: dict[str, ExperimentConfig] = {
         description="Paper scale: Llama-2-7B (base), the authors' hyperparameters.",
         model_name="meta-llama/Llama-2-7b-hf",
         model_arch="llama",
-        **_PAPER_COMMON,
+        **dataclasses.asdict(_PAPER_COMMON),
     ),
     "mistral-7b": ExperimentConfig(
         profile="mistral-7b",
         description="Paper scale: Mistral-7B-v0.1 (base), the authors' hyperparameters.",
         model_name="mistralai/Mistral-7B-v0.1",
         model_arch="mistral",
-        **_PAPER_COMMON,
+        **dataclasses.asdict(_PAPER_COMMON),
     ),
 }
 PAPER_PROFILES = tuple(name for name, cfg in PROFILES.items() if cfg.requires_gpu)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +30,7 @@ from .results import config_hash, load_or_run
 from .tables import rank_correlation
 
 __all__ = [
+    "Thresholds",
     "THRESHOLDS",
     "measured_behaviors",
     "standin_configs",
@@ -41,34 +44,44 @@ __all__ = [
     "pretrain_tiny_models",
 ]
 
-#: Verdict thresholds, written down (and committed) before the first run of chapter 06 on the new
-#: stand-ins. Each is the bar a claim must clear; the reasons are beside them.
-THRESHOLDS = dict(
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Chapter 06's verdict thresholds: each is the bar a claim must clear; the reasons are beside
+    them.
+
+    Used by: dpo_utils.measuring_experiments.
+    """
+
     # real behaviours differ: largest / smallest distinguishability per model (prototype at 900
     # steps: x3.5-6), in at least 5 of the 6 models (2 archs x 3 seeds)
-    spread_ratio=2.0,
-    spread_models=5,
+    spread_ratio: float = 2.0
+    spread_models: int = 5
     # the ranking is a property of the data, not of one pre-training draw: mean pairwise Spearman
     # between seeds (prototype, 2 seeds: 0.94), in both architectures
-    seed_rho=0.7,
+    seed_rho: float = 0.7
     # a measurement, not noise: median (over seeds) SNR above 2 for at least half the behaviours
-    snr=2.0,
-    snr_share=0.5,
+    snr: float = 2.0
+    snr_share: float = 0.5
     # the length confound does not explain it away: the median behaviour keeps at least half its
     # distinguishability when Yes and No are compared within length bins (prototype: 76-89 %) and
     # the two rank alike (Spearman >= 0.7; prototype 0.84-0.94)
-    length_kept=0.5,
-    length_rho=0.7,
+    length_kept: float = 0.5
+    length_rho: float = 0.7
     # directions are diverse (the old corpus: cosine >= 0.99): mean pairwise cosine below 0.5
-    cosine=0.5,
+    cosine: float = 0.5
     # corpus knob 1: label words 1 -> 3 at a fixed ambiguous share raise distinguishability by at
     # least x1.5, monotonically, in at least 2 of 3 seeds
-    knob1_ratio=1.5,
+    knob1_ratio: float = 1.5
     # corpus knob 2: along the ambiguity knob distinguishability stays within x1.5 (max / min),
     # in at least 2 of 3 seeds; the null behaviour's SNR stays below 2
-    knob2_ratio=1.5,
-    seeds_needed=2,
-)
+    knob2_ratio: float = 1.5
+    seeds_needed: int = 2
+
+
+#: Verdict thresholds, written down (and committed) before the first run of chapter 06 on the new
+#: stand-ins; the reasons are beside the fields of :class:`Thresholds`.
+THRESHOLDS = Thresholds()
 
 
 def _pretrain_job(job: dict) -> None:
@@ -90,7 +103,7 @@ def pretrain_tiny_models(configs: Sequence[ExperimentConfig], processes: int = 2
     for cfg in configs:
         if cfg.model_name not in TINY_MODELS:
             continue
-        job = dict(
+        job: dict[str, Any] = dict(
             arch=cfg.model_arch,
             profile=cfg.profile,
             steps=cfg.pretrain_steps,
@@ -118,7 +131,7 @@ def measured_behaviors(cfg: ExperimentConfig, source: str | None = None) -> list
     if source == data.PERSONA_SOURCE:
         return list(data.EVALUATION_BEHAVIORS)
     if source == data.CORPUS_SOURCE:
-        return data.available_behaviors(source)
+        return [*data.available_behaviors(source)]
     return list(cfg.behaviors) or list(data.AUTHORS_BEHAVIORS)
 
 
@@ -136,12 +149,12 @@ def standin_configs(
     return [
         cfg.replace(
             model_name=name,
-            model_arch=arch,
+            model_arch=tiny.arch,
             pretrain_seed=cfg.pretrain_seed + i,
             persona_source=source,
         )
-        for name, arch in TINY_MODELS.items()
-        if not archs or arch in archs
+        for name, tiny in TINY_MODELS.items()
+        if not archs or tiny.arch in archs
         for i in range(n_seeds)
     ]
 
@@ -242,12 +255,11 @@ def measure_standins(
         feature_sets[(cfg.model_name, cfg.pretrain_seed)] = fs
         lengths = _token_lengths(tokenizer, persona)
         key = dict(weights=getattr(model, "name_or_path", ""), persona=fingerprint, version=1)
-        table = load_or_run(
-            "standin-properties",
-            key,
-            lambda fs=fs, lengths=lengths: _measure_one(fs, lengths),
-            profile=cfg.profile,
-        )
+
+        def measure(fs: FeatureSet = fs, lengths: torch.Tensor = lengths) -> pd.DataFrame:
+            return _measure_one(fs, lengths)
+
+        table = load_or_run("standin-properties", key, measure, profile=cfg.profile)
         table.insert(0, "pretrain_seed", cfg.pretrain_seed)
         table.insert(0, "arch", cfg.model_arch)
         table.insert(0, "model", cfg.model_name)
@@ -295,11 +307,15 @@ def knob_table(table: pd.DataFrame, design: Sequence[Mapping]) -> pd.DataFrame:
     return final.merge(pd.DataFrame(design), on="behavior")
 
 
+def _length_rho(part: pd.DataFrame) -> float:
+    return rank_correlation(part["distinguishability"], part["length_matched"])
+
+
 def _holds(ok: bool) -> str:
     return "holds" if ok else "does not hold"
 
 
-def _knob_checks(knobs: pd.DataFrame, t: dict) -> tuple[list[float], list[float], list[float]]:
+def _knob_checks(knobs: pd.DataFrame) -> tuple[list[float], list[float], list[float]]:
     """Per seed: knob-1 ratio (monotone or 0), knob-2 max/min ratio, null SNR."""
     ratio1, ratio2, null_snr = [], [], []
     for _, part in knobs.groupby("pretrain_seed"):
@@ -318,7 +334,7 @@ def verdicts(
     directions: pd.DataFrame,
     knobs: pd.DataFrame,
     corpus_directions: pd.DataFrame,
-    t: dict = THRESHOLDS,
+    t: Thresholds = THRESHOLDS,
 ) -> pd.DataFrame:
     """The chapter's verdict table: claim, what was measured, the bar (fixed before the run),
     verdict. ``real`` and ``knobs`` hold final-variant rows.
@@ -330,72 +346,68 @@ def verdicts(
     spread = (per_model.max() / per_model.min()).to_numpy()
     rho = stability[stability["variant"] == "final"].groupby("model")["rho"].mean()
     snr = final.groupby(["model", "behavior"])["snr"].median()
-    snr_share = (snr > t["snr"]).groupby("model").mean()
+    snr_share = (snr > t.snr).groupby("model").mean()
     kept = (final["length_matched"] / final["distinguishability"]).groupby(final["model"]).median()
-    length_rho = final.groupby(["model", "pretrain_seed"]).apply(
-        lambda p: rank_correlation(p["distinguishability"], p["length_matched"])
-    )
-    ratio1, ratio2, null_snr = _knob_checks(knobs, t)
-    n1 = sum(r >= t["knob1_ratio"] for r in ratio1)
-    n2 = sum(r <= t["knob2_ratio"] for r in ratio2)
+    length_rho = final.groupby(["model", "pretrain_seed"]).apply(_length_rho)
+    ratio1, ratio2, null_snr = _knob_checks(knobs)
+    n1 = sum(r >= t.knob1_ratio for r in ratio1)
+    n2 = sum(r <= t.knob2_ratio for r in ratio2)
     rows = [
         (
             "real behaviours differ in distinguishability",
             f"max/min {spread.min():.1f}-{spread.max():.1f} over {len(spread)} models",
-            f">= {t['spread_ratio']} in >= {t['spread_models']} models",
-            _holds((spread >= t["spread_ratio"]).sum() >= t["spread_models"]),
+            f">= {t.spread_ratio} in >= {t.spread_models} models",
+            _holds((spread >= t.spread_ratio).sum() >= t.spread_models),
         ),
         (
             "their ranking is stable across pre-training seeds",
             ", ".join(f"{m}: rho {r:.2f}" for m, r in rho.items()),
-            f"mean pairwise rho >= {t['seed_rho']} in every model",
-            _holds(bool((rho >= t["seed_rho"]).all())) if len(rho) else "not measured (one seed)",
+            f"mean pairwise rho >= {t.seed_rho} in every model",
+            _holds(bool((rho >= t.seed_rho).all())) if len(rho) else "not measured (one seed)",
         ),
         (
             "the measurement is above random-label noise",
             ", ".join(f"{m}: {s:.0%}" for m, s in snr_share.items()) + " of behaviours",
-            f"median SNR > {t['snr']} for >= {t['snr_share']:.0%} of behaviours",
-            _holds(bool((snr_share >= t["snr_share"]).all())),
+            f"median SNR > {t.snr} for >= {t.snr_share:.0%} of behaviours",
+            _holds(bool((snr_share >= t.snr_share).all())),
         ),
         (
             "statement length does not explain it",
             f"kept {kept.min():.0%}-{kept.max():.0%} (median behaviour); rho "
             f"{length_rho.min():.2f}-{length_rho.max():.2f}",
-            f"kept >= {t['length_kept']:.0%} and rho >= {t['length_rho']}",
-            _holds(
-                bool((kept >= t["length_kept"]).all() and (length_rho >= t["length_rho"]).all())
-            ),
+            f"kept >= {t.length_kept:.0%} and rho >= {t.length_rho}",
+            _holds(bool((kept >= t.length_kept).all() and (length_rho >= t.length_rho).all())),
         ),
         (
             "real behaviours point in diverse directions",
             f"mean cosine {directions['mean'].min():.2f}-{directions['mean'].max():.2f}",
-            f"< {t['cosine']}",
-            _holds(bool((directions["mean"] < t["cosine"]).all())),
+            f"< {t.cosine}",
+            _holds(bool((directions["mean"] < t.cosine).all())),
         ),
         (
             "corpus knob 1 (label words) raises distinguishability",
             "x" + ", x".join(f"{r:.2f}" for r in ratio1) + " (0 = not monotone)",
-            f">= x{t['knob1_ratio']}, monotone, in >= {t['seeds_needed']} seeds",
-            _holds(n1 >= t["seeds_needed"]),
+            f">= x{t.knob1_ratio}, monotone, in >= {t.seeds_needed} seeds",
+            _holds(n1 >= t.seeds_needed),
         ),
         (
             "corpus knob 2 (ambiguous share) holds distinguishability roughly fixed",
             "max/min x" + ", x".join(f"{r:.2f}" for r in ratio2),
-            f"<= x{t['knob2_ratio']} in >= {t['seeds_needed']} seeds",
-            _holds(n2 >= t["seeds_needed"]),
+            f"<= x{t.knob2_ratio} in >= {t.seeds_needed} seeds",
+            _holds(n2 >= t.seeds_needed),
         ),
         (
             "the corpus null behaviour shows no signal",
             "SNR " + ", ".join(f"{s:.2f}" for s in null_snr),
-            f"< {t['snr']} in every seed",
-            _holds(all(s < t["snr"] for s in null_snr)),
+            f"< {t.snr} in every seed",
+            _holds(all(s < t.snr for s in null_snr)),
         ),
         (
             "corpus behaviours point in diverse directions",
             f"mean cosine {corpus_directions['mean'].min():.2f}-"
             f"{corpus_directions['mean'].max():.2f}",
-            f"< {t['cosine']}",
-            _holds(bool((corpus_directions["mean"] < t["cosine"]).all())),
+            f"< {t.cosine}",
+            _holds(bool((corpus_directions["mean"] < t.cosine).all())),
         ),
     ]
     return pd.DataFrame(rows, columns=["claim", "measured", "threshold", "verdict"])

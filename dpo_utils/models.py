@@ -16,10 +16,13 @@ weights (the copy keeps trl's bound method); use :func:`clone_model` or :func:`s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -36,9 +39,13 @@ from .results import (
     trusted_cache,
 )
 
+if TYPE_CHECKING:  # for annotations only: importing these costs seconds
+    from peft import LoraConfig
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
 __all__ = [
+    "TinyShape",
     "TINY_MODELS",
-    "TINY_SHAPE",
     "PRETRAIN_DEFAULTS",
     "train_tokenizer",
     "answer_token_ids",
@@ -54,19 +61,33 @@ __all__ = [
     "pretrain_record",
 ]
 
-#: CPU-profile model names -> architecture
-TINY_MODELS = {"tiny-llama": "llama", "tiny-mistral": "mistral"}
-#: the stand-ins' shape (chosen in our CPU trials): untied embeddings as in Llama-2
-TINY_SHAPE = dict(
-    hidden_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=4,
-    intermediate_size=256,
-    max_position_embeddings=128,
-    rms_norm_eps=1e-5,
-    tie_word_embeddings=False,
-)
+
+@dataclass(frozen=True)
+class TinyShape:
+    """A CPU stand-in's architecture and shape (chosen in our CPU trials): untied embeddings as in
+    Llama-2."""
+
+    arch: str  # "llama" or "mistral"
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    intermediate_size: int = 256
+    max_position_embeddings: int = 128
+    rms_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = False
+
+    def config_kwargs(self) -> dict[str, Any]:
+        """The shape as transformers config arguments: every field but ``arch``."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "arch"}
+
+
+#: CPU-profile model names -> the stand-in's architecture and shape. Mistral differs from Llama by
+#: grouped-query attention (2 key/value heads for 4 query heads, as Mistral-7B shares 8 for 32).
+TINY_MODELS: Mapping[str, TinyShape] = {
+    "tiny-llama": TinyShape("llama"),
+    "tiny-mistral": TinyShape("mistral", num_key_value_heads=2),
+}
 #: the stand-ins' tokenizer size and default pre-training length
 VOCAB_SIZE = 2048
 PRETRAIN_STEPS = 300
@@ -75,7 +96,7 @@ ANSWERS = (" Yes", " No")
 _FORMAT_VERSION = 2
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int = VOCAB_SIZE):
+def train_tokenizer(texts: Sequence[str], vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
     """A ByteLevel BPE tokenizer trained on ``texts`` that prepends BOS, like Llama's.
 
     Raises if " Yes" or " No" did not become single tokens (see :func:`answer_token_ids`).
@@ -110,7 +131,7 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = VOCAB_SIZE):
     return tokenizer
 
 
-def answer_token_ids(tokenizer) -> tuple[int, int]:
+def answer_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
     """The ids of " Yes" and " No" as they follow a prompt ending in a newline; never hard-coded.
 
     Each answer must add exactly one token after "...\\n", as in the DPO prompt question + "\\n";
@@ -148,7 +169,7 @@ def _model_classes(arch: str):
     return classes[arch]
 
 
-def tiny_model(arch: str, tokenizer, seed: int = 1234):
+def tiny_model(arch: str, tokenizer: PreTrainedTokenizerBase, seed: int = 1234) -> PreTrainedModel:
     """A freshly initialised tiny ``LlamaForCausalLM`` or ``MistralForCausalLM`` (fp32, from
     config).
 
@@ -157,15 +178,16 @@ def tiny_model(arch: str, tokenizer, seed: int = 1234):
     Used by: dpo_utils.models.
     """
     config_class, model_class = _model_classes(arch)
-    # Mistral differs from Llama by grouped-query attention (2 key/value heads for 4 query heads,
-    # as Mistral-7B shares 8 for 32); its sliding window (4096 there) is longer than any text here.
-    extra = {"sliding_window": None, "num_key_value_heads": 2} if arch == "mistral" else {}
+    tiny = next(t for t in TINY_MODELS.values() if t.arch == arch)
+    # Mistral's sliding window (4096 in Mistral-7B) is longer than any text here: off
+    extra = {"sliding_window": None} if arch == "mistral" else {}
     config = config_class(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        **(TINY_SHAPE | extra),
+        **tiny.config_kwargs(),
+        **extra,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -180,12 +202,14 @@ def _cache_key(
         kind="tiny-causal-lm",
         version=_FORMAT_VERSION,
         arch=arch,
-        shape=TINY_SHAPE,
-        gqa_mistral=2,
+        # plain values laid out as before the dataclasses (the Llama shape and Mistral's key/value
+        # heads): another layout would be a new key, and a retraining, for every saved stand-in
+        shape=TINY_MODELS["tiny-llama"].config_kwargs(),
+        gqa_mistral=TINY_MODELS["tiny-mistral"].num_key_value_heads,
         vocab_size=vocab_size,
         pretrain_steps=steps,
         seed=seed,
-        optimizer=PRETRAIN_DEFAULTS,
+        optimizer=dataclasses.asdict(PRETRAIN_DEFAULTS),
         source=source,
         texts=config_hash({"texts": list(texts)}),
         code=code_fingerprint(["models", "pretraining"]),
@@ -220,7 +244,7 @@ def pretrained_tiny_model(
     vocab_size: int = VOCAB_SIZE,
     force: bool | None = None,
     source: str = "persona",
-):
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The pre-trained tiny model and its tokenizer, from the disk cache or trained now (and
     cached).
 
@@ -285,7 +309,9 @@ def _source(cfg: ExperimentConfig) -> str:
     return "corpus" if cfg.persona_source == "corpus" else "persona"
 
 
-def load_model_and_tokenizer(cfg: ExperimentConfig, device: str = "cpu"):
+def load_model_and_tokenizer(
+    cfg: ExperimentConfig, device: str = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The profile's model (eval mode, on ``device``) and tokenizer.
 
     ``cfg.model_name`` "tiny-llama" / "tiny-mistral": the cached pre-trained stand-in for
@@ -295,26 +321,28 @@ def load_model_and_tokenizer(cfg: ExperimentConfig, device: str = "cpu"):
     Used in: notebooks/12_faq_rewards_go_down.ipynb.
     """
     if cfg.model_name in TINY_MODELS:
-        if TINY_MODELS[cfg.model_name] != cfg.model_arch:
+        arch = TINY_MODELS[cfg.model_name].arch
+        if arch != cfg.model_arch:
             raise ConfigError(
-                f"model_name={cfg.model_name!r} is a {TINY_MODELS[cfg.model_name]} model but "
-                f"model_arch={cfg.model_arch!r}; set model_arch to "
-                f"{TINY_MODELS[cfg.model_name]!r}."
+                f"model_name={cfg.model_name!r} is a {arch} model but "
+                f"model_arch={cfg.model_arch!r}; set model_arch to {arch!r}."
             )
         model, tokenizer = pretrained_tiny_model(
             cfg.model_arch, cfg.profile, cfg.pretrain_steps, cfg.pretrain_seed, source=_source(cfg)
         )
-        return model.to(device).eval(), tokenizer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model_name)
-    if tokenizer.pad_token is None:  # Llama-2 has none; the authors pad with id 0 (<unk>)
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(cfg.model_name, dtype=_dtype_for(cfg, device))
-    return model.to(device).eval(), tokenizer
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model_name)
+        if tokenizer.pad_token is None:  # Llama-2 has none; the authors pad with id 0 (<unk>)
+            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(cfg.model_name, dtype=_dtype_for(cfg, device))
+    # transformers decorates PreTrainedModel.to with functools.wraps(Module.to): mypy reads the
+    # result as an unbound callable whose first argument is the model, not the device
+    return model.to(device).eval(), tokenizer  # type: ignore[arg-type]
 
 
-def _plain_state_dict(model) -> dict[str, torch.Tensor]:
+def _plain_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor]:
     if hasattr(model, "merge_and_unload"):
         raise TypeError(
             "save a PEFT model after merge_and_unload() (or save its adapter with "
@@ -326,7 +354,9 @@ def _plain_state_dict(model) -> dict[str, torch.Tensor]:
     }
 
 
-def save_model(model, tokenizer, path: str | Path) -> Path:
+def save_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path
+) -> Path:
     """Write config.json, model.safetensors (a plain state dict) and the tokenizer to ``path``.
 
     The folder also loads with ``AutoModelForCausalLM.from_pretrained(path)``.
@@ -343,7 +373,7 @@ def save_model(model, tokenizer, path: str | Path) -> Path:
     return path
 
 
-def load_saved_model(path: str | Path):
+def load_saved_model(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Rebuild a model saved by :func:`save_model` from its config plus state dict; eval mode, CPU.
 
     Used by: dpo_utils.models.
@@ -364,7 +394,7 @@ def load_saved_model(path: str | Path):
     return model.eval(), AutoTokenizer.from_pretrained(path)
 
 
-def clone_model(model):
+def clone_model(model: PreTrainedModel) -> PreTrainedModel:
     """An independent copy rebuilt from config + state dict (safe after trl training, unlike
     deepcopy).
 
@@ -377,7 +407,7 @@ def clone_model(model):
     return copy.to(next(model.parameters()).device).eval()
 
 
-def lora_config(cfg: ExperimentConfig):
+def lora_config(cfg: ExperimentConfig) -> LoraConfig:
     """The authors' LoRA settings from the profile (r, alpha, dropout, q_proj/v_proj, no bias).
 
     Used by: dpo_utils.training.

@@ -29,13 +29,29 @@ import torch
 
 from . import data
 
-__all__ = ["PretrainingText", "pretraining_text", "SOURCES", "PRETRAIN_DEFAULTS", "pretrain"]
+__all__ = [
+    "PretrainingText",
+    "pretraining_text",
+    "SOURCES",
+    "PretrainSettings",
+    "PRETRAIN_DEFAULTS",
+    "pretrain",
+]
 
-#: the stand-ins' optimiser: AdamW, warm-up, cosine to 10 %,
-#: batch 64
-PRETRAIN_DEFAULTS = dict(
-    lr=3e-3, betas=(0.9, 0.95), warmup=30, final_lr_fraction=0.1, batch_size=64
-)
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """The stand-ins' optimiser: AdamW, linear warm-up, cosine decay to a fraction of ``lr``."""
+
+    lr: float = 3e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup: int = 30  # steps
+    final_lr_fraction: float = 0.1
+    batch_size: int = 64
+
+
+#: the stand-ins' optimiser settings (part of the stand-ins' cache key, as a dict)
+PRETRAIN_DEFAULTS = PretrainSettings()
 
 SOURCES = (data.PERSONA_SOURCE, data.CORPUS_SOURCE)
 _SHUFFLE_SEED = 4321
@@ -163,15 +179,13 @@ def pretrain(model, tokenizer, texts: Sequence[str], steps: int, seed: int = 123
     """
     hp = PRETRAIN_DEFAULTS
     input_ids, labels = _lm_batches(tokenizer, texts)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=hp["lr"], betas=hp["betas"], weight_decay=0.0
-    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=hp.lr, betas=hp.betas, weight_decay=0.0)
 
     def schedule(step: int) -> float:
-        if step < hp["warmup"]:
-            return (step + 1) / hp["warmup"]
-        progress = (step - hp["warmup"]) / max(1, steps - hp["warmup"])
-        return hp["final_lr_fraction"] + (1 - hp["final_lr_fraction"]) * 0.5 * (
+        if step < hp.warmup:
+            return (step + 1) / hp.warmup
+        progress = (step - hp.warmup) / max(1, steps - hp.warmup)
+        return hp.final_lr_fraction + (1 - hp.final_lr_fraction) * 0.5 * (
             1 + math.cos(math.pi * progress)
         )
 
@@ -180,9 +194,7 @@ def pretrain(model, tokenizer, texts: Sequence[str], steps: int, seed: int = 123
     lengths = (labels != -100).sum(1)
     model.train()
     log = []
-    for step, rows in enumerate(
-        _length_grouped_batches(lengths, hp["batch_size"], steps, generator)
-    ):
+    for step, rows in enumerate(_length_grouped_batches(lengths, hp.batch_size, steps, generator)):
         width = int(lengths[rows].max())
         batch, target = input_ids[rows, :width], labels[rows, :width]
         loss = model(input_ids=batch, attention_mask=(target != -100).long(), labels=target).loss

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -26,6 +27,17 @@ def test_paper_profiles_carry_the_authors_hyperparameters():
         assert cfg.seed == 1234
     assert get_config("llama2-7b").model_name == "meta-llama/Llama-2-7b-hf"
     assert get_config("mistral-7b").model_name == "mistralai/Mistral-7B-v0.1"
+
+
+def test_the_shared_paper_settings_are_config_fields_of_the_same_types():
+    # a field that ExperimentConfig lacks, or declares with another type, fails here (KeyError or
+    # inequality); every paper profile carries exactly these values
+    paper = {f.name: f.type for f in dataclasses.fields(config._PAPER_COMMON)}
+    own = {f.name: f.type for f in dataclasses.fields(config.ExperimentConfig)}
+    assert paper == {name: own[name] for name in paper}
+    for name in config.PAPER_PROFILES:
+        values = {k: getattr(config.PROFILES[name], k) for k in paper}
+        assert values == dataclasses.asdict(config._PAPER_COMMON)
 
 
 def test_cpu_profile_is_the_default_and_needs_no_gpu(monkeypatch):

@@ -3,7 +3,10 @@ stability, the stand-in configs and the verdict table, on constructed data with 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
+import pytest
 import torch
 
 from dpo_utils import config, data, embeddings
@@ -71,3 +74,51 @@ def test_standin_configs_and_measured_behaviours():
     assert M.measured_behaviors(cfg) == list(data.EVALUATION_BEHAVIORS)
     assert not set(M.measured_behaviors(cfg)) & set(data.FORMAT_BEHAVIORS)
     assert len(M.measured_behaviors(cfg, "corpus")) == 8
+
+
+def _verdict_inputs():
+    """Constructed tables on which every claim of chapter 06 holds, each by a clear margin."""
+    models, seeds = ("tiny-llama", "tiny-mistral"), (1, 2, 3)
+    real = pd.DataFrame(
+        dict(
+            model=m,
+            pretrain_seed=s,
+            variant="final",
+            behavior=b,
+            distinguishability=d,
+            length_matched=0.8 * d,  # kept 80 %, same ranking
+            snr=3.0,
+        )
+        for m in models
+        for s in seeds
+        for b, d in zip("abc", (1.0, 2.0, 4.0), strict=True)  # max/min 4
+    )
+    stability = pd.DataFrame(dict(model=m, variant="final", rho=0.9) for m in models)
+    knobs = pd.DataFrame(
+        dict(
+            pretrain_seed=s, knob=k, ambiguous_share=a, label_words=n, distinguishability=d, snr=r
+        )
+        for s in seeds
+        for k, a, n, d, r in (
+            ("reference", 0.0, 1, 1.0, 3.0),
+            ("distinguishability", 0.0, 2, 2.0, 3.0),
+            ("distinguishability", 0.0, 3, 3.0, 3.0),  # x3, monotone
+            ("ambiguity", 0.5, 2, 1.2, 3.0),  # max/min 1.2 along the ambiguity knob
+            ("null", 1.0, 1, 0.1, 0.5),
+        )
+    )
+    directions, corpus_directions = pd.DataFrame(dict(mean=[0.2])), pd.DataFrame(dict(mean=[0.1]))
+    return real, stability, directions, knobs, corpus_directions
+
+
+def test_verdicts_apply_the_thresholds_fixed_before_the_run():
+    table = M.verdicts(*_verdict_inputs())
+    assert len(table) == 9 and (table["verdict"] == "holds").all(), table
+    # a stricter bar on the real behaviours' directions (mean cosine 0.2) fails that claim only;
+    # the corpus's directions (0.1) still clear it
+    strict = M.verdicts(*_verdict_inputs(), t=dataclasses.replace(M.THRESHOLDS, cosine=0.15))
+    failed = strict[strict["verdict"] != "holds"]
+    assert list(failed["claim"]) == ["real behaviours point in diverse directions"]
+    assert list(failed["threshold"]) == ["< 0.15"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        M.THRESHOLDS.cosine = 0.9  # type: ignore[misc]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dpo_utils import config, data, measuring_experiments, models, pretraining
+from dpo_utils import results as results_module
 
 STEPS = 4  # enough to exercise the loop and the cache; the chapter uses cfg.pretrain_steps
 
@@ -65,6 +66,8 @@ def test_tiny_model_shape_and_seed(tokenizer, arch, cls):
     a, b = models.tiny_model(arch, tokenizer, seed=3), models.tiny_model(arch, tokenizer, seed=3)
     assert type(a).__name__ == cls
     assert a.config.hidden_size == 64 and a.config.num_hidden_layers == 2
+    # grouped-query attention in the Mistral stand-in only (2 key/value heads for 4 query heads)
+    assert a.config.num_key_value_heads == (2 if arch == "mistral" else 4)
     assert (
         a.lm_head.weight.data_ptr() != a.model.embed_tokens.weight.data_ptr()
     )  # untied, as in Llama-2
@@ -113,6 +116,41 @@ def test_cache_key_covers_seed_source_and_texts(results, monkeypatch):
     )
     monkeypatch.setattr(models, "pretraining_text", lambda source: changed)
     assert models.tiny_model_dir("llama", steps=STEPS) != base  # other texts, other entry
+
+
+def test_cache_key_holds_the_plain_values_it_held_before_the_dataclasses(monkeypatch):
+    # the stand-ins' shape and optimiser settings became dataclasses; the key must still hold the
+    # same plain values (the dicts of before, written out here) so that a saved stand-in keeps
+    # its folder, and stay JSON-able (config_hash raises on a dataclass)
+    monkeypatch.setattr(models, "code_fingerprint", lambda modules: "code")
+    key = models._cache_key("mistral", 300, 1234, 2048, ["a text"], "persona")
+    before = dict(
+        kind="tiny-causal-lm",
+        version=2,
+        arch="mistral",
+        shape=dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            intermediate_size=256,
+            max_position_embeddings=128,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+        ),
+        gqa_mistral=2,
+        vocab_size=2048,
+        pretrain_steps=300,
+        seed=1234,
+        optimizer=dict(
+            lr=3e-3, betas=(0.9, 0.95), warmup=30, final_lr_fraction=0.1, batch_size=64
+        ),
+        source="persona",
+        texts=results_module.config_hash({"texts": ["a text"]}),
+        code="code",
+    )
+    assert key == before
+    assert results_module.config_hash(key) == results_module.config_hash(before)
 
 
 def test_cpu_profile_loads_the_cached_stand_in(results):
@@ -174,8 +212,8 @@ def test_lora_config_follows_the_profile():
 
 def test_pretrain_tiny_models_trains_the_missing_ones_in_workers(results):
     configs = [
-        config.get_config("cpu", pretrain_steps=STEPS, model_name=name, model_arch=arch)
-        for name, arch in models.TINY_MODELS.items()
+        config.get_config("cpu", pretrain_steps=STEPS, model_name=name, model_arch=tiny.arch)
+        for name, tiny in models.TINY_MODELS.items()
     ]
     assert measuring_experiments.pretrain_tiny_models(configs + configs[:1], processes=2) == 2
     assert measuring_experiments.pretrain_tiny_models(configs, processes=2) == 0  # cached now
