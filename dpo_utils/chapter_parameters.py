@@ -31,7 +31,6 @@ def _config_field(field: str) -> Check:
         except config.ConfigError as error:
             raise config.ConfigError(f"{name} (the profile's {field}): {error}") from None
 
-    check.field = field
     return check
 
 

@@ -29,6 +29,7 @@ import math
 import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from .persona_names import (
     AUTHORS_BEHAVIORS,
@@ -343,7 +344,10 @@ def load_persona(
     return {name: _read_jsonl(files[name]) for name in names}
 
 
-def split_rows(rows: Sequence[dict], seed: int = 1234) -> tuple[list[dict], list[dict]]:
+_Row = TypeVar("_Row")  # a persona row, or anything split the same way (feature indices)
+
+
+def split_rows(rows: Sequence[_Row], seed: int = 1234) -> tuple[list[_Row], list[_Row]]:
     """The authors' split: ``random.seed(seed)``, shuffle the rows in file order, first 90 % train.
 
     The global ``random`` state is restored afterwards, so calling this has no side effect.

@@ -255,7 +255,8 @@ def last_layer_runs(
     model, tokenizer = load_model_and_tokenizer(cfg, device)
     weights = getattr(model, "name_or_path", cfg.model_name)
     if random_init:
-        model = tiny_model(cfg.model_arch, tokenizer, cfg.pretrain_seed).to(device)
+        model = tiny_model(cfg.model_arch, tokenizer, cfg.pretrain_seed)
+        model = model.to(device)  # type: ignore[arg-type]  # transformers' wrapped .to, as in models
         weights = f"random-init:{cfg.pretrain_seed}:{weights}"
     label = "random init" if random_init else "pre-trained"
     key = dict(

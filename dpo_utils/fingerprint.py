@@ -45,8 +45,10 @@ def _direct_imports(path: Path, known: set[str]) -> frozenset[str]:
                     found.add(node.module.split(".")[0])
                 else:
                     found.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
-                PACKAGE + "."
+            elif (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.startswith(PACKAGE + ".")
             ):
                 found.add(node.module.split(".")[1])
             elif isinstance(node, ast.ImportFrom) and node.module == PACKAGE:
@@ -161,8 +163,9 @@ def callable_fingerprint(run: Callable) -> dict[str, Any]:
     module = getattr(run, "__module__", "") or ""
     code = getattr(run, "__code__", None)
     scope: dict[str, Any] = dict(getattr(run, "__globals__", {}) or {})
-    if code is not None and getattr(run, "__closure__", None):
-        for name, cell in zip(code.co_freevars, run.__closure__, strict=True):
+    closure = getattr(run, "__closure__", None)
+    if code is not None and closure:
+        for name, cell in zip(code.co_freevars, closure, strict=True):
             try:
                 scope[name] = cell.cell_contents
             except ValueError:  # an empty cell

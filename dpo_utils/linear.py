@@ -300,7 +300,8 @@ def train_last_layer(
                 batch_indices(g, signs[r : r + 1], batch_size, balanced)
                 for r, g in enumerate(generators)
             ]
-            idx = None if parts[0] is None else torch.cat(parts)
+            drawn = [p for p in parts if p is not None]  # all or none: every run has n pairs
+            idx = torch.cat(drawn) if drawn else None
         signs_b = _gather(signs, idx)
         margin = (
             2.0 * beta * signs_b * _gather(train_proj, idx)
@@ -359,11 +360,12 @@ def _train_in_chunks(features, signs, u0, size: int, kwargs: dict) -> LastLayerH
             }
         kw["sample_weights"] = rows(kwargs["sample_weights"], part)
         parts.append(train_last_layer(features[part], signs[part], rows(u0, part), **kw))
+    kept = [p.deltas for p in parts if p.deltas is not None]  # all or none: the same kwargs
     return LastLayerHistory(
         steps=parts[0].steps,
         metrics={key: np.concatenate([p.metrics[key] for p in parts]) for key in parts[0].metrics},
         delta=torch.cat([p.delta for p in parts]),
-        deltas=None if parts[0].deltas is None else torch.cat([p.deltas for p in parts]),
+        deltas=torch.cat(kept) if kept else None,
         info=parts[0].info,
     )
 

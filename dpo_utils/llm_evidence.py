@@ -82,7 +82,7 @@ def length_gaps(persona: dict, tokenizer) -> pd.DataFrame:
     """
     rows = []
     for name, statements in persona.items():
-        lengths = {True: [], False: []}
+        lengths: dict[bool, list[int]] = {True: [], False: []}
         for row in statements:
             text = embeddings.prompt_texts([row])[0]
             lengths[row["answer_matching_behavior"] == " Yes"].append(

@@ -96,9 +96,9 @@ def _encode(
     n = min(_common_prefix(p_ids, ids) for ids in full)
     if cap is not None:
         comps = [ids[n:] for ids in full]
-        prompt = scale.truncate_prompt(p_ids[:n], max(map(len, comps)), max_length, cap)
-        keep = None if max_length is None else max_length - len(prompt)
-        return prompt, [c[:keep] for c in comps]
+        kept = scale.truncate_prompt(p_ids[:n], max(map(len, comps)), max_length, cap)
+        keep = None if max_length is None else max_length - len(kept)
+        return kept, [c[:keep] for c in comps]
     if max_length is not None and n >= max_length:
         raise ValueError(
             f"prompt {prompt[:60]!r} has {n} tokens, not fewer than max_length={max_length}; "

@@ -9,17 +9,18 @@ from __future__ import annotations
 import functools
 import zlib
 from collections.abc import Callable
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 import torch
 
 __all__ = ["single_threaded", "run_seed"]
 
 
-_F = TypeVar("_F", bound=Callable)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
-def single_threaded(func: _F) -> _F:
+def single_threaded(func: Callable[_P, _R]) -> Callable[_P, _R]:
     """Run ``func`` with one torch intra-op thread, then restore the previous setting.
 
     These experiments are many small tensor operations; on a shared two-core machine a second
@@ -30,7 +31,7 @@ def single_threaded(func: _F) -> _F:
     """
 
     @functools.wraps(func)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         previous = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
@@ -38,7 +39,7 @@ def single_threaded(func: _F) -> _F:
         finally:
             torch.set_num_threads(previous)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def run_seed(*labels: object) -> int:

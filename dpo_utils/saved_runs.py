@@ -22,6 +22,8 @@ from . import scale
 from .results import atomic_directory
 
 if TYPE_CHECKING:  # for annotations only: importing these costs seconds
+    from accelerate import Accelerator
+    from peft import PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
     from trl import DPOTrainer
 
@@ -158,19 +160,21 @@ def save_trained(
     """
     path = Path(path)
     lora = run.mode == "lora"
-    dtype = scale.dtype_of(dtype or run.save_dtype)
-    acc = getattr(run.trainer, "accelerator", None)
-    distributed = acc is not None and acc.num_processes > 1
-    if distributed and checkpoint:
+    save_dtype = scale.dtype_of(dtype or run.save_dtype)
+    acc = _gathering_accelerator(run)
+    if acc is not None and checkpoint:
         raise ValueError(
             "checkpoint=True is not supported under several processes; save without it "
             "(resuming a multi-GPU run is not implemented)."
         )
-    model = acc.unwrap_model(run.trainer.model) if distributed else run.model
-    state = _full_state(acc, run.trainer.model) if distributed else model.state_dict()
-    if distributed and not acc.is_main_process:  # FSDP: every rank took part in the gather above
-        acc.wait_for_everyone()
-        return path
+    if acc is not None and run.trainer is not None:  # acc is the trainer's
+        model = acc.unwrap_model(run.trainer.model)
+        state = _full_state(acc, run.trainer.model)
+        if not acc.is_main_process:  # FSDP: every rank took part in the gather above
+            acc.wait_for_everyone()
+            return path
+    else:
+        model, state = run.model, run.model.state_dict()
     base = model.get_base_model() if lora else model
     meta = {
         "mode": run.mode,
@@ -178,7 +182,7 @@ def save_trained(
         "merged_model": bool(merged_model or not lora),
         "base": str(getattr(base.config, "_name_or_path", "") or ""),
         "start": None if start is None else str(start),
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": str(save_dtype).removeprefix("torch."),
         **(settings or {}),  # what made the run (behaviours, flip, profile...): resume checks it
     }
     with atomic_directory(path) as tmp:
@@ -186,9 +190,9 @@ def save_trained(
             model.save_pretrained(str(tmp / "adapter"), state_dict=state)
             if merged_model:
                 merged = _merged_copy(model, tmp / "adapter", state)
-                _write_model(merged, merged.state_dict(), tmp / "model", dtype)
+                _write_model(merged, merged.state_dict(), tmp / "model", save_dtype)
         else:
-            _write_model(model, state, tmp / "model", dtype)
+            _write_model(model, state, tmp / "model", save_dtype)
         if run.tokenizer is not None:
             run.tokenizer.save_pretrained(str(tmp / "model"))
         if checkpoint and run.trainer is not None:
@@ -196,9 +200,16 @@ def save_trained(
         for name in RUN_TABLES:
             getattr(run, name).to_csv(tmp / f"{name}.csv", index=False)
         (tmp / "meta.json").write_text(json.dumps(meta))
-    if distributed:
+    if acc is not None:
         acc.wait_for_everyone()
     return path
+
+
+def _gathering_accelerator(run: DPORun) -> Accelerator | None:
+    """The accelerator of a run trained on several processes (DDP, FSDP), whose state dict must be
+    gathered; None on one process."""
+    acc = getattr(run.trainer, "accelerator", None)
+    return acc if acc is not None and acc.num_processes > 1 else None
 
 
 def _rebuild_merged(path: Path, meta: dict):
@@ -242,6 +253,7 @@ def load_trained(
             f"{str(path)!r} is not a saved run (no meta.json); write one with save_trained()."
         )
     meta = json.loads((path / "meta.json").read_text())
+    model: PreTrainedModel | PeftModel
     if merged and (path / "model" / "config.json").is_file():
         model = AutoModelForCausalLM.from_pretrained(str(path / "model"), dtype="auto")
     elif merged and meta["mode"] == "lora":
@@ -261,7 +273,8 @@ def load_trained(
         else None
     )
     return DPORun(
-        model=model.to(device) if device else model,
+        # PreTrainedModel.to under functools.wraps reads as unbound to mypy (models.py says more)
+        model=model.to(device) if device else model,  # type: ignore[arg-type]
         mode=meta["mode"],
         seed=meta["seed"],
         tokenizer=tokenizer,

@@ -220,19 +220,21 @@ def misalignment_experiment(
     x, signs = synthetic.stack_behaviors(train)
     xt, st = synthetic.stack_behaviors(test)
     base = init_feature_model(n, d_in, hidden, seeds)
-    common = dict(lr=lr, beta=beta)
     aligned, rows_align = train_dpo(
         base,
         x,
         signs,
         steps=align_steps,
         eval_sets={"train": (x, signs), "test": (xt, st)},
-        **common,
+        lr=lr,
+        beta=beta,
     )
     flipped = {"train": (x, -signs), "test": (xt, -st)}
-    _, rows_base = train_dpo(base, x, -signs, steps=misalign_steps, eval_sets=flipped, **common)
+    _, rows_base = train_dpo(
+        base, x, -signs, steps=misalign_steps, eval_sets=flipped, lr=lr, beta=beta
+    )
     _, rows_aligned = train_dpo(
-        aligned, x, -signs, steps=misalign_steps, eval_sets=flipped, **common
+        aligned, x, -signs, steps=misalign_steps, eval_sets=flipped, lr=lr, beta=beta
     )
     frames = []
     for rows, phase, start in (

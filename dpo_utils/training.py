@@ -246,7 +246,7 @@ def train_dpo(
             shutil.rmtree(scratch, ignore_errors=True)
     pairs = probe.pair_table() if probe else pd.DataFrame()
     if checkpoint is not None and probe is not None:
-        earlier = pd.read_csv(Path(resume_from) / "pairs.csv")
+        earlier = pd.read_csv(checkpoint.parent / "pairs.csv")  # resume_from's tables
         pairs = pd.concat(
             [earlier[earlier["step"] < pairs["step"].min()], pairs], ignore_index=True
         )

@@ -281,6 +281,11 @@ def claims_table(verdicts: pd.DataFrame) -> pd.DataFrame:
             for source in ("real behaviours", "controlled corpus")
         }
         main = by_data.get("real behaviours", by_data.get("controlled corpus"))
+        if main is None:
+            raise ValueError(
+                f"chapter {chapter} claim {claim!r} has rows for {sorted(by_data)} only; the "
+                "claims table needs 'real behaviours' or 'controlled corpus'."
+            )
         out.append(
             {
                 "chapter": chapter,
