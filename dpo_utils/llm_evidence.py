@@ -14,9 +14,11 @@ import torch
 
 from . import data, embeddings, metrics, models
 from .config import ExperimentConfig
-from .llm_experiments import PROBE_TRAIN, _run, base_features, loss_drops, persona_rows
+from .llm_experiments import PROBE_TRAIN, _job, _run, base_features, loss_drops, persona_rows
+from .run_cache import prefill
 from .tables import rank_correlation
 from .training import load_trained, save_trained, train_dpo
+from .verdicts import over_seeds
 
 __all__ = [
     "AUTHORS_PAIR",
@@ -167,20 +169,32 @@ def joint_curves(
     cfg: ExperimentConfig,
     behaviors: Sequence[str],
     *,
+    seeds: Sequence[tuple[int, int]],
     mode: str = "full",
     batch_size: int | None = None,
     probe_train: int | None = PROBE_TRAIN,
-    seed: int | None = None,
 ) -> pd.DataFrame:
-    """One joint DPO run on all ``behaviors`` (batch ``batch_size``, default the profile's times
-    the number of behaviours, capped at 128), probed per behaviour; column ``run`` = "joint".
+    """One joint DPO run on all ``behaviors`` per (pre-training seed, DPO seed) pair of ``seeds``
+    (batch ``batch_size``, default the profile's times the number of behaviours, capped at 128),
+    probed per behaviour; column ``run`` = "joint", plus ``pretrain_seed`` and ``dpo_seed``. The
+    seeds' runs train at once on a CPU box (:func:`dpo_utils.run_cache.prefill`).
 
     Used in: notebooks/09_prioritisation_llm.ipynb.
     """
     batch = batch_size or min(128, cfg.dpo_batch_size * len(behaviors))
     joint_cfg = cfg.replace(dpo_batch_size=batch, per_device_batch_size=min(batch, 32))
-    run = _run(joint_cfg, list(behaviors), mode=mode, probe_train=probe_train, seed=seed)
-    return run.probes.assign(run="joint", mode=mode)
+
+    def kwargs(pretrain_seed: int, dpo_seed: int) -> dict:
+        seeded = joint_cfg.replace(pretrain_seed=int(pretrain_seed))
+        return dict(cfg=seeded, mode=mode, probe_train=probe_train, seed=int(dpo_seed))
+
+    prefill([_job(behaviors=behaviors, **kwargs(p, d)) for p, d in seeds])
+
+    def run(c: ExperimentConfig, seed: int) -> pd.DataFrame:
+        probes = _run(behaviors=behaviors, **kwargs(c.pretrain_seed, seed)).probes
+        return probes.assign(run="joint", mode=mode)
+
+    return over_seeds(run, cfg, seeds)
 
 
 def misalignment_summary(curves: pd.DataFrame, split: str = "train") -> pd.DataFrame:

@@ -16,7 +16,7 @@ import torch
 
 from . import data, embeddings, feature_experiments, metrics, models
 from .config import ExperimentConfig
-from .run_cache import load_or_train
+from .run_cache import load_or_train, prefill, run_dir
 from .tables import metric_rows
 from .training import load_trained
 
@@ -93,6 +93,13 @@ def per_behavior_curves(
 
     Used in: notebooks/08_full_and_lora_dpo.ipynb.
     """
+    prefill(
+        [
+            _job(cfg, [b], mode=mode, probe_train=probe_train, seed=seed)
+            for mode in modes
+            for b in behaviors
+        ]
+    )
     tables = []
     for mode in modes:
         for behavior in behaviors:
@@ -101,10 +108,16 @@ def per_behavior_curves(
     return pd.concat(tables, ignore_index=True)
 
 
+def _job(cfg, behaviors, **kwargs) -> dict:
+    """The load_or_train arguments of one chapter run: every chapter's runs share one probe
+    setting, so they share the cache."""
+    return dict(cfg=cfg, behaviors=list(behaviors), probe_every=PROBE_EVERY, **kwargs)
+
+
 def _run(cfg, behaviors, **kwargs):
-    """Every chapter's runs share one probe setting, so they share the cache of load_or_train."""
-    kwargs.setdefault("with_model", False)
-    return load_or_train(cfg, behaviors, probe_every=PROBE_EVERY, **kwargs)
+    job = _job(cfg, behaviors, **kwargs)
+    job.setdefault("with_model", False)
+    return load_or_train(job.pop("cfg"), job.pop("behaviors"), **job)
 
 
 def loss_drops(
@@ -182,6 +195,14 @@ def pair_curves(
     Used in: notebooks/09_prioritisation_llm.ipynb.
     """
     joint_cfg = cfg.replace(dpo_batch_size=pair_batch_size or 2 * cfg.dpo_batch_size)
+    pair = [first, second]
+    prefill(
+        [_job(cfg, [b], mode=mode, probe_train=probe_train, seed=seed) for b in pair]
+        + [
+            _job(joint_cfg, pair, mode=mode, flip=flip, probe_train=probe_train, seed=seed)
+            for flip in (False, [second])
+        ]
+    )
     tables = [
         _run(cfg, [b], mode=mode, probe_train=probe_train, seed=seed).probes.assign(run="solo")
         for b in (first, second)
@@ -219,6 +240,26 @@ def misalignment_curves(
     Used in: notebooks/10_misalignment_llm.ipynb.
     """
     flip_cfg = cfg.replace(dpo_batch_size=flip_batch_size) if flip_batch_size else cfg
+    aligned_jobs = [
+        _job(cfg, [b], mode=mode, probe_train=probe_train, seed=seed) for b in behaviors
+    ]
+    prefill(aligned_jobs)  # chapter 08's runs: cached when chapter 08 ran first
+    prefill(
+        [
+            _job(
+                flip_cfg,
+                [b],
+                mode=mode,
+                flip=True,
+                start=None if start is None else str(run_dir(**start)),
+                max_steps=steps,
+                probe_train=probe_train,
+                seed=seed,
+            )
+            for b, aligned in zip(behaviors, aligned_jobs, strict=True)
+            for start in (None, aligned)
+        ]
+    )
     tables = []
     for behavior in behaviors:
         aligned = _run(cfg, [behavior], mode=mode, probe_train=probe_train, seed=seed)

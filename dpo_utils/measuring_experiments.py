@@ -12,7 +12,6 @@ directions, and the verdicts with thresholds fixed before the first run (:data:`
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ from .embeddings import FeatureSet, persona_features
 from .metrics import class_means, properties_table
 from .models import TINY_MODELS, load_model_and_tokenizer
 from .results import config_hash, load_or_run
+from .runtime import process_map, worker_processes
 from .tables import rank_correlation
 
 __all__ = [
@@ -89,16 +89,15 @@ def _pretrain_job(job: dict) -> None:
     models.pretrained_tiny_model(**job)
 
 
-def pretrain_tiny_models(configs: Sequence[ExperimentConfig], processes: int = 2) -> int:
+def pretrain_tiny_models(configs: Sequence[ExperimentConfig], processes: int | None = None) -> int:
     """Pre-train (and cache) the stand-ins of ``configs`` that are not cached yet, ``processes`` at
-    a time in spawned worker processes (each single-threaded: two cores, two models at once).
+    a time (default :func:`~dpo_utils.runtime.worker_processes`) in single-threaded worker
+    processes (two cores, two models at once).
 
     Returns how many were trained. Configs of hub models are skipped.
 
     Used by: dpo_utils.measuring_experiments.
     """
-    import multiprocessing
-
     jobs = []
     for cfg in configs:
         if cfg.model_name not in TINY_MODELS:
@@ -112,13 +111,15 @@ def pretrain_tiny_models(configs: Sequence[ExperimentConfig], processes: int = 2
         )
         if not (models.tiny_model_dir(**job) / "pretrain.json").exists() and job not in jobs:
             jobs.append(job)
-    if processes <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            _pretrain_job(job)
-    else:
-        with multiprocessing.get_context("spawn").Pool(min(processes, len(jobs))) as pool:
-            pool.map(_pretrain_job, jobs, chunksize=1)
+    process_map(_pretrain_job, jobs, processes or worker_processes(on_gpu=False))
     return len(jobs)
+
+
+def _features_job(job: tuple[ExperimentConfig, Mapping]) -> None:
+    """One stand-in's features of every statement, computed and cached in a worker process."""
+    cfg, persona = job
+    model, tokenizer = load_model_and_tokenizer(cfg, "cpu")
+    persona_features(model, tokenizer, persona, profile=cfg.profile)
 
 
 def measured_behaviors(cfg: ExperimentConfig, source: str | None = None) -> list[str | int]:
@@ -248,7 +249,11 @@ def measure_standins(
     """
     tables, feature_sets = [], {}
     fingerprint = config_hash({"persona": persona})
-    pretrain_tiny_models(configs, processes=min(2, os.cpu_count() or 1))
+    processes = worker_processes(on_gpu=device != "cpu")
+    pretrain_tiny_models(configs, processes=processes)
+    tiny = [cfg for cfg in configs if cfg.model_name in TINY_MODELS]
+    if processes > 1 and len(tiny) > 1:  # each worker caches its stand-in's features
+        process_map(_features_job, [(cfg, persona) for cfg in tiny], processes)
     for cfg in configs:
         model, tokenizer = load_model_and_tokenizer(cfg, device)
         fs = persona_features(model, tokenizer, persona, profile=cfg.profile)

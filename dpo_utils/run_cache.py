@@ -25,6 +25,7 @@ from .results import (
     results_dir,
     trusted_cache,
 )
+from .runtime import process_map, worker_processes
 from .training import DPORun, load_trained, run_tables, save_trained, train_dpo
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "run_settings",
     "run_dir",
     "load_or_train",
+    "prefill",
 ]
 
 
@@ -349,3 +351,47 @@ def _tables_only(path: Path) -> DPORun:
 
 def _cuda() -> bool:
     return torch.cuda.is_available()
+
+
+def prefill(jobs: list[dict], processes: int | None = None) -> int:
+    """Train the runs of ``jobs`` that are not cached yet, several at once, into the cache that
+    :func:`load_or_train` reads; return how many were trained.
+
+    Each job is the keyword arguments of one :func:`load_or_train` call (``cfg`` and
+    ``behaviors`` included); a chapter calls this with all its runs first, then loads them one by
+    one. ``processes`` defaults to :func:`~dpo_utils.runtime.worker_processes` (1 on a GPU, where
+    the runs go one after another in this process as before). Jobs whose ``start`` run is among
+    the jobs must come in a later call. The stand-in models are built here first, so workers
+    never race to pre-train the same one; what the workers trained shows as "computed now" in
+    this process's provenance log.
+
+    Used by: dpo_utils.llm_experiments, dpo_utils.llm_evidence.
+    """
+    todo, seen = [], set()
+    for job in jobs:
+        path = _job_dir(job)
+        if path in seen or (not force_rerun(job.get("force")) and (path / "meta.json").is_file()):
+            continue
+        seen.add(path)
+        todo.append({**job, "with_model": False})
+    if not todo:
+        return 0
+    if processes is None:
+        processes = worker_processes(on_gpu=_cuda() or todo[0]["cfg"].requires_gpu)
+    if processes > 1 and len(todo) > 1:
+        for cfg in {job["cfg"] for job in todo}:
+            if cfg.model_name in models.TINY_MODELS:
+                models.load_model_and_tokenizer(cfg, "cpu")  # pre-trains it here if missing
+    process_map(_prefill_job, todo, processes)
+    return len(todo)
+
+
+def _job_dir(job: dict) -> Path:
+    keys = ("mode", "flip", "start", "max_steps", "seed", "probe_every", "probe_train", "name")
+    return run_dir(job["cfg"], job["behaviors"], **{k: job[k] for k in keys if k in job})
+
+
+def _prefill_job(job: dict) -> None:
+    """One run in a worker process (tables and model saved; nothing returned)."""
+    job = dict(job)
+    load_or_train(job.pop("cfg"), job.pop("behaviors"), **job)

@@ -1,19 +1,32 @@
-"""How the experiments run: one torch thread for many small operations, stable per-run seeds.
+"""How the experiments run: one torch thread for many small operations, stable per-run seeds,
+and independent CPU runs spread over worker processes.
 
 Shared by the chapter experiments of both halves of the book (synthetic_experiments,
-feature_experiments).
+feature_experiments) and by the run cache (run_cache.prefill).
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
+import multiprocessing
+import os
 import zlib
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 
-__all__ = ["single_threaded", "run_seed"]
+from . import results
+
+__all__ = ["single_threaded", "run_seed", "worker_processes", "process_map", "PROCESSES_ENV"]
+
+#: environment variable: how many CPU runs train at once (1 trains in the notebook's own process)
+PROCESSES_ENV = "DPO_PROCESSES"
+#: on a CPU box, at most this many worker processes by default (each uses one core)
+MAX_DEFAULT_PROCESSES = 4
 
 
 _P = ParamSpec("_P")
@@ -49,3 +62,96 @@ def run_seed(*labels: object) -> int:
     dpo_utils.synthetic_experiments.
     """
     return zlib.crc32(repr(labels).encode()) & 0x7FFFFFFF
+
+
+def worker_processes(on_gpu: bool) -> int:
+    """How many independent runs to train at once: ``$DPO_PROCESSES`` if set, else 1 on a GPU
+    (one model fills it), else one per core up to ``MAX_DEFAULT_PROCESSES``. Tiny models gain
+    nothing from a second torch thread, so two single-threaded processes on two cores train two
+    runs in the time of one (benchmarks/bench_parallel_runs.py).
+
+    Used by: dpo_utils.run_cache.
+    """
+    raw = os.environ.get(PROCESSES_ENV, "").strip()
+    if raw:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ValueError(
+                f"{PROCESSES_ENV}={raw!r} is not allowed; give a whole number >= 1 "
+                "(1: train in the notebook's own process)."
+            )
+        return value
+    if on_gpu:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_DEFAULT_PROCESSES, cores or 1))
+
+
+_POOL: dict[str, Any] = {"executor": None, "size": 0}
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _executor(processes: int) -> ProcessPoolExecutor:
+    """One pool of spawned single-threaded workers per process, kept for the next call (a worker
+    imports torch and transformers once, ~5 s, not once per run)."""
+    if _POOL["executor"] is None or _POOL["size"] != processes:
+        _shutdown()
+        _POOL["executor"] = ProcessPoolExecutor(
+            max_workers=processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+        )
+        _POOL["size"] = processes
+    return _POOL["executor"]
+
+
+def _shutdown() -> None:
+    if _POOL["executor"] is not None:
+        _POOL["executor"].shutdown(wait=True, cancel_futures=True)
+        _POOL["executor"] = None
+        _POOL["size"] = 0
+
+
+atexit.register(_shutdown)
+
+
+def _logged(call: tuple[Callable[[Any], Any], Any]) -> tuple[Any, list[dict]]:
+    """In a worker: ``func(job)`` and the provenance entries it recorded (results cached or
+    computed), so that the parent's banner can say what was computed now."""
+    func, job = call
+    before = len(results.provenance_log())
+    return func(job), results.provenance_log()[before:]
+
+
+def process_map(func: Callable[[Any], Any], jobs: Sequence[Any], processes: int) -> list:
+    """``[func(job) for job in jobs]``, computed by ``processes`` spawned workers (each with one
+    torch thread); in this process when ``processes`` is 1 or there is one job. ``func`` must be
+    a module-level function and each job picklable. A worker's exception is raised here; what a
+    worker computed or loaded is added to this process's provenance log
+    (:func:`dpo_utils.results.provenance_log`).
+
+    Used by: dpo_utils.measuring_experiments, dpo_utils.run_cache.
+    """
+    if processes < 1:
+        raise ValueError(f"processes={processes!r} is not allowed; give a whole number >= 1.")
+    if processes == 1 or len(jobs) <= 1:
+        return [func(job) for job in jobs]
+    pool = _executor(processes)
+    try:
+        outputs = list(pool.map(_logged, [(func, job) for job in jobs]))
+    except BrokenProcessPool as error:
+        _shutdown()
+        raise RuntimeError(
+            f"a worker process died while training ({error}); if memory is short, set "
+            f"{PROCESSES_ENV}=1 to train one run at a time in this process."
+        ) from error
+    for _, entries in outputs:
+        for entry in entries:
+            results.record_provenance(**entry)
+    return [value for value, _ in outputs]

@@ -163,3 +163,28 @@ def test_run_key_holds_the_code_fingerprint_and_no_absolute_path(tmp_path, monke
     key = run_cache._run_key(_cfg(), [BEHAVIOR], "lora", False, start, None, None, 1, None)
     assert key["start"] == "dpo-abc" and str(tmp_path) not in json.dumps(key)
     assert key["code"] == fingerprint.code_fingerprint(["run_cache"])
+
+
+def test_prefill_in_two_processes_saves_exactly_the_runs_of_one_process(tmp_path, monkeypatch):
+    # runs trained by spawned workers must be the runs load_or_train would train itself: same
+    # folders, identical tables (exact: single-threaded CPU training is deterministic)
+    monkeypatch.delenv("DPO_FORCE_RERUN", raising=False)
+    cfg = _cfg()
+    behaviors = [BEHAVIOR, "enjoys-baking-bread"]
+    jobs = [
+        dict(cfg=cfg, behaviors=[b], mode="lora", probe_train=4, probe_every=1)
+        for b in behaviors
+    ]
+    tables = {}
+    for processes in (2, 1):
+        monkeypatch.setenv("DPO_RESULTS_DIR", str(tmp_path / f"p{processes}"))
+        assert run_cache.prefill(jobs, processes=processes) == 2
+        assert run_cache.prefill(jobs, processes=processes) == 0  # now cached
+        runs = [
+            run_cache.load_or_train(j["cfg"], j["behaviors"], mode="lora", probe_train=4)
+            for j in jobs
+        ]
+        assert all(r.probes.attrs["from_cache"] for r in runs)
+        tables[processes] = [r.probes for r in runs]
+    for two, one in zip(tables[2], tables[1], strict=True):
+        pd.testing.assert_frame_equal(two, one, check_exact=True)

@@ -1,0 +1,35 @@
+"""runtime: how many worker processes train runs at once, and the process map itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from dpo_utils import runtime
+
+
+def test_workers_default_to_one_on_a_gpu_and_to_the_cores_on_a_cpu(monkeypatch):
+    monkeypatch.delenv(runtime.PROCESSES_ENV, raising=False)
+    assert runtime.worker_processes(on_gpu=True) == 1
+    n = runtime.worker_processes(on_gpu=False)
+    assert 1 <= n <= runtime.MAX_DEFAULT_PROCESSES
+
+
+def test_workers_follow_the_environment(monkeypatch):
+    monkeypatch.setenv(runtime.PROCESSES_ENV, "3")
+    assert runtime.worker_processes(on_gpu=True) == 3
+
+
+@pytest.mark.parametrize("raw", ["0", "-2", "two", "1.5"])
+def test_a_bad_worker_count_names_the_value_and_what_is_allowed(monkeypatch, raw):
+    monkeypatch.setenv(runtime.PROCESSES_ENV, raw)
+    with pytest.raises(ValueError, match=rf"DPO_PROCESSES='{raw}'.*whole number >= 1"):
+        runtime.worker_processes(on_gpu=False)
+
+
+@pytest.mark.slow  # spawns two workers that import torch (~10 s)
+def test_process_map_keeps_the_order_of_the_jobs():
+    jobs = [3, 1, 2]
+    assert runtime.process_map(abs, [-j for j in jobs], processes=2) == jobs
+    assert runtime.process_map(abs, [-4], processes=2) == [4]  # one job: no pool
+    with pytest.raises(ValueError, match="processes=0"):
+        runtime.process_map(abs, jobs, processes=0)
