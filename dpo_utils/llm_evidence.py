@@ -15,6 +15,7 @@ import torch
 from . import data, embeddings, metrics, models
 from .config import ExperimentConfig
 from .llm_experiments import PROBE_TRAIN, _job, _run, base_features, loss_drops, persona_rows
+from .measuring_experiments import length_matched_distinguishability
 from .run_cache import prefill
 from .tables import rank_correlation
 from .training import load_trained, save_trained, train_dpo
@@ -76,6 +77,16 @@ def authors_pair(cfg: ExperimentConfig) -> list[str] | None:
         return None
 
 
+def _prompt_lengths(persona: dict, tokenizer) -> dict[str, torch.Tensor]:
+    """Token length of every statement's prompt, per behaviour, in the persona's row order."""
+    return {
+        name: torch.tensor(
+            [len(ids) for ids in tokenizer(embeddings.prompt_texts(rows))["input_ids"]]
+        )
+        for name, rows in persona.items()
+    }
+
+
 def length_gaps(persona: dict, tokenizer) -> pd.DataFrame:
     """Per behaviour: mean token length of the Yes-statements' prompts minus the No-statements'
     (the length confound of distinguishability: the last-token feature sees the length).
@@ -83,35 +94,41 @@ def length_gaps(persona: dict, tokenizer) -> pd.DataFrame:
     Used by: dpo_utils.llm_evidence.
     """
     rows = []
-    for name, statements in persona.items():
-        lengths: dict[bool, list[int]] = {True: [], False: []}
-        for row in statements:
-            text = embeddings.prompt_texts([row])[0]
-            lengths[row["answer_matching_behavior"] == " Yes"].append(
-                len(tokenizer(text).input_ids)
-            )
-        gap = np.mean(lengths[True]) - np.mean(lengths[False]) if all(lengths.values()) else 0.0
+    for name, lengths in _prompt_lengths(persona, tokenizer).items():
+        yes = torch.tensor([r["answer_matching_behavior"] == " Yes" for r in persona[name]])
+        both = bool(yes.any()) and bool((~yes).any())
+        gap = lengths[yes].double().mean() - lengths[~yes].double().mean() if both else 0.0
         rows.append(dict(behavior=name, length_gap=float(gap)))
     return pd.DataFrame(rows)
 
 
 def seed_properties(cfg: ExperimentConfig, behaviors: Sequence[str], device: str = "cpu"):
     """Properties (metrics.properties_table) of the behaviours on the stand-in of
-    ``cfg.pretrain_seed``, with the length gap; most distinguishable first.
+    ``cfg.pretrain_seed``, with the length gap and the length-matched distinguishability
+    (chapter 06's: the part a Yes/No difference in prompt length cannot produce); most
+    distinguishable first.
 
     Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/10_misalignment_llm.ipynb.
     """
     persona = persona_rows(cfg, behaviors)
     feature_set = base_features(cfg, persona, device)
-    table = metrics.properties_table(feature_set.groups("final"), probe=True)
+    groups = feature_set.groups("final")
+    table = metrics.properties_table(groups, probe=True)
     tokenizer = models.load_model_and_tokenizer(cfg, "cpu")[1]
+    lengths = _prompt_lengths(persona, tokenizer)
+    matched = {
+        name: length_matched_distinguishability(features, signs, lengths[name])
+        for name, (features, signs) in groups.items()
+    }
     table = table.merge(length_gaps(persona, tokenizer), on="behavior")
+    table["length_matched"] = table["behavior"].map(matched)
     return table.sort_values("distinguishability", ascending=False, ignore_index=True)
 
 
 def seed_correlations(curves: pd.DataFrame, props: pd.DataFrame, step: int | None = None):
-    """Per seed pair, mode and split: Spearman rho of the loss drop with distinguishability and
-    with the length gap, and the drops of the most and least distinguishable behaviour.
+    """Per seed pair, mode and split: Spearman rho of the loss drop with distinguishability, with
+    the length gap and with the length-matched distinguishability, and the drops of the most and
+    least distinguishable behaviour.
 
     ``curves`` and ``props`` carry ``pretrain_seed`` (and ``curves`` ``dpo_seed``) columns.
 
@@ -120,7 +137,7 @@ def seed_correlations(curves: pd.DataFrame, props: pd.DataFrame, step: int | Non
     seeds = ["pretrain_seed", "dpo_seed"]
     drops = loss_drops(curves, step=step, by=[*seeds, "mode"])
     merged = drops.merge(
-        props[["pretrain_seed", "behavior", "distinguishability", "length_gap"]],
+        props[["pretrain_seed", "behavior", "distinguishability", "length_gap", "length_matched"]],
         on=["pretrain_seed", "behavior"],
     )
     rows = []
@@ -132,6 +149,7 @@ def seed_correlations(curves: pd.DataFrame, props: pd.DataFrame, step: int | Non
                 n=len(g),
                 rho=rank_correlation(g["distinguishability"], g["drop"]),
                 rho_length=rank_correlation(g["length_gap"], g["drop"]),
+                rho_matched=rank_correlation(g["length_matched"], g["drop"]),
                 drop_top=float(g["drop"].iloc[0]),
                 drop_bottom=float(g["drop"].iloc[-1]),
             )

@@ -184,9 +184,9 @@ def test_featured_behaviors_and_authors_pair_on_the_corpus():
 
 
 def test_length_gaps_counts_tokens_of_yes_minus_no():
-    class Tok:  # one token per word
-        def __call__(self, text):
-            return type("E", (), {"input_ids": text.split()})()
+    class Tok:  # one token per word; called with a batch of texts, as a HF tokenizer
+        def __call__(self, texts):
+            return {"input_ids": [t.split() for t in texts]}
 
     rows = [
         dict(
@@ -273,9 +273,11 @@ def test_seed_correlations_per_seed():
             behavior=list("abc") * 2,
             distinguishability=[3.0, 2.0, 1.0] * 2,
             length_gap=[0.0, 1.0, 2.0] * 2,
+            length_matched=[1.0, 3.0, 2.0] * 2,
         )
     )
     rho = llm_evidence.seed_correlations(curves, props).set_index("pretrain_seed")
+    assert rho.loc[1, "rho_matched"] == pytest.approx(-0.5)  # drops a > b > c vs ranks 1, 3, 2
     assert rho.loc[1, "rho"] == pytest.approx(1.0) and rho.loc[2, "rho"] == pytest.approx(-1.0)
     assert rho.loc[1, "rho_length"] == pytest.approx(-1.0)
     assert rho.loc[1, "drop_top"] == pytest.approx(0.19)
