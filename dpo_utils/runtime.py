@@ -11,6 +11,7 @@ import atexit
 import functools
 import multiprocessing
 import os
+import signal
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -95,6 +96,9 @@ _POOL: dict[str, Any] = {"executor": None, "size": 0}
 
 def _init_worker() -> None:
     torch.set_num_threads(1)
+    # Ctrl-C (a notebook's "interrupt") stops the parent's wait, which then cancels the queued
+    # runs; a worker finishes its current run instead of printing a traceback mid-run
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _executor(processes: int) -> ProcessPoolExecutor:
@@ -145,6 +149,10 @@ def process_map(func: Callable[[Any], Any], jobs: Sequence[Any], processes: int)
     pool = _executor(processes)
     try:
         outputs = list(pool.map(_logged, [(func, job) for job in jobs]))
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        _POOL.update(executor=None, size=0)
+        raise
     except BrokenProcessPool as error:
         _shutdown()
         raise RuntimeError(
