@@ -41,8 +41,22 @@ def check_parameters(chapter: str, namespace, injected: list[str] | None = None)
     return chapter_parameters.check_parameters(chapter, namespace, injected)
 
 
+#: how the banner names each kind of cached result (singular, plural)
+_KINDS = {
+    "run": ("DPO run", "DPO runs"),
+    "features": ("feature set", "feature sets"),
+    "model": ("stand-in model", "stand-in models"),
+    "table": ("table", "tables"),
+}
+#: a group with more results than this is counted, not listed key by key
+_LISTED = 2
+
+
 def provenance_line(entries: list[dict]) -> str:
-    """One line for the banner: which tables/runs were computed now and which came from cache.
+    """One line for the banner: which results were computed now and which came from the cache,
+    grouped by kind (DPO runs, feature sets, stand-in models, tables). A group of up to two
+    results names each with its key; a larger group is counted ("16 DPO runs"), so that a chapter
+    of dozens of runs gets a line a reader can read.
 
     Used by: dpo_utils.book.
     """
@@ -53,13 +67,21 @@ def provenance_line(entries: list[dict]) -> str:
         key = (entry["kind"], entry["name"], entry["key"])
         if key not in seen or not entry["from_cache"]:
             seen[key] = entry
-    now = [f"{e['name']} ({e['key']})" for e in seen.values() if not e["from_cache"]]
-    cached = [f"{e['name']} ({e['key']})" for e in seen.values() if e["from_cache"]]
     parts = []
-    if now:
-        parts.append("computed now: " + ", ".join(now))
-    if cached:
-        parts.append("loaded from cache (results/, key in brackets): " + ", ".join(cached))
+    for from_cache, label in ((False, "computed now"), (True, "loaded from cache (results/)")):
+        groups: dict[str, list[dict]] = {}
+        for e in seen.values():
+            if e["from_cache"] == from_cache:
+                groups.setdefault(e["kind"], []).append(e)
+        described = []
+        for kind, group in groups.items():
+            one, many = _KINDS.get(kind, (kind, kind + "s"))
+            if len(group) > _LISTED:
+                described.append(f"{len(group)} {many}")
+            else:
+                described += [f"{one} {e['name']} ({e['key']})" for e in group]
+        if described:
+            parts.append(f"{label}: " + ", ".join(described))
     return "Results " + "; ".join(parts) + "."
 
 

@@ -295,10 +295,21 @@ def test_banner_line_says_computed_now_or_cached_with_the_key():
     ]
     line = book.provenance_line(entries)
     assert line == (
-        "Results computed now: sweep (abc123); loaded from cache (results/, key in brackets): "
-        "dpo (dpo-9f8e)."
+        "Results computed now: table sweep (abc123); loaded from cache (results/): "
+        "DPO run dpo (dpo-9f8e)."
     )
     assert "\n" not in line and book.provenance_line([]) == "Results: none yet."
+
+
+def test_banner_line_counts_a_large_group_instead_of_listing_its_keys():
+    # issue 14: a chapter of 48 runs printed 48 hashes; more than two of a kind are counted
+    runs = [dict(kind="run", name="dpo", key=f"dpo-{i}", from_cache=True) for i in range(16)]
+    features = [dict(kind="features", name="features", key="f1", from_cache=False)]
+    line = book.provenance_line(runs + features)
+    assert line == (
+        "Results computed now: feature set features (f1); loaded from cache (results/): "
+        "16 DPO runs."
+    )
 
 
 @pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
