@@ -1,53 +1,153 @@
-"""One look for every figure: a seaborn theme, a colour-blind-safe palette, and a provenance label.
+"""One look for every figure: a theme sized for the book's column, one colour scheme for
+distinguishability, and a provenance label.
 
-Every figure in the book carries a small footer that says what produced it (profile, model, steps),
-so a tiny model's output is never mistaken for a 7B model's.
+Figures are drawn at the size the book shows them. The main column of the book's theme is about
+672 CSS px wide at a 1280 px screen, i.e. 7.0 inches at the browser's 96 px per inch, so a figure
+drawn :data:`COLUMN_WIDTH` inches wide is shown at about its natural size and its fonts at their
+nominal point size; the smallest font of the theme is :data:`MIN_FONT_PT` (9 pt). :func:`figure`
+keeps every grid within that width (at most :data:`MAX_COLUMNS` panels a row, or
+:data:`FULL_WIDTH` inches for a figure the chapter marks ``full-width``).
+
+When a notebook shows a figure, :func:`set_theme`'s PNG formatter writes a ``dpo-figure`` text
+chunk into the image (its dpi and the smallest font size it contains), which the browser check
+(browser_tests/test_figures.py) reads to compute the text size a reader sees.
+
+Every figure carries a footer that says what produced it (profile, model, steps), so a tiny model's
+output is never mistaken for a 7B model's.
 """
 
 from __future__ import annotations
 
+import base64
+import io
+import json
+from collections.abc import Sequence
 from typing import Any
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
+import numpy as np
 import seaborn as sns
+from matplotlib.colors import LinearSegmentedColormap
+from matplotlib.figure import Figure
+from matplotlib.text import Text
+from PIL import Image
 
-__all__ = ["PALETTE", "set_theme", "sequential_colors", "label_figure", "figure"]
+try:  # IPython is there in a notebook; the package works without it
+    from IPython import get_ipython
+except ImportError:  # pragma: no cover - plain Python without Jupyter
+    get_ipython = None
+
+__all__ = [
+    "PALETTE",
+    "ANSWER_COLORS",
+    "DIST_CMAP",
+    "COLUMN_WIDTH",
+    "FULL_WIDTH",
+    "MAX_COLUMNS",
+    "MIN_FONT_PT",
+    "DPI",
+    "FIGURE_INFO_KEY",
+    "set_theme",
+    "dist_colors",
+    "sequential_colors",
+    "label_figure",
+    "figure",
+    "smallest_font_pt",
+    "figure_png",
+    "figure_info",
+]
 
 #: seaborn's colour-blind-safe qualitative palette (Okabe-Ito-like)
 PALETTE = sns.color_palette("colorblind")
+#: the two answers of a persona statement: blue and vermillion, never the background grey
+ANSWER_COLORS = {"Yes": PALETTE[0], "No": PALETTE[3]}
+#: the book's one scale for distinguishability: pale orange = least, dark indigo = most
+#: (plasma without its pale-yellow end, reversed so that "more" is darker everywhere)
+DIST_CMAP = LinearSegmentedColormap.from_list(
+    "distinguishability", plt.get_cmap("plasma")(np.linspace(0.82, 0.0, 256))
+)
+#: width of the theme's main column in inches at 96 CSS px per inch (672 px at a 1280 px screen)
+COLUMN_WIDTH = 7.0
+#: width of a figure tagged ``full-width`` (sphinx-book-theme spreads it into the margin)
+FULL_WIDTH = 9.5
+#: panels a row in the main column; a wider grid must be split, or marked full width
+MAX_COLUMNS = 3
+_SLACK = 0.2
+#: smallest font size of the theme, in points at the displayed size
+MIN_FONT_PT = 9.0
+#: resolution of the PNGs the notebooks show (120 px per inch: a 7 in figure is 840 px wide)
+DPI = 120
+#: PNG text chunk holding the figure's dpi and smallest font size (read by the browser check)
+FIGURE_INFO_KEY = "dpo-figure"
 
 
 def set_theme() -> None:
-    """Apply the book's theme; call once per notebook.
+    """Apply the book's theme (fonts >= 9 pt, line widths to match); call once per notebook.
+
+    In a notebook it also makes every figure shown carry its legibility record (see
+    :func:`figure_png`).
 
     Used by: dpo_utils.book.
     """
     sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE, font_scale=1.0)
     mpl.rcParams.update(
         {
-            "figure.dpi": 110,
-            "savefig.dpi": 150,
+            "figure.dpi": DPI,
+            "savefig.dpi": DPI,
             "figure.constrained_layout.use": True,
+            "font.size": 10,
+            "axes.titlesize": 10.5,
             "axes.titleweight": "bold",
-            "axes.titlesize": 12,
+            "axes.labelsize": 10,
+            "xtick.labelsize": MIN_FONT_PT,
+            "ytick.labelsize": MIN_FONT_PT,
+            "legend.fontsize": MIN_FONT_PT,
+            "legend.title_fontsize": MIN_FONT_PT,
+            "figure.titlesize": 11,
             "legend.frameon": False,
-            "lines.linewidth": 2.0,
+            "lines.linewidth": 1.8,
+            "lines.markersize": 5,
+            "axes.linewidth": 0.8,
+            "grid.linewidth": 0.6,
         }
     )
+    shell = get_ipython() if get_ipython is not None else None
+    if shell is not None:
+        shell.display_formatter.formatters["image/png"].for_type(Figure, _png_base64)
 
 
-def sequential_colors(n: int, name: str = "viridis") -> list[tuple[float, float, float]]:
-    """``n`` ordered colours for a quantity that varies (e.g. distinguishability); perceptually
-    uniform.
+def dist_colors(values: Sequence[float]) -> list[tuple[float, float, float]]:
+    """The book's colours for distinguishability: one colour per value, darker = more
+    distinguishable, spaced by rank so that neighbouring levels (say gaps 1, 1.5, 2, 3) differ as
+    much as the ends do. Equal values get equal colours.
+
+    Used in: notebooks/02_update_rate.ipynb, notebooks/03_training_accuracy.ipynb,
+    notebooks/04_prioritisation.ipynb, notebooks/07_last_layer_dpo.ipynb,
+    notebooks/08_full_and_lora_dpo.ipynb.
+    """
+    arr = np.asarray(values, dtype=float)
+    if arr.ndim != 1 or not np.isfinite(arr).all():
+        raise ValueError(f"values must be a flat sequence of finite numbers, got {values!r}.")
+    levels = np.unique(arr)
+    pos = np.linspace(0.0, 1.0, len(levels)) if len(levels) > 1 else np.ones(1)
+    rank = {v: p for v, p in zip(levels, pos, strict=True)}
+    return [tuple(float(c) for c in DIST_CMAP(rank[v])[:3]) for v in arr]
+
+
+def sequential_colors(n: int) -> list[tuple[float, float, float]]:
+    """``n`` ordered colours on the book's distinguishability scale, least to most.
 
     Used in: notebooks/02_update_rate.ipynb, notebooks/03_training_accuracy.ipynb.
     """
-    return sns.color_palette(name, n_colors=n)
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}.")
+    return dist_colors(list(range(n)))
 
 
-def label_figure(fig: plt.Figure, **provenance: Any) -> plt.Figure:
-    """Write 'profile=cpu · model=... · steps=...' in small grey type at the figure's bottom right.
+def label_figure(fig: Figure, **provenance: Any) -> Figure:
+    """Write 'profile: cpu · model: ... · steps: ...' in grey type at the figure's bottom right,
+    at the theme's smallest font size.
 
     Used in: notebooks/01_dpo_single_token.ipynb, notebooks/02_update_rate.ipynb,
     notebooks/03_training_accuracy.ipynb, notebooks/04_prioritisation.ipynb,
@@ -57,19 +157,32 @@ def label_figure(fig: plt.Figure, **provenance: Any) -> plt.Figure:
     notebooks/11_embedding_geometry.ipynb, notebooks/12_faq_rewards_go_down.ipynb.
     """
     text = " · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in provenance.items())
-    footer = 0.2 / fig.get_figheight()  # about 0.2 inch kept free below the axes for the label
+    footer = 0.24 / fig.get_figheight()  # about 0.24 inch kept free below the axes for the label
     engine = fig.get_layout_engine()
     if engine is not None and hasattr(engine, "set") and "rect" in engine.get():
         # constrained/tight layout engines take rect; the base class's signature does not say so
         engine.set(rect=(0, footer, 1, 1 - footer))  # type: ignore[call-arg]
     else:
         fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, footer + 0.1))
-    fig.text(0.995, 0.004, text, ha="right", va="bottom", fontsize=7, color="0.4")
+    fig.text(
+        0.995, 0.004, text, ha="right", va="bottom", fontsize=MIN_FONT_PT, color="0.35", wrap=True
+    )
     return fig
 
 
-def figure(ncols: int = 1, nrows: int = 1, width: float = 4.2, height: float = 3.2, **kwargs: Any):
-    """``plt.subplots`` sized for page width: ``width`` x ``height`` inches per panel.
+def figure(
+    ncols: int = 1,
+    nrows: int = 1,
+    width: float = 4.2,
+    height: float = 3.2,
+    *,
+    full_width: bool = False,
+    **kwargs: Any,
+):
+    """``plt.subplots`` sized for the page: ``width`` x ``height`` inches per panel, the whole
+    figure shrunk (keeping each panel's shape) to fit :data:`COLUMN_WIDTH`, or :data:`FULL_WIDTH`
+    with ``full_width=True`` (then tag the cell ``full-width``). More than :data:`MAX_COLUMNS`
+    panels a row are refused in the main column: their text could not stay legible.
 
     Used in: notebooks/01_dpo_single_token.ipynb, notebooks/02_update_rate.ipynb,
     notebooks/03_training_accuracy.ipynb, notebooks/04_prioritisation.ipynb,
@@ -78,7 +191,84 @@ def figure(ncols: int = 1, nrows: int = 1, width: float = 4.2, height: float = 3
     notebooks/09_prioritisation_llm.ipynb, notebooks/10_misalignment_llm.ipynb,
     notebooks/11_embedding_geometry.ipynb, notebooks/12_faq_rewards_go_down.ipynb.
     """
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(width * ncols, height * nrows + 0.25), **kwargs
+    if ncols < 1 or nrows < 1:
+        raise ValueError(f"ncols and nrows must be at least 1, got ncols={ncols}, nrows={nrows}.")
+    if ncols > MAX_COLUMNS and not full_width:
+        raise ValueError(
+            f"ncols={ncols}: at most {MAX_COLUMNS} panels a row fit the main column legibly; "
+            "split the grid into more rows or figures, or pass full_width=True and tag the cell "
+            "'full-width'."
+        )
+    if width <= 0 or height <= 0:
+        raise ValueError(f"width and height must be positive, got {width} x {height}.")
+    # the tight bounding box of the saved PNG adds up to ~0.1 inch: keep that much slack
+    limit = (FULL_WIDTH if full_width else COLUMN_WIDTH) - _SLACK
+    scale = min(1.0, limit / (width * ncols))
+    figsize = (width * ncols * scale, height * nrows * scale + 0.3)
+    return plt.subplots(nrows, ncols, figsize=figsize, **kwargs)
+
+
+def smallest_font_pt(fig: Figure) -> float:
+    """Smallest font size (points, at the figure's own size) of any visible, non-empty text.
+
+    Used by: dpo_utils.plotting.
+    """
+    fig.canvas.draw()  # lays out tick labels, so the ones shown are known
+    sizes = [
+        t.get_fontsize()
+        for t in fig.findobj(Text)
+        if t.get_visible() and t.get_text().strip() and _is_drawn(t)
+    ]
+    return float(min(sizes)) if sizes else float("nan")
+
+
+def _is_drawn(text: Text) -> bool:
+    # tick labels outside the axis's view limits are kept but never drawn
+    axes = text.axes
+    return axes is None or axes.get_visible()
+
+
+def figure_png(fig: Figure) -> bytes:
+    """PNG bytes of ``fig`` as a notebook shows it (tight bounding box, :data:`DPI`), with a
+    ``dpo-figure`` text chunk: {"dpi", "min_font_pt", "fig_width_in"}.
+
+    Used by: dpo_utils.plotting (the notebooks' PNG formatter).
+    """
+    info = {
+        "dpi": float(fig.dpi),
+        "min_font_pt": smallest_font_pt(fig),
+        "fig_width_in": float(fig.get_figwidth()),
+    }
+    buf = io.BytesIO()
+    fig.savefig(
+        buf,
+        format="png",
+        dpi=fig.dpi,
+        bbox_inches="tight",
+        pad_inches=0.04,
+        facecolor="white",
+        metadata={FIGURE_INFO_KEY: json.dumps(info)},
     )
-    return fig, axes
+    return buf.getvalue()
+
+
+def _png_base64(fig: Figure) -> str:
+    return base64.b64encode(figure_png(fig)).decode("ascii")
+
+
+def figure_info(png: bytes) -> dict[str, float] | None:
+    """Read back what :func:`figure_png` recorded, plus the image's pixel size and its width in
+    inches; None for a PNG without the record.
+
+    Used by: browser_tests/test_figures.py.
+    """
+    with Image.open(io.BytesIO(png)) as image:
+        raw = image.info.get(FIGURE_INFO_KEY)
+        width_px, height_px = image.size
+    if raw is None:
+        return None
+    info = json.loads(raw)
+    info.update(
+        width_px=float(width_px), height_px=float(height_px), width_in=width_px / info["dpi"]
+    )
+    return info
