@@ -41,6 +41,7 @@ Chapter experiments (import mechanisms; each returns tidy tables, never plots):
 Book infrastructure (may import anything):
     book                    start_chapter: validate, go offline, provenance banner [01-13]
     plotting                the theme, palette and figure labels [01-12]
+    book_assets             Sphinx extension: plotly.js for the interactive figure [none]
     teaching                student copies without solutions (make student) [none]
 
 Import the module you need, e.g. ``from dpo_utils import config, linear``.

@@ -21,6 +21,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,10 +30,12 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 try:  # IPython is there in a notebook; the package works without it
     from IPython import get_ipython
@@ -78,6 +82,8 @@ _SLACK = 0.2
 MIN_FONT_PT = 9.0
 #: resolution of the PNGs the notebooks show (120 px per inch: a 7 in figure is 840 px wide)
 DPI = 120
+#: gid of label_figure's footer
+FOOTER_GID = "dpo-provenance"
 #: PNG text chunk holding the figure's dpi and smallest font size (read by the browser check)
 FIGURE_INFO_KEY = "dpo-figure"
 
@@ -112,6 +118,13 @@ def set_theme() -> None:
             "grid.linewidth": 0.6,
         }
     )
+    _use_recording_formatter()
+
+
+def _use_recording_formatter() -> None:
+    # In a notebook, show figures through figure_png. matplotlib_inline registers its own PNG
+    # formatter when the backend first loads (at the first figure), replacing ours, so this runs
+    # again in figure(), after plt.subplots has loaded the backend.
     shell = get_ipython() if get_ipython is not None else None
     if shell is not None:
         shell.display_formatter.formatters["image/png"].for_type(Figure, _png_base64)
@@ -157,15 +170,18 @@ def label_figure(fig: Figure, **provenance: Any) -> Figure:
     notebooks/11_embedding_geometry.ipynb, notebooks/12_faq_rewards_go_down.ipynb.
     """
     text = " · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in provenance.items())
-    footer = 0.24 / fig.get_figheight()  # about 0.24 inch kept free below the axes for the label
-    engine = fig.get_layout_engine()
-    if engine is not None and hasattr(engine, "set") and "rect" in engine.get():
-        # constrained/tight layout engines take rect; the base class's signature does not say so
-        engine.set(rect=(0, footer, 1, 1 - footer))  # type: ignore[call-arg]
-    else:
-        fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, footer + 0.1))
+    # in the figure for plain savefig; figure_png (what a notebook shows) draws it in a strip
+    # of its own below everything else, so it never overlaps the data or a legend
     fig.text(
-        0.995, 0.004, text, ha="right", va="bottom", fontsize=MIN_FONT_PT, color="0.35", wrap=True
+        0.995,
+        0.004,
+        text,
+        ha="right",
+        va="bottom",
+        fontsize=MIN_FONT_PT,
+        color="0.35",
+        wrap=True,
+        gid=FOOTER_GID,
     )
     return fig
 
@@ -180,7 +196,7 @@ def figure(
     **kwargs: Any,
 ):
     """``plt.subplots`` sized for the page: ``width`` x ``height`` inches per panel, the whole
-    figure shrunk (keeping each panel's shape) to fit :data:`COLUMN_WIDTH`, or :data:`FULL_WIDTH`
+    figure shrunk to fit :data:`COLUMN_WIDTH`, or :data:`FULL_WIDTH`
     with ``full_width=True`` (then tag the cell ``full-width``). More than :data:`MAX_COLUMNS`
     panels a row are refused in the main column: their text could not stay legible.
 
@@ -204,8 +220,11 @@ def figure(
     # the tight bounding box of the saved PNG adds up to ~0.1 inch: keep that much slack
     limit = (FULL_WIDTH if full_width else COLUMN_WIDTH) - _SLACK
     scale = min(1.0, limit / (width * ncols))
-    figsize = (width * ncols * scale, height * nrows * scale + 0.3)
-    return plt.subplots(nrows, ncols, figsize=figsize, **kwargs)
+    # heights shrink less than widths: 9 pt labels need the room whatever the panel's width
+    figsize = (width * ncols * scale, height * nrows * max(scale, 0.8))
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize, **kwargs)
+    _use_recording_formatter()
+    return fig, axes
 
 
 def smallest_font_pt(fig: Figure) -> float:
@@ -229,8 +248,10 @@ def _is_drawn(text: Text) -> bool:
 
 
 def figure_png(fig: Figure) -> bytes:
-    """PNG bytes of ``fig`` as a notebook shows it (tight bounding box, :data:`DPI`), with a
-    ``dpo-figure`` text chunk: {"dpi", "min_font_pt", "fig_width_in"}.
+    """PNG bytes of ``fig`` as a notebook shows it (tight bounding box, :data:`DPI`), with
+    label_figure's footer in a strip of its own below everything else (an outside legend
+    included, so the two never overlap) and a ``dpo-figure`` text chunk:
+    {"dpi", "min_font_pt", "fig_width_in"}.
 
     Used by: dpo_utils.plotting (the notebooks' PNG formatter).
     """
@@ -239,17 +260,64 @@ def figure_png(fig: Figure) -> bytes:
         "min_font_pt": smallest_font_pt(fig),
         "fig_width_in": float(fig.get_figwidth()),
     }
-    buf = io.BytesIO()
-    fig.savefig(
-        buf,
-        format="png",
-        dpi=fig.dpi,
-        bbox_inches="tight",
-        pad_inches=0.04,
-        facecolor="white",
-        metadata={FIGURE_INFO_KEY: json.dumps(info)},
+    footers = [t for t in fig.texts if t.get_gid() == FOOTER_GID and t.get_visible()]
+    for t in footers:
+        t.set_visible(False)
+    try:
+        buf = io.BytesIO()
+        fig.savefig(
+            buf,
+            format="png",
+            dpi=fig.dpi,
+            bbox_inches="tight",
+            pad_inches=0.04,
+            facecolor="white",
+        )
+    finally:
+        for t in footers:
+            t.set_visible(True)
+    body = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    if footers:
+        strip = _footer_strip(" · ".join(t.get_text() for t in footers), body.width, fig.dpi)
+        image = Image.new("RGB", (body.width, body.height + strip.height), "white")
+        image.paste(body, (0, 0))
+        image.paste(strip, (0, body.height))
+    else:
+        image = body
+    meta = PngInfo()
+    meta.add_text(FIGURE_INFO_KEY, json.dumps(info))
+    out = io.BytesIO()
+    image.save(out, format="png", pnginfo=meta, dpi=(fig.dpi, fig.dpi))
+    return out.getvalue()
+
+
+def _footer_strip(text: str, width_px: int, dpi: float) -> Image.Image:
+    """The provenance text in grey, right-aligned, wrapped to ``width_px``."""
+    width_in = width_px / dpi
+    probe = Figure(figsize=(width_in, 1), dpi=dpi)
+    FigureCanvasAgg(probe)
+    extent = probe.text(0, 0, text, fontsize=MIN_FONT_PT).get_window_extent(
+        probe.canvas.get_renderer()
     )
-    return buf.getvalue()
+    n_lines = max(1, math.ceil(extent.width / (0.97 * width_px)))
+    lines = textwrap.wrap(text, math.ceil(len(text) / n_lines) + 2) if n_lines > 1 else [text]
+    line_in = 1.35 * MIN_FONT_PT / 72
+    strip = Figure(figsize=(width_in, line_in * len(lines) + 0.04), dpi=dpi, facecolor="white")
+    FigureCanvasAgg(strip)
+    strip.text(
+        0.995,
+        0.5,
+        "\n".join(lines),
+        ha="right",
+        va="center",
+        fontsize=MIN_FONT_PT,
+        color="0.35",
+        multialignment="right",
+    )
+    buf = io.BytesIO()
+    strip.savefig(buf, format="png", dpi=dpi)
+    image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return image.resize((width_px, image.height))
 
 
 def _png_base64(fig: Figure) -> str:

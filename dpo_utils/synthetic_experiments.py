@@ -26,6 +26,7 @@ from .synthetic import random_direction
 
 __all__ = [
     "sweep_behaviors",
+    "update_rate_explorable",
     "fixed_feature_flip",
     "misalignment_experiment",
 ]
@@ -131,6 +132,48 @@ def sweep_behaviors(
         eval_sets=eval_sets,
     )
     return history.to_frame(runs)
+
+
+def update_rate_explorable(
+    mean_gaps: Sequence[float],
+    seeds: Sequence[int] = (0, 1, 2),
+    *,
+    family: str = "gaussian",
+    lr: float,
+    beta: float,
+    steps: int,
+    n_per_class: int = 250,
+    dim: int = 64,
+    batch_size: int | None = 128,
+) -> pd.DataFrame:
+    """The curves behind chapter 02's slider: for each mean gap (one slider position), the DPO
+    loss and the weight change ``||W(t) - W(0)||`` at every step of every seed, from the exact
+    two-row last-layer trainer on one tail family.
+
+    Returns one row per (mean_gap, seed, step, metric) with metric in {"loss", "weight_change"}
+    (train split), plus ``distinguishability`` (the run's empirical value); the weight change at
+    step 1 is the first step's.
+
+    Used in: notebooks/02_update_rate.ipynb.
+    """
+    if len(mean_gaps) < 2 or len(set(mean_gaps)) != len(mean_gaps):
+        raise ValueError(
+            f"mean_gaps={list(mean_gaps)!r}: a slider needs at least two distinct values."
+        )
+    table = sweep_behaviors(
+        families=(family,),
+        mean_gaps=mean_gaps,
+        seeds=seeds,
+        n_per_class=n_per_class,
+        dim=dim,
+        lr=lr,
+        beta=beta,
+        steps=steps,
+        batch_size=batch_size,
+    )
+    keep = (table["split"] == "train") & table["metric"].isin(["loss", "weight_change"])
+    columns = ["mean_gap", "distinguishability", "seed", "step", "metric", "value"]
+    return table.loc[keep, columns].reset_index(drop=True)
 
 
 # --- misalignment with fixed features -----------------------------------------------------------
