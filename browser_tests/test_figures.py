@@ -204,10 +204,15 @@ def test_explorable_slider_moves_the_curves_offline(browser, width):
             timeout=15_000,
         )
         before = page.evaluate(PLOT_STATE_JS)
-        rail = page.locator("#explorable-update-rate .slider-rail-rect").first
-        box = rail.bounding_box()
-        # click the slider's right end: the last (largest) mean gap
-        page.mouse.click(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2)
+        slider = page.locator("#explorable-update-rate .slider-rail-rect").first
+        slider.scroll_into_view_if_needed()
+        rail = slider.bounding_box()
+        grip = page.locator("#explorable-update-rate .slider-grip-rect").first.bounding_box()
+        # drag the grip, as a reader would, to the rail's right end: the largest mean gap
+        page.mouse.move(grip["x"] + grip["width"] / 2, grip["y"] + grip["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(rail["x"] + rail["width"] - 2, grip["y"] + grip["height"] / 2, steps=8)
+        page.mouse.up()
         page.wait_for_timeout(800)
         after = page.evaluate(PLOT_STATE_JS)
     finally:
