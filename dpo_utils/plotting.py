@@ -135,9 +135,7 @@ def dist_colors(values: Sequence[float]) -> list[tuple[float, float, float]]:
     distinguishable, spaced by rank so that neighbouring levels (say gaps 1, 1.5, 2, 3) differ as
     much as the ends do. Equal values get equal colours.
 
-    Used in: notebooks/02_update_rate.ipynb, notebooks/03_training_accuracy.ipynb,
-    notebooks/04_prioritisation.ipynb, notebooks/07_last_layer_dpo.ipynb,
-    notebooks/08_full_and_lora_dpo.ipynb.
+    Used in: notebooks/02_update_rate.ipynb, notebooks/08_full_and_lora_dpo.ipynb.
     """
     arr = np.asarray(values, dtype=float)
     if arr.ndim != 1 or not np.isfinite(arr).all():

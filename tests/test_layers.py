@@ -22,7 +22,7 @@ EXPERIMENTS = {
     "synthetic_experiments", "priority_experiments", "feature_experiments", "llm_experiments",
     "measuring_experiments", "llm_evidence",
 }  # fmt: skip
-BOOK = {"book", "plotting", "teaching"}
+BOOK = {"book", "book_assets", "plotting", "teaching"}
 LAYER = {m: 0 for m in MECHANISMS} | {m: 1 for m in EXPERIMENTS} | {m: 2 for m in BOOK}
 NAMES = ("mechanisms", "chapter experiments", "book infrastructure")
 PACKAGE_DIR = ix.ROOT / "dpo_utils"

@@ -262,3 +262,32 @@ def test_feature_model_rejects_bad_arguments():
     )
     with pytest.raises(ValueError, match="lr=0"):
         feature_models.train_dpo(model, x, s, lr=0, beta=0.1, steps=1)
+
+
+def test_update_rate_explorable_table_and_first_step_ordering():
+    gaps = [0.5, 2.0, 8.0]
+    table = synthetic_experiments.update_rate_explorable(gaps, seeds=[0, 1], **SMALL)
+    assert list(table.columns) == [
+        "mean_gap",
+        "distinguishability",
+        "seed",
+        "step",
+        "metric",
+        "value",
+    ]
+    assert set(table.metric) == {"loss", "weight_change"}
+    # one row per gap, seed, step 0..steps and metric
+    assert len(table) == len(gaps) * 2 * (SMALL["steps"] + 1) * 2
+    first = table[(table.metric == "weight_change") & (table.step == 1)]
+    by_gap = first.groupby("mean_gap").value.mean()
+    # (D3): the first step grows with the mean gap; gaps a factor 4 apart, so strictly ordered
+    assert by_gap.is_monotonic_increasing and by_gap.is_unique
+    # every run starts at ln 2 with no weight change
+    start = table[table.step == 0]
+    assert np.allclose(start[start.metric == "loss"].value, math.log(2))
+    assert np.allclose(start[start.metric == "weight_change"].value, 0.0)
+
+
+def test_update_rate_explorable_needs_two_distinct_gaps():
+    with pytest.raises(ValueError, match="at least two distinct"):
+        synthetic_experiments.update_rate_explorable([1.0, 1.0], **SMALL)
