@@ -143,7 +143,8 @@ def dist_colors(values: Sequence[float]) -> list[tuple[float, float, float]]:
     levels = np.unique(arr)
     pos = np.linspace(0.0, 1.0, len(levels)) if len(levels) > 1 else np.ones(1)
     rank = {v: p for v, p in zip(levels, pos, strict=True)}
-    return [tuple(float(c) for c in DIST_CMAP(rank[v])[:3]) for v in arr]
+    colors = [DIST_CMAP(rank[v]) for v in arr]
+    return [(float(r), float(g), float(b)) for r, g, b, _ in colors]
 
 
 def sequential_colors(n: int) -> list[tuple[float, float, float]]:
@@ -293,9 +294,9 @@ def _footer_strip(text: str, width_px: int, dpi: float) -> Image.Image:
     """The provenance text in grey, right-aligned, wrapped to ``width_px``."""
     width_in = width_px / dpi
     probe = Figure(figsize=(width_in, 1), dpi=dpi)
-    FigureCanvasAgg(probe)
+    canvas = FigureCanvasAgg(probe)
     extent = probe.text(0, 0, text, fontsize=MIN_FONT_PT).get_window_extent(
-        probe.canvas.get_renderer()
+        canvas.get_renderer()
     )
     n_lines = max(1, math.ceil(extent.width / (0.97 * width_px)))
     lines = textwrap.wrap(text, math.ceil(len(text) / n_lines) + 2) if n_lines > 1 else [text]
