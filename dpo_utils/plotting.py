@@ -31,7 +31,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import LinearSegmentedColormap
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LinearSegmentedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 from PIL import Image
@@ -54,6 +55,7 @@ __all__ = [
     "FIGURE_INFO_KEY",
     "set_theme",
     "dist_colors",
+    "dist_colorbar",
     "sequential_colors",
     "label_figure",
     "figure",
@@ -145,6 +147,18 @@ def dist_colors(values: Sequence[float]) -> list[tuple[float, float, float]]:
     rank = {v: p for v, p in zip(levels, pos, strict=True)}
     colors = [DIST_CMAP(rank[v]) for v in arr]
     return [(float(r), float(g), float(b)) for r, g, b, _ in colors]
+
+
+def dist_colorbar(fig: Figure, axes: Any, norm: Normalize, label: str = "distinguishability"):
+    """A horizontal colour bar of the book's distinguishability scale under ``axes``: for many
+    behaviours coloured by value, in place of a legend that would cover the curves.
+
+    Used in: notebooks/07_last_layer_dpo.ipynb.
+    """
+    mappable = ScalarMappable(norm=norm, cmap=DIST_CMAP)
+    return fig.colorbar(
+        mappable, ax=axes, location="bottom", shrink=0.6, aspect=40, pad=0.02, label=label
+    )
 
 
 def sequential_colors(n: int) -> list[tuple[float, float, float]]:
@@ -295,9 +309,7 @@ def _footer_strip(text: str, width_px: int, dpi: float) -> Image.Image:
     width_in = width_px / dpi
     probe = Figure(figsize=(width_in, 1), dpi=dpi)
     canvas = FigureCanvasAgg(probe)
-    extent = probe.text(0, 0, text, fontsize=MIN_FONT_PT).get_window_extent(
-        canvas.get_renderer()
-    )
+    extent = probe.text(0, 0, text, fontsize=MIN_FONT_PT).get_window_extent(canvas.get_renderer())
     n_lines = max(1, math.ceil(extent.width / (0.97 * width_px)))
     lines = textwrap.wrap(text, math.ceil(len(text) / n_lines) + 2) if n_lines > 1 else [text]
     line_in = 1.35 * MIN_FONT_PT / 72
