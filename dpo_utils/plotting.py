@@ -208,8 +208,8 @@ def figure(
     full_width: bool = False,
     **kwargs: Any,
 ):
-    """``plt.subplots`` sized for the page: ``width`` x ``height`` inches per panel, the whole
-    figure shrunk to fit :data:`COLUMN_WIDTH`, or :data:`FULL_WIDTH`
+    """``plt.subplots`` sized for the page: ``width`` x ``height`` inches per panel, the widths
+    shrunk to fit :data:`COLUMN_WIDTH`, or :data:`FULL_WIDTH`
     with ``full_width=True`` (then tag the cell ``full-width``). More than :data:`MAX_COLUMNS`
     panels a row are refused in the main column: their text could not stay legible.
 
@@ -233,8 +233,9 @@ def figure(
     # the tight bounding box of the saved PNG adds up to ~0.1 inch: keep that much slack
     limit = (FULL_WIDTH if full_width else COLUMN_WIDTH) - _SLACK
     scale = min(1.0, limit / (width * ncols))
-    # heights shrink less than widths: 9 pt labels need the room whatever the panel's width
-    figsize = (width * ncols * scale, height * nrows * max(scale, 0.8))
+    # heights are kept: 9 pt labels, titles and a legend below need the room whatever the
+    # panel's width (a narrowed panel is taller than wide, which line plots bear well)
+    figsize = (width * ncols * scale, height * nrows)
     fig, axes = plt.subplots(nrows, ncols, figsize=figsize, **kwargs)
     _use_recording_formatter()
     return fig, axes
