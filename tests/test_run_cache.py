@@ -172,8 +172,7 @@ def test_prefill_in_two_processes_saves_exactly_the_runs_of_one_process(tmp_path
     cfg = _cfg()
     behaviors = [BEHAVIOR, "enjoys-baking-bread"]
     jobs = [
-        dict(cfg=cfg, behaviors=[b], mode="lora", probe_train=4, probe_every=1)
-        for b in behaviors
+        dict(cfg=cfg, behaviors=[b], mode="lora", probe_train=4, probe_every=1) for b in behaviors
     ]
     tables = {}
     for processes in (2, 1):
