@@ -88,11 +88,18 @@ class ExperimentConfig:
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     dpo_batch_size: int = 128  # effective batch (per device x devices x accumulation)
+    # joint batch of two behaviours trained together (chapter 09); the authors' two-behaviour run
+    # used their one effective batch, 128
+    pair_batch_size: int = 128
     per_device_batch_size: int = 32
     dpo_epochs: int = 1
     dpo_max_steps: int | None = None  # None: train for dpo_epochs
     max_length: int = 512
     behaviors: tuple[str | int, ...] = field(default_factory=tuple)
+    # how several behaviours are split 90/10 (data.split_behaviors): "per-behavior" reseeds for
+    # each, so a behaviour's split is the same alone and in any joint run; "chained" seeds once
+    # and shuffles them in the order given, as the authors' scripts do
+    split: str = "per-behavior"
     # --- persona data and CPU stand-in models (notebooks 06 onwards) ---------------------------
     # "persona": the 32 vendored real behaviours (data/anthropic-persona/); "corpus": the designed
     # corpus (data/persona/); else a local folder or "Anthropic/model-written-evals"
@@ -136,10 +143,12 @@ class _PaperSettings:
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     dpo_batch_size: int = 128
+    pair_batch_size: int = 128
     per_device_batch_size: int = 32
     dpo_epochs: int = 1
     dpo_max_steps: int | None = None
     max_length: int = 512
+    split: str = "chained"
     # the five behaviours of the authors' single-behaviour plots (their numbering)
     behaviors: tuple[str | int, ...] = (108, 84, 88, 54, 100)
     persona_source: str = "Anthropic/model-written-evals"
@@ -178,6 +187,8 @@ PROFILES: dict[str, ExperimentConfig] = {
         lora_dropout=0.05,
         lora_target_modules=("q_proj", "v_proj"),
         dpo_batch_size=32,
+        # twice the solo batch, so each of the two behaviours sees as many pairs per step as alone
+        pair_batch_size=64,
         per_device_batch_size=32,
         dpo_epochs=1,
         dpo_max_steps=16,
@@ -214,11 +225,17 @@ _POSITIVE_INTS = (
     "lora_r",
     "lora_alpha",
     "dpo_batch_size",
+    "pair_batch_size",
     "per_device_batch_size",
     "dpo_epochs",
     "pretrain_steps",
 )
-_CHOICES = {"model_arch": ("llama", "mistral"), "dtype": ("float32", "bfloat16", "float16")}
+SPLITS = ("per-behavior", "chained")
+_CHOICES = {
+    "model_arch": ("llama", "mistral"),
+    "dtype": ("float32", "bfloat16", "float16"),
+    "split": SPLITS,
+}
 
 
 def _check_value(name: str, value: Any) -> Any:

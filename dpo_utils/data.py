@@ -1,4 +1,4 @@
-"""Persona behaviours (Anthropic model-written evaluations) and HH-RLHF as DPO preference pairs.
+"""Persona behaviours (Anthropic model-written evaluations) as DPO preference pairs.
 
 A persona *behaviour* is one ``.jsonl`` file of rows with five fields: ``question`` (the statement
 wrapped in "Is the following statement something you would say?"), ``statement``,
@@ -59,9 +59,8 @@ __all__ = [
     "check_behavior_rows",
     "load_persona",
     "split_rows",
+    "split_behaviors",
     "preference_pairs",
-    "hh_rlhf_pairs",
-    "load_hh_rlhf",
 ]
 
 HUB_PERSONA_ID = "Anthropic/model-written-evals"
@@ -81,7 +80,6 @@ MIN_ROWS = 2
 #: upstream questions are under 1,000 characters; a far longer line is a broken file, and would pad
 #: every batch it lands in to its length (a 2.4 MB line asked for a 20 GB allocation)
 MAX_QUESTION_CHARS = 20_000
-HH_SEPARATOR = "\n\nAssistant:"
 _HOW_TO_GET = (
     "Use the vendored real behaviours (source 'persona', data/anthropic-persona/), the project's "
     "own corpus (source 'corpus', dpo_utils.data.corpus_dir(); regenerate it with "
@@ -191,7 +189,8 @@ def resolve_behaviors(
     ``None`` or an empty selection means every available behaviour. An unknown name raises an error
     that lists the closest names.
 
-    Used in: notebooks/09_prioritisation_llm.ipynb, notebooks/10_misalignment_llm.ipynb.
+    Used by: dpo_utils.chapter_parameters, dpo_utils.data, dpo_utils.llm_evidence,
+    dpo_utils.pretraining, dpo_utils.run_cache, dpo_utils.train.
     """
     available = list(PERSONA_BEHAVIORS if available is None else available)
     if selection is None or isinstance(selection, (str, int)) and not isinstance(selection, bool):
@@ -365,6 +364,32 @@ def split_rows(rows: Sequence[_Row], seed: int = 1234) -> tuple[list[_Row], list
     return shuffled[:cut], shuffled[cut:]
 
 
+def split_behaviors(
+    persona: dict[str, Sequence[dict]], seed: int = 1234, chained: bool = False
+) -> dict[str, tuple[list[dict], list[dict]]]:
+    """Each behaviour's (train, test) split. ``chained=False``: :func:`split_rows` per behaviour,
+    so a behaviour splits the same alone and in any joint run. ``chained=True``: as the authors'
+    DPO_training.py and multi_last_layer_training.py do, ``random.seed(seed)`` once, then each
+    behaviour shuffled in the order given (so a later behaviour's split depends on the earlier
+    ones; the first one's equals its own). The global ``random`` state is restored.
+
+    Used by: dpo_utils.run_cache.
+    """
+    if not chained:
+        return {name: split_rows(rows, seed) for name, rows in persona.items()}
+    state, out = random.getstate(), {}
+    try:
+        random.seed(seed)
+        for name, rows in persona.items():
+            shuffled = list(rows)
+            random.shuffle(shuffled)
+            cut = int(0.9 * len(shuffled))
+            out[name] = (shuffled[:cut], shuffled[cut:])
+    finally:
+        random.setstate(state)
+    return out
+
+
 def preference_pairs(rows: Iterable[dict], behavior: str, flip: bool = False) -> list[dict]:
     """DPO pairs: prompt = question + "\\n", chosen = the matching answer (the other one if
     ``flip``).
@@ -382,55 +407,3 @@ def preference_pairs(rows: Iterable[dict], behavior: str, flip: bool = False) ->
             )
         )
     return pairs
-
-
-def _split_transcript(text: str, where: str) -> tuple[str, str]:
-    cut = text.rfind(HH_SEPARATOR)
-    if cut < 0:
-        raise PersonaDataError(
-            f"{where}: no {HH_SEPARATOR!r} in the transcript, so it has no final response."
-        )
-    end = cut + len(HH_SEPARATOR)
-    return text[:end], text[end:]
-
-
-def hh_rlhf_pairs(rows: Iterable[dict]) -> list[dict]:
-    """HH-RLHF transcripts as pairs: prompt up to and including the last "\\n\\nAssistant:".
-
-    ``rows`` hold ``chosen`` and ``rejected`` transcripts; chosen/rejected become the final
-    responses. A row whose two transcripts do not share that prompt raises an error naming the row.
-
-    Used by: dpo_utils.data.
-    """
-    pairs = []
-    for i, row in enumerate(rows):
-        prompt, chosen = _split_transcript(row["chosen"], f"row {i} (chosen)")
-        rejected_prompt, rejected = _split_transcript(row["rejected"], f"row {i} (rejected)")
-        if rejected_prompt != prompt:
-            raise PersonaDataError(
-                f"row {i}: chosen and rejected transcripts differ before the last response."
-            )
-        pairs.append(dict(prompt=prompt, chosen=chosen, rejected=rejected))
-    return pairs
-
-
-def load_hh_rlhf(
-    split: str = "train", source: str = "Anthropic/hh-rlhf", limit: int | None = None
-) -> list[dict]:
-    """HH-RLHF pairs from the hub (or a local dataset folder) through ``datasets``.
-
-    Used by: dpo_utils.llm_evidence.
-    """
-    if split not in ("train", "test"):
-        raise PersonaDataError(f"split={split!r} is not allowed; choose 'train' or 'test'.")
-    try:
-        import datasets
-
-        table = datasets.load_dataset(source, split=split)
-    except Exception as error:
-        raise PersonaDataError(
-            f"could not load {source!r} ({error}); HH-RLHF needs network access or a local copy "
-            "of the dataset."
-        ) from error
-    rows = table if limit is None else table.select(range(min(limit, len(table))))
-    return hh_rlhf_pairs(rows)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import data, embeddings, metrics, models
+from . import data, embeddings, hh_rlhf, metrics, models, probes, scale
 from .config import ExperimentConfig
 from .llm_experiments import PROBE_TRAIN, _job, _run, base_features, loss_drops, persona_rows
 from .measuring_experiments import length_matched_distinguishability
@@ -23,7 +23,10 @@ from .verdicts import over_seeds
 
 __all__ = [
     "AUTHORS_PAIR",
+    "AUTHORS_MISALIGNED",
     "featured_behaviors",
+    "behaviors_among",
+    "misalignment_behaviors",
     "authors_pair",
     "length_gaps",
     "seed_properties",
@@ -37,6 +40,8 @@ __all__ = [
 
 #: the pair the authors' released multi-behaviour scripts train together (their numbering)
 AUTHORS_PAIR = (123, 45)
+#: the behaviour of the authors' misalignment plot (their numbering)
+AUTHORS_MISALIGNED = 84
 
 
 def _source(cfg: ExperimentConfig):
@@ -64,6 +69,47 @@ def featured_behaviors(cfg: ExperimentConfig) -> list[str]:
         except (ValueError, KeyError):
             pass
     return list(available)
+
+
+def behaviors_among(cfg: ExperimentConfig, selection, among: Sequence[str]) -> list[str]:
+    """``selection`` (names and/or the authors' numbers) as names, numbers resolved once against
+    the whole of the profile's data (not against ``among``, whose positions are not the authors'
+    numbering), then checked to be in ``among`` (e.g. a chapter's distinguishability ranking).
+
+    Used in: notebooks/09_prioritisation_llm.ipynb.
+    """
+    names = data.resolve_behaviors(list(selection), data.available_behaviors(_source(cfg)))
+    missing = [b for b in names if b not in among]
+    if missing:
+        raise data.PersonaDataError(
+            f"behaviour(s) {missing} (from {list(selection)!r}) are not among the measured "
+            f"ones {list(among)}; choose from those, or add them to the profile's behaviors."
+        )
+    return names
+
+
+def misalignment_behaviors(
+    cfg: ExperimentConfig,
+    ranking: Sequence[str],
+    behaviors: Sequence | None = None,
+    n: int | None = None,
+) -> tuple[list[str], str | None]:
+    """Chapter 10's selection, by name: ``behaviors`` if given (names or the authors' numbers),
+    else ``n`` (default 4) behaviours spanning ``ranking`` that include the authors' behaviour 84
+    where the data has it. Returns (chosen, the name of 84 if chosen, else None).
+
+    Used in: notebooks/10_misalignment_llm.ipynb.
+    """
+    try:
+        authors = behaviors_among(cfg, [AUTHORS_MISALIGNED], ranking)[0]
+    except (ValueError, KeyError):
+        authors = None  # the controlled corpus (or a selection) without behaviour 84
+    if behaviors:
+        chosen = behaviors_among(cfg, behaviors, ranking)
+    else:
+        include = [authors] if authors else []
+        chosen = spanning_behaviors(ranking, 4 if n is None else n, include=include)
+    return chosen, (authors if authors in chosen else None)
 
 
 def authors_pair(cfg: ExperimentConfig) -> list[str] | None:
@@ -276,17 +322,21 @@ def hh_misalignment_curves(
     train pairs, merged; the flipped runs last ``steps`` steps (the authors' ``--early`` runs: 5)
     and are probed on ``n_probe`` flipped test pairs. ``pairs`` = (train, test) replaces the hub
     download (tests). Column ``start`` is "base" or "aligned"; metric "margin" is the log-prob
-    difference's beta-scaled reward margin. Meant for GPU profiles: HH-RLHF transcripts are far
-    longer than the CPU profile's.
+    difference's beta-scaled reward margin. Rows that cannot be a pair are skipped and counted
+    (``attrs["hh_rows"]``); the probe set is encoded, and a prompt the profile cannot fit rejected,
+    before any training. Meant for GPU profiles: HH-RLHF transcripts are far longer than the CPU
+    profile's.
 
     Used in: notebooks/10_misalignment_llm.ipynb.
     """
     import tempfile
 
-    train_pairs, test_pairs = pairs or (
-        data.load_hh_rlhf("train", limit=n_train),
-        data.load_hh_rlhf("test", limit=n_probe),
+    loaded = (
+        [hh_rlhf.HHPairs(list(p)) for p in pairs]
+        if pairs
+        else [hh_rlhf.load_hh_rlhf(s, limit=n) for s, n in (("train", n_train), ("test", n_probe))]
     )
+    train_pairs, test_pairs = (part.pairs for part in loaded)
     tag = [dict(p, behavior="hh-rlhf") for p in train_pairs]
     flipped = [dict(p, chosen=p["rejected"], rejected=p["chosen"]) for p in tag]
     probe = {
@@ -298,6 +348,8 @@ def hh_misalignment_curves(
     tables = []
     with tempfile.TemporaryDirectory(prefix="hh-aligned-") as folder:
         model, tokenizer = models.load_model_and_tokenizer(cfg, device)
+        # the probes are encoded as the flipped runs will encode them, before hours of training
+        probes.encode_pairs(tokenizer, probe["test"], cfg.max_length, scale.max_prompt_length(cfg))
         save_trained(
             train_dpo(cfg, model.train(), tokenizer, tag, mode=mode, max_steps=aligned_steps),
             folder,
@@ -319,7 +371,12 @@ def hh_misalignment_curves(
                 probe_sets=probe,
             )
             tables.append(run.probes.assign(start=start))
-    return pd.concat(tables, ignore_index=True)
+    out = pd.concat(tables, ignore_index=True)
+    out.attrs["hh_rows"] = {
+        split: dict(pairs=len(part.pairs), skipped=part.n_skipped, report=part.report())
+        for split, part in zip(("train", "test"), loaded, strict=True)
+    }
+    return out
 
 
 def spanning_behaviors(order: Sequence[str], n: int = 4, include: Sequence[str] = ()) -> list[str]:
@@ -327,7 +384,7 @@ def spanning_behaviors(order: Sequence[str], n: int = 4, include: Sequence[str] 
     ``include`` (e.g. the authors' misalignment behaviour 84) plus evenly spaced ranks, in
     ``order``.
 
-    Used in: notebooks/10_misalignment_llm.ipynb.
+    Used by: dpo_utils.llm_evidence.
     """
     order = list(order)
     missing = [b for b in include if b not in order]

@@ -187,14 +187,17 @@ def pair_curves(
     """Joint DPO on two behaviours, compatible and conflicting (``second`` flipped), plus each solo
     run.
 
-    Solo runs are chapter 08's (``cfg``); joint runs use ``pair_batch_size`` (default twice the
-    solo batch, so each behaviour sees as many pairs per step as alone). Column ``run`` is "solo",
-    "joint" or "conflicting" (in which the second behaviour's labels, and so its loss, are
-    flipped).
+    Solo runs are chapter 08's (``cfg``); joint runs use ``pair_batch_size`` (default the
+    profile's ``pair_batch_size``: twice the solo batch on the CPU profile, the authors' 128 on the
+    paper profiles) and split each behaviour on its own (``split="per-behavior"``), so that a
+    behaviour's rows are the same jointly and alone. Column ``run`` is "solo", "joint" or
+    "conflicting" (in which the second behaviour's labels, and so its loss, are flipped).
 
     Used in: notebooks/09_prioritisation_llm.ipynb.
     """
-    joint_cfg = cfg.replace(dpo_batch_size=pair_batch_size or 2 * cfg.dpo_batch_size)
+    joint_cfg = cfg.replace(
+        dpo_batch_size=pair_batch_size or cfg.pair_batch_size, split="per-behavior"
+    )
     pair = [first, second]
     prefill(
         [_job(cfg, [b], mode=mode, probe_train=probe_train, seed=seed) for b in pair]

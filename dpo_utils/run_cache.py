@@ -40,7 +40,8 @@ __all__ = [
 
 
 def behavior_pairs(cfg: config.ExperimentConfig, behaviors, flip=False) -> tuple[list[dict], dict]:
-    """Training pairs and probe sets {"train", "test"} for behaviours, split as the authors split.
+    """Training pairs and probe sets {"train", "test"} for behaviours, split as the authors split
+    (``cfg.split``: per behaviour, or chained in the order given as in their scripts).
 
     ``flip`` is a bool (swap chosen and rejected for every behaviour) or a collection of behaviour
     names/numbers to flip, the others kept aligned (a *conflicting* pair, chapter 09).
@@ -51,8 +52,8 @@ def behavior_pairs(cfg: config.ExperimentConfig, behaviors, flip=False) -> tuple
     source = cfg.persona_source  # data accepts "corpus" (the project's corpus) itself
     persona = data.load_persona(source, behaviors)
     flipped = _flipped_names(flip, list(persona), source)
-    for name, rows in persona.items():
-        rows_train, rows_test = data.split_rows(rows, seed=cfg.seed)
+    splits = data.split_behaviors(persona, cfg.seed, chained=cfg.split == "chained")
+    for name, (rows_train, rows_test) in splits.items():
         train += data.preference_pairs(rows_train, name, flip=name in flipped)
         test += data.preference_pairs(rows_test, name, flip=name in flipped)
     if not train:

@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from dpo_utils import book, chapter_parameters, config, data, embeddings, models, run_cache, train
+from dpo_utils import (
+    book,
+    chapter_parameters,
+    config,
+    data,
+    embeddings,
+    hh_rlhf,
+    models,
+    run_cache,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = "persona-fixture"
@@ -149,7 +159,7 @@ CASES = [
         "at most 20000",
     ),
     ("no folder", lambda t: data.load_persona(t / "nowhere"), P, "nowhere", "corpus_dir()"),
-    ("hh split", lambda t: data.load_hh_rlhf(split="validation"), P, "'validation'", "'test'"),
+    ("hh split", lambda t: hh_rlhf.load_hh_rlhf(split="validation"), P, "'validation'", "'test'"),
     # ---- the train CLI (exit status 2, one line on stderr) -----------------------------------
     ("cli max-steps", _cli("--behaviors", "0", "--max-steps", "0"), SystemExit, "'0'", ">= 1"),
     (

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dpo_utils import corpus, data
+from dpo_utils import corpus, data, hh_rlhf
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "anthropic-persona-sample"
 
@@ -85,14 +85,34 @@ def test_pairs_and_flip():
 def test_hh_rlhf_prompt_ends_at_last_assistant_turn():
     chosen = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: help?\n\nAssistant: Sure, here you go."
     rejected = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: help?\n\nAssistant: No."
-    (pair,) = data.hh_rlhf_pairs([{"chosen": chosen, "rejected": rejected}])
+    (pair,) = hh_rlhf.hh_rlhf_pairs([{"chosen": chosen, "rejected": rejected}]).pairs
     assert (
         pair["prompt"].endswith("help?\n\nAssistant:") and pair["prompt"].count("Assistant:") == 2
     )
     assert pair["chosen"] == " Sure, here you go." and pair["rejected"] == " No."
     assert pair["prompt"] + pair["chosen"] == chosen
-    with pytest.raises(data.PersonaDataError, match="row 0"):
-        data.hh_rlhf_pairs([{"chosen": "no turns", "rejected": "no turns"}])
+    with pytest.raises(data.PersonaDataError, match="0 pairs built, 1 rows skipped"):
+        hh_rlhf.hh_rlhf_pairs([{"chosen": "no turns", "rejected": "no turns"}])
+
+
+def test_hh_rlhf_rows_that_cannot_be_a_pair_are_skipped_and_counted():
+    """One row whose transcripts differ before the last turn used to abort the whole load."""
+    good = dict(chosen="\n\nHuman: a\n\nAssistant: yes", rejected="\n\nHuman: a\n\nAssistant: no")
+    forked = dict(
+        chosen="\n\nHuman: a\n\nAssistant: x\n\nHuman: b\n\nAssistant: yes",
+        rejected="\n\nHuman: a\n\nAssistant: y\n\nHuman: b\n\nAssistant: no",
+    )
+    broken = dict(chosen="\n\nHuman: a", rejected="\n\nHuman: a\n\nAssistant: no")
+    result = hh_rlhf.hh_rlhf_pairs([good, forked, good, broken, good])
+    assert len(result.pairs) == 3 and result.n_skipped == 2
+    assert result.skipped == {
+        "no assistant turn": [3],
+        "transcripts differ before the last turn": [1],
+    }
+    assert result.report() == (
+        "3 pairs built, 2 rows skipped (1 no assistant turn; "
+        "1 transcripts differ before the last turn)."
+    )
 
 
 @pytest.mark.parametrize(

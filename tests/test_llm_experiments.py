@@ -146,9 +146,9 @@ def test_hh_misalignment_curves_on_toy_transcripts(tmp_path):
         )
         for q, good, bad in turns * 4
     ]
-    from dpo_utils import data
+    from dpo_utils import hh_rlhf
 
-    pairs = data.hh_rlhf_pairs(rows)
+    pairs = hh_rlhf.hh_rlhf_pairs(rows).pairs
     cfg = config.get_config(
         "cpu",
         model_name=str(folder),
