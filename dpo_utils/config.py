@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 PROFILE_ENV_VAR = "DPO_PROFILE"
+#: any causal LM (hub id or local folder) in place of the profile's model, for every chapter
+MODEL_ENV_VAR = "DPO_MODEL"
 #: the two ways DPO trains a model (dpo_utils.training): every parameter, or a LoRA adapter
 MODES = ("full", "lora")
 #: the CPU profile's stand-ins (dpo_utils.models.TINY_MODELS); any other model_name is a hub id
@@ -88,26 +90,19 @@ class ExperimentConfig:
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     dpo_batch_size: int = 128  # effective batch (per device x devices x accumulation)
-    # joint batch of two behaviours trained together (chapter 09); the authors' two-behaviour run
-    # used their one effective batch, 128
-    pair_batch_size: int = 128
+    pair_batch_size: int = 128  # two behaviours trained together (ch. 09); the authors': 128
     per_device_batch_size: int = 32
     dpo_epochs: int = 1
     dpo_max_steps: int | None = None  # None: train for dpo_epochs
     max_length: int = 512
     behaviors: tuple[str | int, ...] = field(default_factory=tuple)
-    # how several behaviours are split 90/10 (data.split_behaviors): "per-behavior" reseeds for
-    # each, so a behaviour's split is the same alone and in any joint run; "chained" seeds once
-    # and shuffles them in the order given, as the authors' scripts do
-    split: str = "per-behavior"
+    split: str = "per-behavior"  # or "chained" as the authors did (data.split_behaviors)
     # --- persona data and CPU stand-in models (notebooks 06 onwards) ---------------------------
     # "persona": the 32 vendored real behaviours (data/anthropic-persona/); "corpus": the designed
     # corpus (data/persona/); else a local folder or "Anthropic/model-written-evals"
     persona_source: str = "persona"
     pretrain_steps: int = 300  # CPU profile: causal-LM pre-training steps of the tiny models
-    pretrain_seed: int = (
-        1234  # CPU profile: seed of the tiny models' initialisation and pre-training
-    )
+    pretrain_seed: int = 1234  # CPU profile: the tiny models' initialisation and pre-training
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view (tuples become lists), suitable for JSON and for hashing."""
@@ -213,7 +208,26 @@ PROFILES: dict[str, ExperimentConfig] = {
         **dataclasses.asdict(_PAPER_COMMON),
     ),
 }
-PAPER_PROFILES = tuple(name for name, cfg in PROFILES.items() if cfg.requires_gpu)
+PROFILES["colab-t4"] = ExperimentConfig(
+    profile="colab-t4",
+    description="Free Colab T4 (16 GB, fp16): Qwen2.5-0.5B, the authors' beta and rates, short "
+    "runs on the vendored real behaviours. Not the paper's models.",
+    model_name="Qwen/Qwen2.5-0.5B",
+    model_arch="qwen2",
+    **dataclasses.asdict(  # a chapter in minutes; the vendored behaviours need no download
+        dataclasses.replace(
+            _PAPER_COMMON,
+            dtype="float16",
+            dpo_batch_size=32,
+            pair_batch_size=64,
+            per_device_batch_size=8,
+            dpo_max_steps=8,
+            max_length=256,
+            persona_source="persona",
+        )
+    ),
+)
+PAPER_PROFILES = ("llama2-7b", "mistral-7b")  # the authors' models and settings
 
 _POSITIVE_FLOATS = ("beta", "dpo_beta", "last_layer_lr", "full_lr", "lora_lr")
 _POSITIVE_INTS = (
@@ -231,11 +245,8 @@ _POSITIVE_INTS = (
     "pretrain_steps",
 )
 SPLITS = ("per-behavior", "chained")
-_CHOICES = {
-    "model_arch": ("llama", "mistral"),
-    "dtype": ("float32", "bfloat16", "float16"),
-    "split": SPLITS,
-}
+_ARCHS = ("llama", "mistral", "qwen2")  # tiny stand-ins: llama, mistral; colab-t4: qwen2
+_CHOICES = {"model_arch": _ARCHS, "dtype": ("float32", "bfloat16", "float16"), "split": SPLITS}
 
 
 def _check_value(name: str, value: Any) -> Any:
@@ -389,12 +400,17 @@ def get_config(profile: str | None = None, **overrides: Any) -> ExperimentConfig
 
     ``profile=None`` reads ``$DPO_PROFILE`` (default ``"cpu"``). Overrides whose value is ``None``
     keep the profile's value, so a notebook's ``parameters`` cell can list every knob as ``None``.
+    ``$DPO_MODEL`` (a hub id or local folder) replaces the profile's model unless ``model_name``
+    is given; whether " Yes" and " No" are single tokens for it is checked when its tokenizer is
+    loaded (``models.load_model_and_tokenizer``), before its weights.
 
     Used in: every chapter.
     """
     name = profile_from_env() if profile is None else profile
     if not isinstance(name, str) or name not in PROFILES:
         raise ConfigError(f"unknown profile {name!r}; choose one of {list(PROFILES)}.")
+    if overrides.get("model_name") is None and os.environ.get(MODEL_ENV_VAR):
+        overrides = {**overrides, "model_name": os.environ[MODEL_ENV_VAR]}
     return _apply_overrides(PROFILES[name], overrides)
 
 

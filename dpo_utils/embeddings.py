@@ -10,6 +10,10 @@ the
   logits.
 * ``authors``: the authors' released code applies that RMSNorm once more to ``hidden_states[-1]``
   (its feature extraction script), so its features are normalised twice. Kept for comparison.
+* ``authors_exact``: the authors' features exactly: normalised twice *and* read at the end of
+  ``question`` without the trailing "\n" (their embedding_properties and priority_levels notebooks
+  and last-layer scripts embed the bare question; only their UMAP notebook adds the newline). A
+  second forward pass over the bare questions.
 
 Prompts are processed in length-sorted batches, right-padded, and gathered at position length - 1,
 which is exact: with right padding the real tokens' positions and attention are unchanged.
@@ -47,8 +51,10 @@ __all__ = [
     "check_prompt_lengths",
 ]
 
-VARIANTS = ("final", "authors")
-_FORMAT_VERSION = 1
+VARIANTS = ("final", "authors", "authors_exact")
+#: the variants one forward pass over the prompts gives (:func:`last_token_features`)
+_PASS_VARIANTS = ("final", "authors")
+_FORMAT_VERSION = 2  # 2: the authors_exact variant
 
 
 def prompt_texts(rows: Sequence[Mapping]) -> list[str]:
@@ -90,8 +96,8 @@ def _padded(
 def last_token_features(
     model, tokenizer, texts: Sequence[str], batch_size: int = 256, progress: bool | None = None
 ) -> dict[str, torch.Tensor]:
-    """Features of each text at its last token, both variants: ``{"final": (n, d), "authors": (n,
-    d)}``.
+    """Features of each text at its last token, two variants: ``{"final": (n, d), "authors": (n,
+    d)}`` (``authors_exact`` is ``authors`` of the bare questions, see :func:`persona_features`).
 
     fp32 on the CPU whatever the model's dtype and device. ``progress=None`` shows a tqdm bar only
     on a terminal. ``batch_size=1`` is the one-at-a-time reference (no padding at all).
@@ -110,7 +116,7 @@ def last_token_features(
     backbone, norm = model.get_decoder(), final_norm(model)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # little padding per batch
     dim = model.config.hidden_size
-    out = {v: torch.empty(len(encoded), dim, dtype=torch.float32) for v in VARIANTS}
+    out = {v: torch.empty(len(encoded), dim, dtype=torch.float32) for v in _PASS_VARIANTS}
     starts = range(0, len(order), batch_size)
     for start in tqdm(
         starts, desc="features", disable=(None if progress is None else not progress), leave=False
@@ -182,7 +188,8 @@ def persona_features(
     batch_size: int = 256,
     cache: bool = True,
 ) -> FeatureSet:
-    """Both feature variants of every persona prompt, cached under ``results/<profile>/features/``.
+    """Every feature variant (:data:`VARIANTS`) of every persona prompt, cached under
+    ``results/<profile>/features/``.
 
     The cache key is the model (``model_key``, default its ``name_or_path``; a local folder is
     keyed by its name and its files' names and sizes, never by its absolute path, so a moved
@@ -203,7 +210,7 @@ def persona_features(
     check_prompt_lengths(model, tokenizer, texts, names)
     key_name = model_key or getattr(model, "name_or_path", "") or ""
     if not (cache and key_name):
-        features = last_token_features(model, tokenizer, texts, batch_size=batch_size)
+        features = _all_variants(model, tokenizer, texts, rows, batch_size)
         return FeatureSet(
             names, signs, features, _answer_margin(model, tokenizer, features["final"])
         )
@@ -222,12 +229,19 @@ def persona_features(
             saved = torch.load(folder / "features.pt", weights_only=True)
             record_provenance("features", "features", folder.name, True)
             return FeatureSet(names, signs, saved["features"], saved["answer_margin"])
-        features = last_token_features(model, tokenizer, texts, batch_size=batch_size)
+        features = _all_variants(model, tokenizer, texts, rows, batch_size)
         margin = _answer_margin(model, tokenizer, features["final"])
         with atomic_directory(folder) as tmp:
             torch.save(dict(features=features, answer_margin=margin, key=key), tmp / "features.pt")
     record_provenance("features", "features", folder.name, False)
     return FeatureSet(names, signs, features, margin)
+
+
+def _all_variants(model, tokenizer, texts, rows, batch_size) -> dict[str, torch.Tensor]:
+    features = last_token_features(model, tokenizer, texts, batch_size=batch_size)
+    bare = [row["question"] for row in rows]  # the authors' text: no trailing newline
+    features["authors_exact"] = last_token_features(model, tokenizer, bare, batch_size)["authors"]
+    return features
 
 
 def _model_key(name: str) -> str:

@@ -334,6 +334,10 @@ def load_model_and_tokenizer(
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(cfg.model_name)
+        try:  # before the weights: the single-token analysis needs " Yes" and " No" as one token
+            answer_token_ids(tokenizer)
+        except ValueError as error:
+            raise ConfigError(f"model_name={cfg.model_name!r}: {error}") from None
         if tokenizer.pad_token is None:  # Llama-2 has none; the authors pad with id 0 (<unk>)
             tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(cfg.model_name, dtype=_dtype_for(cfg, device))

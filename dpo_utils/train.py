@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import config, data
+from . import config, data, models
 from .results import ResultFolderError, check_output_folder
 from .run_cache import run_settings, train_behaviors
 from .training import DPORun, save_trained
@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"one of {list(config.PROFILES)} (default: $DPO_PROFILE or cpu)",
     )
     p.add_argument("--behaviors", nargs="+", required=True, help="behaviour names or numbers")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="any causal LM, a hub id or a local folder, instead of the profile's (its ' Yes' "
+        "and ' No' must be single tokens)",
+    )
     p.add_argument("--mode", default="lora", help=f"one of {list(config.MODES)}")
     p.add_argument("--flip", action="store_true", help="swap chosen and rejected (misalignment)")
     p.add_argument("--max-steps", default=None, help="override the profile's dpo_max_steps")
@@ -136,7 +142,9 @@ def check_resume(folder, settings: dict, max_steps: int | None) -> None:
 def _validate(args) -> tuple[config.ExperimentConfig, list, dict]:
     """Every flag checked, cheaply (no data read beyond a folder listing, no model, no network)."""
     per_device = _int_flag("--per-device-batch-size", args.per_device_batch_size, 1)
-    cfg = config.get_config(args.profile, per_device_batch_size=per_device)
+    cfg = config.get_config(args.profile, per_device_batch_size=per_device, model_name=args.model)
+    if args.model is not None and Path(args.model).is_dir():  # a local tokenizer: check it now
+        _check_answer_tokens(cfg.model_name)
     config.require_device(cfg)  # a GPU profile without a GPU stops here, before the hub
     config.check_mode(args.mode)
     max_steps = _int_flag("--max-steps", args.max_steps, 1)
@@ -195,6 +203,16 @@ def main(argv: list[str] | None = None) -> DPORun:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     return run
+
+
+def _check_answer_tokens(folder: str) -> None:
+    """A local model's tokenizer must make " Yes" and " No" single tokens (no weights loaded)."""
+    from transformers import AutoTokenizer
+
+    try:
+        models.answer_token_ids(AutoTokenizer.from_pretrained(folder))
+    except ValueError as error:
+        raise config.ConfigError(f"model_name={folder!r}: {error}") from None
 
 
 if __name__ == "__main__":

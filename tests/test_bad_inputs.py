@@ -70,7 +70,7 @@ CASES = [
         lambda t: config.get_config("gpu"),
         E,
         "'gpu'",
-        "['cpu', 'llama2-7b', 'mistral-7b']",
+        "['cpu', 'llama2-7b', 'mistral-7b', 'colab-t4']",
     ),
     ("requires_gpu str", _cfg(requires_gpu="False"), E, "requires_gpu='False'", "True or False"),
     ("seed 2**40", _cfg(seed=2**40), E, "seed=1099511627776", "[0, 2**32)"),
@@ -124,7 +124,7 @@ CASES = [
         lambda t: book.check_parameters("02", {"profile": "llama"}, []),
         E,
         "'llama'",
-        "['cpu', 'llama2-7b', 'mistral-7b']",
+        "['cpu', 'llama2-7b', 'mistral-7b', 'colab-t4']",
     ),
     # ---- persona data loader ------------------------------------------------------------------
     ("resolve float", lambda t: data.resolve_behaviors(1.0), P, "behaviors=1.0", "name (str)"),

@@ -68,7 +68,7 @@ def test_batched_features_equal_one_at_a_time(model, tokenizer, persona):
     assert len({len(tokenizer(t)["input_ids"]) for t in texts}) > 3  # padding really happens
     batched = embeddings.last_token_features(model, tokenizer, texts, batch_size=16)
     single = embeddings.last_token_features(model, tokenizer, texts, batch_size=1)
-    for variant in embeddings.VARIANTS:
+    for variant in batched:
         assert (batched[variant] - single[variant]).abs().max() < 1e-5
 
 
@@ -85,6 +85,22 @@ def test_features_are_cached_on_disk(model, tokenizer, persona, tmp_path, monkey
     assert all(torch.equal(first.features[v], second.features[v]) for v in embeddings.VARIANTS)
     with pytest.raises(AssertionError, match="recomputed"):  # another key is another cache entry
         embeddings.persona_features(model, tokenizer, persona, model_key="other-model")
+
+
+def test_authors_exact_variant_is_the_bare_question_normalised_twice(model, tokenizer, persona):
+    """The authors embed ``question`` without the trailing newline and re-apply the final norm;
+    the project's "authors" variant reads the DPO prompt (with the newline)."""
+    fs = embeddings.persona_features(model, tokenizer, persona, cache=False)
+    assert set(fs.features) == set(embeddings.VARIANTS)
+    row = next(iter(persona.values()))[0]
+    assert not row["question"].endswith("\n")
+    ids = torch.tensor([tokenizer(row["question"])["input_ids"]])
+    with torch.no_grad():
+        hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0, -1]
+    expected = embeddings.final_norm(model)(hidden)
+    # threshold: the same arithmetic, batched (right padding) against one prompt alone
+    assert torch.allclose(fs.features["authors_exact"][0], expected, atol=1e-5)
+    assert not torch.allclose(fs.features["authors_exact"], fs.features["authors"], atol=1e-3)
 
 
 def test_answer_margin_is_the_models_own_yes_minus_no_logit(model, tokenizer, persona):

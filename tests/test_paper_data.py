@@ -157,3 +157,118 @@ def test_paper_profiles_train_on_the_chained_split_and_the_cpu_profile_per_behav
     assert train == want
     cpu, _ = run_cache.behavior_pairs(config.get_config("cpu"), [123, 45])
     assert cpu != want and cpu[:900] == want[:900]  # the first behaviour alike, the second not
+
+
+# ---- item 19: HH-RLHF probes checked before any training -------------------------------------
+
+
+def test_hh_probes_that_cannot_be_encoded_stop_the_run_before_training(monkeypatch, tmp_path):
+    """A probe prompt longer than max_length raised only in the flipped runs, after the aligned
+    run had trained (hours at 7B); now it raises before the first training step."""
+    from training_fixtures import tiny_llama, tiny_tokenizer
+
+    from dpo_utils import models
+
+    tok = tiny_tokenizer()
+    folder = models.save_model(tiny_llama(tok), tok, tmp_path / "tiny")
+    cfg = config.get_config(
+        "cpu", model_name=str(folder), dpo_batch_size=4, per_device_batch_size=4, max_length=16
+    )
+    short = dict(prompt="\n\nHuman: hi\n\nAssistant:", chosen=" yes", rejected=" no")
+    long = dict(short, prompt="\n\nHuman: " + "tell me more " * 20 + "\n\nAssistant:")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started before the probes were checked")
+
+    monkeypatch.setattr(llm_evidence, "train_dpo", no_training)
+    with pytest.raises(ValueError, match="max_length=16"):
+        llm_evidence.hh_misalignment_curves(cfg, pairs=([short] * 4, [short, long]), n_probe=2)
+
+
+# ---- item 20: any causal LM, checked; the Colab T4 profile ------------------------------------
+
+
+def _tokenizer_folder(tmp_path, texts, name):
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers import models as tk_models
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(tk_models.BPE(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        show_progress=False,
+        special_tokens=["<pad>", "<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    core.train_from_iterator(texts, trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    folder = tmp_path / name
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_a_model_whose_answers_are_not_single_tokens_is_refused_naming_the_tokens(tmp_path):
+    from dpo_utils import models
+
+    # a vocabulary too small to learn " Yes" and " No" as whole tokens
+    bad = _tokenizer_folder(tmp_path, ["abc def ghi"] * 10, "bad")
+    # the folder holds a tokenizer only: the error comes before any weights are looked for
+    with pytest.raises(config.ConfigError, match=r"' Yes' is not a single token.*became \["):
+        models.load_model_and_tokenizer(config.get_config("cpu", model_name=str(bad)))
+    good = _tokenizer_folder(tmp_path, ['say?\n"x"\n Yes', 'say?\n"x"\n No'] * 50, "good")
+    with pytest.raises((OSError, ValueError), match="(?i)config"):  # past it, to the weights
+        models.load_model_and_tokenizer(config.get_config("cpu", model_name=str(good)))
+
+
+def test_cli_model_flag_checks_a_local_tokenizer_before_any_work(tmp_path, capsys):
+    from dpo_utils import train
+
+    bad = _tokenizer_folder(tmp_path, ["abc def ghi"] * 10, "bad")
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--behaviors", "0", "--model", str(bad), "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model_name=") and "' Yes' is not a single token" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_dpo_model_replaces_the_profiles_model_and_is_checked(monkeypatch, tmp_path):
+    monkeypatch.setenv("DPO_MODEL", "Qwen/Qwen2.5-1.5B")
+    assert config.get_config("colab-t4").model_name == "Qwen/Qwen2.5-1.5B"
+    assert config.get_config("cpu", model_name="tiny-llama").model_name == "tiny-llama"
+    monkeypatch.setenv("DPO_MODEL", "not a model")
+    with pytest.raises(config.ConfigError, match="model_name='not a model'"):
+        config.get_config("llama2-7b")
+
+
+def test_colab_t4_profile_fits_a_t4_and_is_listed_everywhere():
+    import re
+
+    cfg = config.get_config("colab-t4")
+    assert cfg.requires_gpu and cfg.dtype == "float16"  # a T4 has no bf16
+    assert cfg.model_name == "Qwen/Qwen2.5-0.5B" and cfg.persona_source == "persona"
+    assert cfg.dpo_batch_size % cfg.per_device_batch_size == 0 and cfg.dpo_max_steps
+    assert "colab-t4" not in config.PAPER_PROFILES  # its results are never the paper's
+    assert llm_evidence.featured_behaviors(cfg)[1] == UPSTREAM[84]
+    listed = re.search(r"^PROFILES := (.*)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert listed.split() == list(config.PROFILES)
+    assert "colab-t4" in (ROOT / "book" / "setup.md").read_text()
+
+
+def test_mistral_answer_ids_with_the_real_tokenizer():
+    """With mistral-common's own Mistral-7B tokenizer (v1, sentencepiece): " Yes" 5592 and " No"
+    1770 after a newline. Skipped where mistral-common and sentencepiece are not installed (they
+    are not project dependencies)."""
+    mistral_common = pytest.importorskip("mistral_common")
+    pytest.importorskip("sentencepiece")
+    from transformers import LlamaTokenizer
+
+    from dpo_utils import models
+
+    path = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+    tok = LlamaTokenizer(vocab_file=str(path), legacy=False)
+    assert models.answer_token_ids(tok) == (5592, 1770)
