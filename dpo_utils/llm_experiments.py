@@ -16,7 +16,13 @@ import torch
 
 from . import data, embeddings, feature_experiments, metrics, models
 from .config import ExperimentConfig
-from .run_cache import load_or_train, prefill, run_dir
+from .run_cache import (
+    CHAPTER_PROBE_EVERY,
+    CHAPTER_PROBE_TRAIN,
+    load_or_train,
+    prefill,
+    run_dir,
+)
 from .tables import metric_rows
 from .training import load_trained
 
@@ -37,10 +43,10 @@ __all__ = [
 ]
 
 #: train pairs probed per behaviour in chapters 08-11 (plus every test pair): keeps the probe
-#: under a fifth of a step
-PROBE_TRAIN = 48
-#: probe after every PROBE_EVERY-th optimizer step (and the last): a tenth of the CPU training time
-PROBE_EVERY = 2
+#: under a fifth of a step; a probe after every PROBE_EVERY-th step (and the last): a tenth of the
+#: CPU training time. Defined with the run key (the command line fills the same folders).
+PROBE_TRAIN = CHAPTER_PROBE_TRAIN
+PROBE_EVERY = CHAPTER_PROBE_EVERY
 
 
 def persona_rows(

@@ -29,6 +29,9 @@ from .runtime import process_map, worker_processes
 from .training import DPORun, load_trained, run_tables, save_trained, train_dpo
 
 __all__ = [
+    "CHAPTER_PROBE_EVERY",
+    "CHAPTER_PROBE_TRAIN",
+    "chapter_run_dir",
     "behavior_pairs",
     "probe_subsample",
     "train_behaviors",
@@ -37,6 +40,14 @@ __all__ = [
     "load_or_train",
     "prefill",
 ]
+
+#: the probe settings of every chapter's runs (chapters 08-11), and so of their cache keys: train
+#: pairs probed per behaviour (plus every test pair), and a probe after every second step (and the
+#: last); the command line uses the same by default, so its runs land where the chapters look
+CHAPTER_PROBE_TRAIN = 48
+CHAPTER_PROBE_EVERY = 2
+#: settings that change how a run is computed, not what it computes; left out of the run key
+_HARDWARE_FIELDS = ("per_device_batch_size",)
 
 
 def behavior_pairs(cfg: config.ExperimentConfig, behaviors, flip=False) -> tuple[list[dict], dict]:
@@ -183,9 +194,10 @@ def run_settings(cfg: config.ExperimentConfig, behaviors, *, mode: str, flip=Fal
 
 def _run_key(cfg, behaviors, mode, flip, start, max_steps, seed, probe_every, probe_train) -> dict:
     flip_key = _flip_key(flip)
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in _HARDWARE_FIELDS}
     return dict(
         code=code_fingerprint(["run_cache"]),
-        cfg=cfg.to_dict(),
+        cfg=settings,
         behaviors=[str(b) for b in behaviors],
         mode=mode,
         flip=flip_key,
@@ -212,14 +224,42 @@ def run_dir(
 ) -> Path:
     """Where :func:`load_or_train` keeps this run: ``results/<profile>/runs/<name>-<hash>/``.
 
-    The hash covers the whole config, the behaviours, mode, flip, the starting run (by its folder
-    name, which carries its own hash), steps, seed and probe settings.
+    The hash covers the whole config (but the per-device batch), the behaviours, mode, flip, the
+    starting run (by its folder name, which carries its own hash), steps, seed and probe settings.
 
     Used by: dpo_utils.run_cache.
     """
     check_mode(mode)
     key = _run_key(cfg, behaviors, mode, flip, start, max_steps, seed, probe_every, probe_train)
     return results_dir(cfg.profile) / "runs" / f"{name}-{config_hash(key)}"
+
+
+def chapter_run_dir(
+    cfg: config.ExperimentConfig,
+    behaviors,
+    *,
+    mode: str,
+    flip=False,
+    max_steps: int | None = None,
+    seed: int | None = None,
+) -> Path:
+    """The folder in which a chapter (08-11) looks for this run: :func:`run_dir` with the chapters'
+    probe settings and seed (default ``cfg.seed``, the chapters' first DPO seed). ``behaviors`` are
+    names, in the order trained. The per-device batch is not part of the key (it changes how the
+    effective batch is reached, not the run), so a run on 8 GPUs lands in the same folder.
+
+    Used by: dpo_utils.train.
+    """
+    return run_dir(
+        cfg,
+        behaviors,
+        mode=mode,
+        flip=flip,
+        max_steps=max_steps,
+        seed=cfg.seed if seed is None else seed,
+        probe_every=CHAPTER_PROBE_EVERY,
+        probe_train=CHAPTER_PROBE_TRAIN,
+    )
 
 
 def load_or_train(

@@ -10,6 +10,10 @@ step, behavior, split, metric, value, seed, mode), ``pairs.csv``, ``log_history.
 checks) and, with ``--checkpoint``, ``checkpoint/``. A notebook calls
 :func:`dpo_utils.run_cache.train_behaviors`, the function ``main`` calls, and gets the same table.
 
+Without ``--out`` the run goes to the run cache, into the very folder in which the chapters
+(08-11) look for a run of these settings (:func:`dpo_utils.run_cache.chapter_run_dir`: the same
+key, the chapters' probe settings and seed by default); the command prints that folder first.
+
 Every flag is checked before any data or model is loaded; a user error prints one line ``error:
 ...`` and exits with status 2. ``--out`` must be new or empty, or an earlier run replaced with
 ``--overwrite``; a folder the project did not write is never touched.
@@ -19,12 +23,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from . import config, data, models
 from .results import ResultFolderError, check_output_folder
-from .run_cache import run_settings, train_behaviors
+from .run_cache import (
+    CHAPTER_PROBE_EVERY,
+    CHAPTER_PROBE_TRAIN,
+    chapter_run_dir,
+    run_dir,
+    run_settings,
+    train_behaviors,
+)
 from .training import DPORun, save_trained
 
 __all__ = ["main", "check_resume", "RunFolderError"]
@@ -53,9 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action="store_true", help="swap chosen and rejected (misalignment)")
     p.add_argument("--max-steps", default=None, help="override the profile's dpo_max_steps")
     p.add_argument("--seed", default=None, help="override the profile's seed")
-    p.add_argument("--probe-every", default="1")
     p.add_argument(
-        "--probe-train", default=None, help="train pairs probed per behaviour (default: all)"
+        "--probe-every",
+        default=str(CHAPTER_PROBE_EVERY),
+        help=f"probe every n-th step (default {CHAPTER_PROBE_EVERY}, as the chapters)",
+    )
+    p.add_argument(
+        "--probe-train",
+        default=str(CHAPTER_PROBE_TRAIN),
+        help=f"train pairs probed per behaviour (default {CHAPTER_PROBE_TRAIN}, as the chapters)",
     )
     p.add_argument(
         "--resume-from", default=None, help="a folder written by an earlier run (continue it)"
@@ -71,7 +89,12 @@ def _parser() -> argparse.ArgumentParser:
         help="pairs per process and micro-step; per-device x processes x accumulation must equal "
         "the effective batch (128 on the paper profiles: 8 GPUs need 16 or less)",
     )
-    p.add_argument("--out", required=True, help="a new or empty folder to write the run to")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="a new or empty folder to write the run to (default: the run cache folder in "
+        "which the chapters look for this run, results/<profile>/runs/dpo-<key>/)",
+    )
     p.add_argument(
         "--overwrite", action="store_true", help="replace an earlier run at --out (never others)"
     )
@@ -149,11 +172,15 @@ def _validate(args) -> tuple[config.ExperimentConfig, list, dict]:
     config.check_mode(args.mode)
     max_steps = _int_flag("--max-steps", args.max_steps, 1)
     seed = _int_flag("--seed", args.seed, 0, config.SEED_LIMIT)
+    seed = cfg.seed if seed is None else seed  # the chapters pass it explicitly: one run key
     probe_every = _int_flag("--probe-every", args.probe_every, 1)
     probe_train = _int_flag("--probe-train", args.probe_train, 1)
     raw = [int(b) if b.isdigit() else b for b in args.behaviors]
     behaviors = data.resolve_behaviors(raw, data.available_behaviors(cfg.persona_source))
-    out = Path(args.out)
+    key = dict(mode=args.mode, flip=args.flip, max_steps=max_steps, seed=seed)
+    cache = run_dir(cfg, behaviors, **key, probe_every=probe_every, probe_train=probe_train)
+    chapters = chapter_run_dir(cfg, behaviors, **key)
+    out = Path(args.out) if args.out is not None else cache
     check_output_folder(out, overwrite=args.overwrite)
     settings = run_settings(cfg, behaviors, mode=args.mode, flip=args.flip)
     if args.resume_from is not None:
@@ -172,7 +199,13 @@ def _validate(args) -> tuple[config.ExperimentConfig, list, dict]:
         probe_train=probe_train,
         resume_from=args.resume_from,
     )
-    return cfg, behaviors, dict(kwargs, settings=settings)
+    where = (
+        f"the chapters (08-11) will find this run in {chapters}"
+        if out.resolve() == chapters.resolve()
+        else f"the chapters look for a run of these settings in {chapters}; this one goes to "
+        f"{out}" + ("" if cache == chapters else " (other probe settings: another key)")
+    )
+    return cfg, behaviors, dict(kwargs, settings=settings, out=out, where=where)
 
 
 def main(argv: list[str] | None = None) -> DPORun:
@@ -189,16 +222,24 @@ def main(argv: list[str] | None = None) -> DPORun:
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    settings = kwargs.pop("settings")
+    settings, out, where = kwargs.pop("settings"), kwargs.pop("out"), kwargs.pop("where")
     config.network_environment(cfg)
+    if _main_process():
+        print(where, flush=True)
     try:
         run = train_behaviors(cfg, behaviors, **kwargs)
-        # every process: under FSDP the weights are gathered collectively; the main process writes
-        save_trained(run, Path(args.out), checkpoint=args.checkpoint, settings=settings)
+        # every process: under FSDP the weights are gathered collectively; the main process writes;
+        # saved as the run cache saves (a paper-scale LoRA run keeps its adapter, not a merged 7B)
+        save_trained(
+            run,
+            out,
+            checkpoint=args.checkpoint,
+            merged_model=not cfg.requires_gpu,
+            settings=settings,
+        )
         if run.trainer is None or run.trainer.accelerator.is_main_process:
-            print(
-                f"wrote {args.out}: {run.probes['step'].max()} steps, {len(run.probes)} table rows"
-            )
+            print(f"wrote {out}: {run.probes['step'].max()} steps, {len(run.probes)} table rows")
+            print(where)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -213,6 +254,10 @@ def _check_answer_tokens(folder: str) -> None:
         models.answer_token_ids(AutoTokenizer.from_pretrained(folder))
     except ValueError as error:
         raise config.ConfigError(f"model_name={folder!r}: {error}") from None
+
+
+def _main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 if __name__ == "__main__":

@@ -100,7 +100,9 @@ def dpo_arguments(
         # paper profiles: the authors' truncation is applied by train_dpo itself (see _truncate)
         max_length=None if scale.max_prompt_length(cfg) else cfg.max_length,
         seed=cfg.seed if seed is None else seed,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        # mixed precision on a GPU: bf16 autocast, or fp16 for a float16 profile (a T4 has no bf16)
+        bf16=on_gpu and cfg.dtype != "float16" and torch.cuda.is_bf16_supported(),
+        fp16=on_gpu and cfg.dtype == "float16",
         use_cpu=use_cpu,
         gradient_checkpointing=on_gpu,
         logging_steps=1,

@@ -272,3 +272,48 @@ def test_mistral_answer_ids_with_the_real_tokenizer():
     path = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
     tok = LlamaTokenizer(vocab_file=str(path), legacy=False)
     assert models.answer_token_ids(tok) == (5592, 1770)
+
+
+# ---- item 15: one run key for the command line and the chapters -------------------------------
+
+
+def test_per_device_batch_is_not_part_of_the_run_key():
+    cfg = config.get_config("llama2-7b")
+    kw = dict(mode="full", seed=1234, probe_every=2, probe_train=48)
+    eight_gpus = cfg.replace(per_device_batch_size=16)
+    assert run_cache.run_dir(cfg, ["a"], **kw) == run_cache.run_dir(eight_gpus, ["a"], **kw)
+    assert run_cache.run_dir(cfg, ["a"], **kw) != run_cache.run_dir(
+        cfg.replace(dpo_batch_size=64), ["a"], **kw
+    )
+
+
+@pytest.mark.slow
+def test_cli_fills_exactly_the_folder_a_chapter_reads(tmp_path, capsys):
+    """The CLI's runs never reached the notebooks (another key: probe settings, seed). Without
+    --out it now trains into the chapters' cache folder, says so, and the chapter's call loads it
+    without training."""
+    import torch
+
+    from dpo_utils import models, pretraining, train
+
+    torch.set_num_threads(1)
+    # the stand-ins' tokenizer (real persona prompts fit the CPU profile's max_length), random init
+    tok = models.train_tokenizer(pretraining.pretraining_text().texts[:3000])
+    folder = models.save_model(models.tiny_model("llama", tok, seed=5), tok, tmp_path / "tiny")
+    behavior = UPSTREAM[84]
+    train.main(["--behaviors", "84", "--model", str(folder), "--max-steps", "1"])
+    printed = capsys.readouterr().out
+    cfg = config.get_config("cpu", model_name=str(folder))
+    where = run_cache.chapter_run_dir(cfg, [behavior], mode="lora", max_steps=1)
+    assert f"the chapters (08-11) will find this run in {where}" in printed
+    assert (where / "meta.json").is_file()
+    # what chapter 08 calls (llm_experiments.per_behavior_curves' run), for the same settings
+    run = llm_experiments._run(
+        cfg,
+        [behavior],
+        mode="lora",
+        seed=cfg.seed,
+        max_steps=1,
+        probe_train=llm_experiments.PROBE_TRAIN,
+    )
+    assert run.probes.attrs["from_cache"] and run.probes.attrs["path"] == str(where)
