@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from . import data, embeddings, feature_experiments, metrics, models
-from .config import ExperimentConfig
+from .config import ExperimentConfig, get_config
 from .run_cache import (
     CHAPTER_PROBE_EVERY,
     CHAPTER_PROBE_TRAIN,
@@ -320,13 +320,20 @@ def load_or_train_path(
     ]
 
 
-def trained_features(run_path: str, persona: dict, profile: str) -> embeddings.FeatureSet:
-    """Features of a saved run's merged model (cached, keyed by the run's folder).
+def trained_features(
+    run_path: str, persona: dict, profile: str, cfg: ExperimentConfig | None = None
+) -> embeddings.FeatureSet:
+    """Features of a saved run's merged model (cached, keyed by the run's folder), extracted where
+    and in the dtype the "before" features are (:func:`base_features`): on the GPU when there is
+    one, in the profile's dtype there (bf16 at 7B), fp32 on the CPU; so before and after differ by
+    training only, never by precision. ``cfg`` defaults to the profile's.
 
     Used in: notebooks/11_embedding_geometry.ipynb.
     """
-
-    run = load_trained(run_path)
+    cfg = cfg or get_config(profile)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    run = load_trained(run_path, device=device)
+    run.model.to(models.load_dtype(cfg, device))
     return embeddings.persona_features(
         run.model.eval(),
         run.tokenizer,
@@ -355,7 +362,9 @@ def geometry_table(
     for mode in modes:
         for behavior, statements in persona.items():
             run = _run(cfg, [behavior], mode=mode, probe_train=probe_train, seed=seed)
-            after = trained_features(run.probes.attrs["path"], {behavior: statements}, cfg.profile)
+            after = trained_features(
+                run.probes.attrs["path"], {behavior: statements}, cfg.profile, cfg
+            )
             row = dict(mode=mode, behavior=behavior)
             for stage, fs in (("before", base), ("after", after)):
                 props = metrics.properties_table({behavior: fs.select(behavior, "final")}).iloc[0]

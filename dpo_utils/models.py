@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # for annotations only: importing these costs seconds
 __all__ = [
     "TinyShape",
     "TINY_MODELS",
+    "load_dtype",
     "PRETRAIN_DEFAULTS",
     "train_tokenizer",
     "answer_token_ids",
@@ -296,7 +297,11 @@ def _pretrain_into(folder, key, arch, texts, steps, seed, vocab_size) -> None:
         (tmp / "pretrain.json").write_text(json.dumps(info, indent=1))
 
 
-def _dtype_for(cfg: ExperimentConfig, device: str) -> torch.dtype:
+def load_dtype(cfg: ExperimentConfig, device: str) -> torch.dtype:
+    """A profile's model dtype on ``device``: its dtype on a GPU (fp16 without bf16), else fp32.
+
+    Used by: dpo_utils.llm_experiments, dpo_utils.models.
+    """
     if device.startswith("cuda") and cfg.dtype == "bfloat16" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     if device.startswith("cuda") and cfg.dtype in ("bfloat16", "float16"):
@@ -340,7 +345,7 @@ def load_model_and_tokenizer(
             raise ConfigError(f"model_name={cfg.model_name!r}: {error}") from None
         if tokenizer.pad_token is None:  # Llama-2 has none; the authors pad with id 0 (<unk>)
             tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(cfg.model_name, dtype=_dtype_for(cfg, device))
+        model = AutoModelForCausalLM.from_pretrained(cfg.model_name, dtype=load_dtype(cfg, device))
     # transformers decorates PreTrainedModel.to with functools.wraps(Module.to): mypy reads the
     # result as an unbound callable whose first argument is the model, not the device
     return model.to(device).eval(), tokenizer  # type: ignore[arg-type]

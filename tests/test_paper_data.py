@@ -317,3 +317,42 @@ def test_cli_fills_exactly_the_folder_a_chapter_reads(tmp_path, capsys):
         probe_train=llm_experiments.PROBE_TRAIN,
     )
     assert run.probes.attrs["from_cache"] and run.probes.attrs["path"] == str(where)
+
+
+# ---- item 4: before and after features on the same device, in one dtype -----------------------
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_after_features_are_extracted_where_and_as_the_before_features(monkeypatch, gpu):
+    """Chapters 10-11 extracted the trained 7B model's features on the CPU (load_trained without a
+    device) and compared them with bf16 features of the base model on the GPU."""
+    import torch
+    from training_fixtures import tiny_llama, tiny_tokenizer
+
+    from dpo_utils import models
+    from dpo_utils.training import DPORun
+
+    tok = tiny_tokenizer()
+    saved = tiny_llama(tok).to(torch.bfloat16 if not gpu else torch.float32)
+    calls = {}
+
+    def fake_load(path, device=None):
+        calls["device"] = device
+        empty = pd.DataFrame()
+        return DPORun(saved, empty, empty, empty, mode="full", seed=0, tokenizer=tok)
+
+    def fake_features(model, tokenizer, persona, **kwargs):
+        calls["dtype"] = next(model.parameters()).dtype
+        return "features"
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(llm_experiments, "load_trained", fake_load)
+    monkeypatch.setattr(llm_experiments.embeddings, "persona_features", fake_features)
+    cfg = config.get_config("llama2-7b")
+    llm_experiments.trained_features("runs/dpo-x", {}, cfg.profile)
+    device = "cuda" if gpu else "cpu"
+    assert calls["device"] == device
+    # the base model's dtype on that device (models.load_model_and_tokenizer's rule)
+    assert calls["dtype"] == models.load_dtype(cfg, device)
+    assert calls["dtype"] == (torch.bfloat16 if gpu else torch.float32)
