@@ -238,9 +238,12 @@ def persona_features(
 
 
 def _all_variants(model, tokenizer, texts, rows, batch_size) -> dict[str, torch.Tensor]:
-    features = last_token_features(model, tokenizer, texts, batch_size=batch_size)
-    bare = [row["question"] for row in rows]  # the authors' text: no trailing newline
-    features["authors_exact"] = last_token_features(model, tokenizer, bare, batch_size)["authors"]
+    """One extraction over the prompts and the bare questions (the authors' text: no newline)."""
+    bare = [row["question"] for row in rows]
+    both = last_token_features(model, tokenizer, list(texts) + bare, batch_size=batch_size)
+    n = len(texts)
+    features = {v: both[v][:n].clone() for v in _PASS_VARIANTS}  # not views: saved alone
+    features["authors_exact"] = both["authors"][n:].clone()
     return features
 
 
