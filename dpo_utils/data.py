@@ -27,7 +27,7 @@ import gzip
 import json
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -365,7 +365,7 @@ def split_rows(rows: Sequence[_Row], seed: int = 1234) -> tuple[list[_Row], list
 
 
 def split_behaviors(
-    persona: dict[str, Sequence[dict]], seed: int = 1234, chained: bool = False
+    persona: Mapping[str, Sequence[dict]], seed: int = 1234, chained: bool = False
 ) -> dict[str, tuple[list[dict], list[dict]]]:
     """Each behaviour's (train, test) split. ``chained=False``: :func:`split_rows` per behaviour,
     so a behaviour splits the same alone and in any joint run. ``chained=True``: as the authors'

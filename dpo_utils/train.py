@@ -173,7 +173,7 @@ def _validate(args) -> tuple[config.ExperimentConfig, list, dict]:
     max_steps = _int_flag("--max-steps", args.max_steps, 1)
     seed = _int_flag("--seed", args.seed, 0, config.SEED_LIMIT)
     seed = cfg.seed if seed is None else seed  # the chapters pass it explicitly: one run key
-    probe_every = _int_flag("--probe-every", args.probe_every, 1)
+    probe_every = _int_flag("--probe-every", args.probe_every, 1) or CHAPTER_PROBE_EVERY
     probe_train = _int_flag("--probe-train", args.probe_train, 1)
     raw = [int(b) if b.isdigit() else b for b in args.behaviors]
     behaviors = data.resolve_behaviors(raw, data.available_behaviors(cfg.persona_source))
