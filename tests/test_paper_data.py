@@ -356,3 +356,35 @@ def test_after_features_are_extracted_where_and_as_the_before_features(monkeypat
     # the base model's dtype on that device (models.load_model_and_tokenizer's rule)
     assert calls["dtype"] == models.load_dtype(cfg, device)
     assert calls["dtype"] == (torch.bfloat16 if gpu else torch.float32)
+
+
+# ---- item 14: a paper profile's book build has no cell timeout, in its own folder -------------
+
+
+def test_make_book_at_a_paper_profile_turns_the_cell_timeout_off(tmp_path):
+    """`make book PROFILE=llama2-7b` killed chapter 08's training cell at the 600 s timeout.
+    The commands make would run (make -n runs nothing) write a config without the timeout."""
+    import shutil
+    import subprocess
+
+    from jupyter_book.config import get_final_config
+
+    lines = subprocess.run(
+        ["make", "-n", "book", "PROFILE=llama2-7b"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.replace("\\\n", " ")
+    commands = [line for line in lines.splitlines() if line.startswith(("sed ", "DPO_PROFILE="))]
+    sed, build = commands
+    assert "--path-output '_build/llama2-7b'" in build and "--config" in build
+    shutil.copy(ROOT / "_config.yml", tmp_path / "_config.yml")
+    (tmp_path / "_build" / "llama2-7b").mkdir(parents=True)
+    subprocess.run(sed, shell=True, cwd=tmp_path, check=True)
+    generated = tmp_path / "_build" / "llama2-7b" / "_config.yml"
+    cli = dict(latex_individualpages=False)
+    sphinx, _ = get_final_config(user_yaml=generated, cli_config=dict(cli), sourcedir=ROOT)
+    assert sphinx["nb_execution_timeout"] == -1
+    cpu, _ = get_final_config(user_yaml=ROOT / "_config.yml", cli_config=dict(cli), sourcedir=ROOT)
+    assert cpu["nb_execution_timeout"] == 600  # the CPU build keeps its limit
