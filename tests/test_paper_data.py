@@ -93,9 +93,13 @@ def test_pair_runs_use_the_profiles_pair_batch_and_per_behaviour_splits(monkeypa
         seen.append((cfg, list(behaviors), kwargs.get("flip", False)))
         return Run()
 
+    prefilled = []
     monkeypatch.setattr(llm_experiments, "_run", fake_run)
+    monkeypatch.setattr(llm_experiments, "prefill", prefilled.extend)
     cfg = config.get_config("mistral-7b")
     llm_experiments.pair_curves(cfg, "a", "b")
+    # the runs trained ahead (in workers on CPU) are the ones then read: same settings
+    assert [(j["cfg"], j["behaviors"], j.get("flip", False)) for j in prefilled] == seen
     solo = [c for c, b, _ in seen if len(b) == 1]
     joint = [c for c, b, _ in seen if len(b) == 2]
     assert [c.dpo_batch_size for c in solo] == [128, 128] and solo[0] == cfg
