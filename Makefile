@@ -34,7 +34,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION ?= 1
 
 .PHONY: setup test test-unit test-fast test-notebooks book chapters bench clean clean-results help
 .PHONY: lint typecheck
-.PHONY: student pdf test-browser
+.PHONY: student pdf test-browser corpus-track
 
 help:
 	@echo "make book      execute every chapter on the CPU profile and build _build/html"
@@ -45,6 +45,7 @@ help:
 	@echo "make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu   the CPU-only torch build"
 	@echo "make bench     speed benchmarks (not part of make test)"
 	@echo "make chapters PROFILE=llama2-7b   run every chapter with papermill into runs/<profile>/"
+	@echo "make corpus-track   chapters 07-11 on the controlled corpus (the claims table's corpus column)"
 	@echo "make clean     remove _build (keeps .venv and results/)"
 	@echo "make student   copies of the notebooks without exercise solutions, in student/notebooks/"
 	@echo "make pdf       the whole book as one PDF, _build/book.pdf (headless chromium)"
@@ -120,6 +121,33 @@ chapters: $(STAMP)
 	  $(BIN)/papermill --cwd notebooks "$$nb" "runs/$(PROFILE)/$$(basename $$nb)" -p profile '$(PROFILE)' \
 	    --no-progress-bar || exit 1; \
 	done
+
+# The controlled-corpus track of chapters 07-11 (the claims table's "controlled corpus" column):
+# each chapter once more with persona_source=corpus, into runs/<profile>-corpus/ (same rule as
+# make chapters: only notebooks it wrote are replaced). Their verdicts go to
+# results/<profile>/verdicts/; the claims page's cached execution is dropped so that the next
+# make book reads them (the other pages stay cached).
+JUPYTER_CACHE := $(if $(filter cpu,$(PROFILE)),_build/.jupyter_cache,_build/$(PROFILE)/_build/.jupyter_cache)
+CORPUS_CHAPTERS := 07_last_layer_dpo 08_full_and_lora_dpo 09_prioritisation_llm \
+	10_misalignment_llm 11_embedding_geometry
+corpus-track: $(STAMP)
+	@mkdir -p 'runs/$(PROFILE)-corpus'
+	@for nb in $(CORPUS_CHAPTERS); do \
+	  out="runs/$(PROFILE)-corpus/$$nb.ipynb"; \
+	  if [ -e "$$out" ] && ! grep -q '"papermill"' "$$out"; then \
+	    echo "error: $$out was not written by make corpus-track; move it away first." >&2; exit 1; \
+	  fi; \
+	done
+	@for nb in $(CORPUS_CHAPTERS); do \
+	  echo "== $$nb (controlled corpus, $(PROFILE))"; \
+	  $(BIN)/papermill --cwd notebooks "notebooks/$$nb.ipynb" "runs/$(PROFILE)-corpus/$$nb.ipynb" \
+	    -p profile '$(PROFILE)' -p persona_source corpus --no-progress-bar || exit 1; \
+	done
+	@$(BIN)/python -c "import sys; from pathlib import Path; from jupyter_cache import get_cache; \
+	  folder = Path(sys.argv[1]); c = get_cache(folder) if folder.is_dir() else None; \
+	  [c.remove_cache(r.pk) for r in (c.list_cache_records() if c else []) \
+	   if r.uri.endswith('13_claims_and_verdicts.ipynb')]" '$(JUPYTER_CACHE)'
+	@echo "corpus verdicts saved; make book PROFILE=$(PROFILE) shows them in the claims table"
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python "$$b" || exit 1; done
