@@ -1,10 +1,11 @@
-"""Headless Debian chromium for the built book, offline, with MathJax served from a local copy.
+"""Headless Debian chromium for the built book, offline.
 
-The book's HTML loads MathJax 3 from a CDN, which is right for readers but cannot load on a machine
-without network. Instead of changing the HTML, every request for the CDN's MathJax is answered from
-a local copy of the npm package ``mathjax@3`` (``make test-browser`` puts it in
-``~/.cache/dpo-companion/mathjax``, outside the book's sources), and every other request that
-leaves the local server is blocked and recorded.
+The book serves MathJax 3 from its own ``_static/mathjax`` when the build found a local copy
+(book/_ext/offline_mathjax.py); otherwise its HTML loads MathJax from a CDN. For such a build,
+every request for the CDN's MathJax is answered from a local copy of the npm package
+``mathjax@3`` (``make test-browser`` puts it in ``~/.cache/dpo-companion/mathjax``, outside the
+book's sources).
+Every other request that leaves the local server is blocked and recorded.
 
 Used by browser_tests/test_pages.py (``make test-browser``) and browser_tests/print_pdf.py
 (``make pdf``).
@@ -102,6 +103,13 @@ def find_mathjax() -> Path:
     return folder
 
 
+def build_mathjax(html_dir: Path) -> Path | None:
+    """The MathJax that the built book serves itself (``_static/mathjax/tex-mml-chtml.js``), or
+    None when the build loads it from the CDN."""
+    local = Path(html_dir) / "_static" / "mathjax" / "tex-mml-chtml.js"
+    return local if local.is_file() else None
+
+
 class _QuietHandler(SimpleHTTPRequestHandler):
     # noqa: A002 - the base class's name
     def log_message(self, format: str, *args: object) -> None:
@@ -131,10 +139,10 @@ def launch(playwright):
 
 
 def route_offline(
-    context, base_url: str, mathjax_dir: Path, blocked: list[tuple[str, str]]
+    context, base_url: str, mathjax_dir: Path | None, blocked: list[tuple[str, str]]
 ) -> None:
-    """Answer MathJax CDN requests from ``mathjax_dir``, pass local ones, block and record the
-    rest.
+    """Answer MathJax CDN requests from ``mathjax_dir`` (None: block them too), pass local ones,
+    block and record the rest.
 
     ``blocked`` receives (resource type, url) for every request that would have left the machine.
     """
@@ -144,7 +152,7 @@ def route_offline(
         if url.startswith(base_url) or url.startswith(("data:", "blob:", "about:")):
             route.continue_()
             return
-        for prefix in MATHJAX_CDN_PREFIXES:
+        for prefix in MATHJAX_CDN_PREFIXES if mathjax_dir is not None else ():
             if url.startswith(prefix):
                 local = mathjax_dir / url[len(prefix) :].split("?")[0].split("#")[0]
                 if local.is_file():

@@ -2,7 +2,9 @@
 # Installs what `make test-browser` and `make pdf` need, when it is missing:
 #   Debian's chromium (apt-get), the Python playwright client (the [browser] extra; it drives the
 #   system chromium, never a downloaded one) and MathJax 3 from npm
-#   (into ~/.cache/dpo-companion/mathjax, or use a copy of your own: MATHJAX_DIR=<folder with es5/>).
+#   (into ~/.cache/dpo-companion/mathjax, or use a copy of your own: MATHJAX_DIR=<folder with es5/>;
+#   a book built after this finds the copy and serves MathJax itself, see book/_ext/offline_mathjax.py),
+#   and a colour emoji font (Debian's fonts-noto-color-emoji) for the status page's check marks.
 # Exits non-zero, saying what to do, when something cannot be installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +39,15 @@ elif ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/nul
   echo "== installing Debian's chromium (apt-get install chromium)"
   apt_install chromium || {
     echo "error: chromium is missing and could not be installed; as root run: apt-get install -y chromium" >&2
+    exit 1
+  }
+fi
+
+if command -v fc-list >/dev/null && ! fc-list | grep -qi emoji; then
+  echo "== installing an emoji font (apt-get install fonts-noto-color-emoji)"
+  apt_install fonts-noto-color-emoji || {
+    echo "error: no emoji font, so the status page's check marks would show as boxes; as root run:" \
+         "apt-get install -y fonts-noto-color-emoji" >&2
     exit 1
   }
 fi

@@ -3,8 +3,14 @@
 A page fails on: an uncaught JavaScript error or a console error; a local file (script, style,
 image, font) that does not load; an image that does not display; math that MathJax did not render
 or rendered as an error; an internal link to a missing page or a missing #anchor; a chapter page
-without working Colab and Binder launch links. A screenshot of each page goes to
-_build/screenshots/ (the same relative path, .png).
+without working Colab and Binder launch links; a page that scrolls sideways, at 1280 px or on a
+390 px phone (wide tables, code and math must scroll inside their own boxes). A screenshot of each
+page goes to _build/screenshots/ (the same relative path, .png), and one at 390 px to
+_build/screenshots/390px/.
+
+Two checks open the book from disk (file:// URLs) with every other request refused, as a reader
+without a network would: math is typeset by the MathJax the build serves itself, and the status
+page's check marks are drawn as glyphs, not as empty boxes.
 
 Run with ``make test-browser`` after ``make book``. Not part of ``make test``: it needs a built
 book, chromium and a local MathJax copy. Settings: BOOK_HTML (default _build/html), SCREENSHOTS
@@ -21,7 +27,16 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from browser import ROOT, WAIT_FOR_PAGE_JS, SetupError, find_mathjax, launch, route_offline, serve
+from browser import (
+    ROOT,
+    WAIT_FOR_PAGE_JS,
+    SetupError,
+    build_mathjax,
+    find_mathjax,
+    launch,
+    route_offline,
+    serve,
+)
 
 HTML_DIR = Path(os.environ.get("BOOK_HTML", ROOT / "_build" / "html")).resolve()
 SHOTS_DIR = Path(os.environ.get("SCREENSHOTS", ROOT / "_build" / "screenshots")).resolve()
@@ -104,6 +119,46 @@ RAW_MATH_JS = r"""
   return {raw: found, unrendered: unrendered, errors: errors};
 }
 """
+
+# what makes the page wider than the window: elements reaching past its right edge that no
+# scrolling box of their own clips (the theme's off-canvas sidebars and dialogs excepted)
+SIDEWAYS_JS = """
+() => {
+  const width = document.documentElement.clientWidth;
+  const culprits = [];
+  for (const el of document.querySelectorAll('body *')) {
+    if (el.closest('.bd-sidebar-secondary, .bd-sidebar-primary, dialog')) continue;
+    const box = el.getBoundingClientRect();
+    if (box.width === 0 || box.right <= width + 1) continue;
+    let clipped = false;
+    for (let a = el.parentElement; a && a !== document.body; a = a.parentElement) {
+      const style = getComputedStyle(a);
+      if (['auto', 'scroll', 'hidden', 'clip'].includes(style.overflowX) &&
+          a.getBoundingClientRect().right <= width + 1) { clipped = true; break; }
+    }
+    if (!clipped) {
+      culprits.push(`${el.tagName.toLowerCase()}.${String(el.className).split(' ')[0]} ` +
+                    `reaches ${Math.round(box.right)} px: ` +
+                    (el.textContent || '').trim().slice(0, 40));
+    }
+  }
+  return {scroll: document.documentElement.scrollWidth, width: width, culprits: culprits};
+}
+"""
+
+PHONE = {"width": 390, "height": 844}
+
+
+def sideways_problems(page) -> list[str]:
+    """Why ``page`` scrolls sideways at its current width (empty when it does not)."""
+    found = page.evaluate(SIDEWAYS_JS)
+    if found["scroll"] <= found["width"]:
+        return []
+    return [
+        f"page is {found['scroll']} px wide in a {found['width']} px window; "
+        + ("; ".join(found["culprits"][:4]) or "no single element found")
+    ]
+
 
 BROKEN_IMAGES_JS = """
 () => Array.from(document.images)
@@ -199,7 +254,9 @@ def browser_session():
     if not PAGES:
         pytest.skip(f"no built book in {HTML_DIR}: run `make book` first")
     try:
-        mathjax = find_mathjax()
+        # a book that serves its own MathJax must not need the CDN; otherwise answer the CDN's
+        # requests from a local copy
+        mathjax = None if build_mathjax(HTML_DIR) else find_mathjax()
         from playwright.sync_api import sync_playwright
     except (SetupError, ImportError) as err:
         pytest.fail(f"browser test not set up: {err}. `make test-browser` installs what it needs.")
@@ -260,6 +317,7 @@ def test_page(browser_session, page_rel):
             for kind, url in blocked
             if kind == "image"
         ]
+        problems += sideways_problems(page)
         hrefs = page.eval_on_selector_all("a[href]", "els => els.map(a => a.href)")
         problems += [f"broken internal link: {b}" for b in broken_internal_links(hrefs, base_url)]
         problems += launch_link_problems(page_rel, hrefs)
@@ -270,3 +328,137 @@ def test_page(browser_session, page_rel):
         page.close()
     problems = [p for p in problems if p not in KNOWN_THEME_ERRORS]
     assert not problems, f"{page_rel}:\n  " + "\n  ".join(problems)
+
+
+@pytest.fixture(scope="session")
+def phone(browser_session):
+    """A 390 px wide window (an iPhone 12-14) on the same offline routes."""
+    context, base_url, blocked = browser_session
+    phone_context = context.browser.new_context(viewport=PHONE, service_workers="block")
+    mathjax = None if build_mathjax(HTML_DIR) else find_mathjax()
+    route_offline(phone_context, base_url, mathjax, blocked)
+    yield phone_context, base_url
+    phone_context.close()
+
+
+@pytest.mark.parametrize("page_rel", PAGES or ["(no built book)"])
+def test_page_fits_a_phone(phone, page_rel):
+    """At 390 px nothing makes the page scroll sideways; screenshots go to screenshots/390px/."""
+    context, base_url = phone
+    if redirect_target(page_rel) is not None:
+        return
+    page = context.new_page()
+    try:
+        page.goto(base_url + page_rel, wait_until="load", timeout=30_000)
+        page.evaluate(WAIT_FOR_PAGE_JS)
+        problems = sideways_problems(page)
+        shot = SHOTS_DIR / "390px" / re.sub(r"\.html$", ".png", page_rel)
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shot), full_page=True)
+    finally:
+        page.close()
+    assert not problems, f"{page_rel} at 390 px:\n  " + "\n  ".join(problems)
+
+
+@pytest.fixture(scope="session")
+def from_disk(browser_session):
+    """A window that opens the book as files, with every request that is not a file refused."""
+    context, _, _ = browser_session
+    disk_context = context.browser.new_context(
+        viewport={"width": 1280, "height": 900}, service_workers="block"
+    )
+    refused: list[str] = []
+
+    def handle(route) -> None:
+        if route.request.url.startswith(("file:", "data:", "blob:", "about:")):
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    disk_context.route("**/*", handle)
+    yield disk_context, refused
+    disk_context.close()
+
+
+# pages that must hold typeset math: the notation page and the first chapter
+MATH_PAGES = ["book/notation.html", "notebooks/01_dpo_single_token.html"]
+
+
+@pytest.mark.parametrize("page_rel", MATH_PAGES)
+def test_math_is_typeset_offline_from_disk(from_disk, page_rel):
+    context, refused = from_disk
+    path = HTML_DIR / page_rel
+    assert path.is_file(), f"{page_rel} was not built"
+    refused.clear()
+    page = context.new_page()
+    try:
+        page.goto(path.as_uri(), wait_until="load", timeout=30_000)
+        state = page.evaluate(WAIT_FOR_PAGE_JS)
+        typeset = page.evaluate("() => document.querySelectorAll('mjx-container').length")
+        math = page.evaluate(RAW_MATH_JS)
+    finally:
+        page.close()
+    hint = (
+        "the build serves no MathJax of its own (no _static/mathjax/): install a local copy "
+        "(`bash browser_tests/ensure_tools.sh` or `pip install django-static-mathjax`) and "
+        "rebuild"
+        if build_mathjax(HTML_DIR) is None
+        else "MathJax is in _static/mathjax/ but did not typeset"
+    )
+    assert state == "typeset", f"{page_rel} offline: MathJax {state}; {hint}; refused {refused}"
+    assert typeset > 0, f"{page_rel} offline: no mjx-container; {hint}"
+    assert not math["unrendered"] and not math["errors"], f"{page_rel} offline: {math}"
+    assert not [u for u in refused if "mathjax" in u.lower()], (
+        f"MathJax from the network: {refused}"
+    )
+
+
+# draws a string in the font of the first table cell that holds it, beside two code points that no
+# font has (U+10FFFC and U+10FFFD, private use): a glyph that is really drawn differs from them,
+# while a missing one is drawn as the same empty box
+GLYPH_JS = """
+(text) => {
+  const holder = Array.from(document.querySelectorAll('td'))
+      .find(el => el.textContent.includes(text));
+  if (!holder) return null;
+  const font = getComputedStyle(holder).font;
+  const draw = s => {
+    const canvas = document.createElement('canvas');
+    canvas.width = canvas.height = 64;
+    const g = canvas.getContext('2d');
+    g.font = font;
+    g.textBaseline = 'top';
+    g.fillStyle = '#000';
+    g.fillText(s, 4, 4);
+    return Array.from(g.getImageData(0, 0, 64, 64).data).join(',');
+  };
+  const missing = [draw('\\u{10FFFC}'), draw('\\u{10FFFD}')];
+  const drawn = draw(text);
+  return {
+    count: document.body.textContent.split(text).length - 1,
+    same_as_missing: missing.includes(drawn),
+    missing_look_alike: missing[0] === missing[1],
+    blank: drawn === draw(''),
+  };
+}
+"""
+
+
+def test_status_page_check_marks_render_offline(from_disk):
+    context, _ = from_disk
+    path = HTML_DIR / "book" / "status.html"
+    assert path.is_file(), "book/status.html was not built"
+    page = context.new_page()
+    try:
+        page.goto(path.as_uri(), wait_until="load", timeout=30_000)
+        glyph = page.evaluate(GLYPH_JS, "\u2705")
+    finally:
+        page.close()
+    assert glyph is not None, "the status page shows no check mark (its execution table is gone)"
+    assert glyph["missing_look_alike"], f"cannot tell a missing glyph apart here: {glyph}"
+    assert not glyph["same_as_missing"] and not glyph["blank"], (
+        f"the status page's {glyph['count']} check marks are drawn as empty boxes: no font with "
+        "U+2705; install one (Debian: apt-get install fonts-noto-color-emoji; "
+        "browser_tests/ensure_tools.sh does)"
+    )
