@@ -12,6 +12,12 @@ byte for byte (notebooks are stored the way nbformat writes them: one-space inde
 
 Command line: ``python -m dpo_utils.teaching IN.ipynb OUT.ipynb`` or
 ``python -m dpo_utils.teaching IN_DIR OUT_DIR`` (every ``*.ipynb`` of IN_DIR).
+
+The chapter table of the instructors' page (title, exercise count, measured run time and memory of
+every chapter) is read from the notebooks and from ``book/chapter_times.json`` (written by
+``benchmarks/chapter_times.py``), never typed: ``python -m dpo_utils.teaching --chapter-table
+book/instructors.md`` rewrites it between its two marker comments, and tests/test_teaching.py fails
+when the page and the notebooks disagree.
 """
 
 from __future__ import annotations
@@ -22,11 +28,17 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 __all__ = [
+    "CHAPTER_TABLE_MARKERS",
     "SolutionFenceError",
     "StudentCopyReport",
+    "chapter_table",
+    "chapter_table_markdown",
     "strip_solution_blocks",
     "student_copy",
+    "sync_chapter_table",
     "main",
 ]
 
@@ -35,6 +47,14 @@ SOLUTION_TAG = "solution"
 _OPEN = re.compile(
     r"^(?P<indent> {0,3})(?P<fence>`{3,}|:{3,})\{(?P<name>solution(?:-start|-end)?)\}"
 )
+
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTER_TIMES = ROOT / "book" / "chapter_times.json"
+CHAPTER_TABLE_MARKERS = ("<!-- chapter-table:start -->", "<!-- chapter-table:end -->")
+# an exercise directive of sphinx-exercise, either fence, one-block or gated form
+_EXERCISE = re.compile(r"^ {0,3}(?:`{3,}|:{3,})\{exercise(?:-start)?\}", re.MULTILINE)
+_HEADING = re.compile(r"^#\s+(?:\d+\.\s+)?(?P<title>.+?)\s*$", re.MULTILINE)
 
 
 class SolutionFenceError(ValueError):
@@ -172,15 +192,91 @@ def student_copy(notebook_in: str | Path, notebook_out: str | Path) -> StudentCo
     return report
 
 
+def _chapter_facts(path: Path) -> dict:
+    """Title (the first ``#`` heading, its number dropped) and exercise count of one notebook."""
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    texts = [_source_text(c) for c in cells if c.get("cell_type") == "markdown"]
+    title = next((m["title"] for text in texts if (m := _HEADING.search(text))), None)
+    if title is None:
+        raise ValueError(f"{path}: no '# Title' heading in any markdown cell")
+    exercises = sum(len(_EXERCISE.findall(text)) for text in texts)
+    return {"chapter": path.stem.split("_", 1)[0], "title": title, "exercises": exercises}
+
+
+def chapter_table(
+    notebooks: str | Path = ROOT / "notebooks", times: str | Path | None = CHAPTER_TIMES
+):
+    """One row per chapter notebook (``NN_*.ipynb``, in order): chapter number, title, exercises
+    and, from ``times`` (benchmarks/chapter_times.py's JSON; None or a missing file: left empty),
+    the measured wall seconds and peak memory (MiB) of a cold run.
+
+    Used by: book/status.ipynb, ``python -m dpo_utils.teaching --chapter-table``.
+    """
+    paths = sorted(Path(notebooks).glob("[0-9][0-9]_*.ipynb"))
+    if not paths:
+        raise FileNotFoundError(f"no chapter notebooks (NN_*.ipynb) in {notebooks}")
+    table = pd.DataFrame([{"file": p.stem, **_chapter_facts(p)} for p in paths])
+    measured = {}
+    if times is not None and Path(times).is_file():
+        measured = {row["chapter"]: row for row in json.loads(Path(times).read_text())["chapters"]}
+    for column in ("wall_s", "peak_rss_mib"):
+        table[column] = [measured.get(f, {}).get(column, float("nan")) for f in table.file]
+    return table
+
+
+def chapter_table_markdown(table) -> str:
+    """``table`` (from :func:`chapter_table`) as the Markdown table of the instructors' page.
+
+    Used by: dpo_utils.teaching.
+    """
+
+    def measured(value: float, fmt: str) -> str:
+        return "not measured" if value != value else format(value, fmt)  # NaN != NaN
+
+    lines = [
+        "| chapter | title | exercises | wall time, cold (s) | peak memory (MiB) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r.chapter} | {r.title} | {r.exercises} | {measured(r.wall_s, '.0f')} "
+        f"| {measured(r.peak_rss_mib, '.0f')} |"
+        for r in table.itertuples()
+    ]
+    return "\n".join(lines)
+
+
+def sync_chapter_table(page: str | Path, table, check: bool = False) -> bool:
+    """Put ``table`` between the chapter-table markers of ``page``; True if the page changed (with
+    ``check``, report a difference without writing).
+
+    Used by: ``python -m dpo_utils.teaching --chapter-table``, benchmarks/chapter_times.py.
+    """
+    page = Path(page)
+    text = page.read_text(encoding="utf-8")
+    start, end = CHAPTER_TABLE_MARKERS
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"{page} needs exactly one {start} followed by one {end}")
+    head, rest = text.split(start)
+    new = f"{head}{start}\n{chapter_table_markdown(table)}\n{end}{rest.split(end, 1)[1]}"
+    if new != text and not check:
+        page.write_text(new, encoding="utf-8")
+    return new != text
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; see the module docstring. Returns the exit status.
 
     Used by: ``python -m dpo_utils.teaching`` (``make student``).
     """
     args = sys.argv[1:] if argv is None else argv
+    if len(args) == 2 and args[0] == "--chapter-table":
+        changed = sync_chapter_table(args[1], chapter_table())
+        print(f"{args[1]}: chapter table {'rewritten' if changed else 'already up to date'}")
+        return 0
     if len(args) != 2:
         print(
-            "usage: python -m dpo_utils.teaching IN.ipynb OUT.ipynb | IN_DIR OUT_DIR",
+            "usage: python -m dpo_utils.teaching IN.ipynb OUT.ipynb | IN_DIR OUT_DIR\n"
+            "       python -m dpo_utils.teaching --chapter-table PAGE.md",
             file=sys.stderr,
         )
         return 2

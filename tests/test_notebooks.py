@@ -2,6 +2,7 @@
 notebooks`)."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,30 @@ def test_every_figure_has_a_caption_and_alt_text(path):
     assert not missing, (
         f"{path.name}: figure cells {missing} lack a caption or alt text (mystnb metadata)"
     )
+
+
+TAKEAWAY = "## What you should take away"
+CHAPTERS = [p for p in NOTEBOOKS if p.name[:2].isdigit()]
+# what may carry a digit in a take-away: glued values, math, code, cross-references, (D1)-(D7)
+_NOT_TYPED = re.compile(r"\{glue(?::\w+)?\}`[^`]*`|\{doc\}`[^`]*`|\$[^$]*\$|`[^`]*`|\(D\d\)")
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_ends_with_takeaways_then_exercises(path):
+    """A "What you should take away" cell of 3-5 bullets after the last code cell, then the
+    exercises; its numbers are glued (d2l's habit, issue 14 item 11)."""
+    cells = _cells(path)
+    texts = ["".join(c["source"]) for c in cells]
+    found = [i for i, t in enumerate(texts) if t.startswith(TAKEAWAY)]
+    assert len(found) == 1, f"{path.name}: {len(found)} '{TAKEAWAY}' cells, want one"
+    i = found[0]
+    last_code = max(j for j, c in enumerate(cells) if c["cell_type"] == "code")
+    assert i > last_code, f"{path.name}: the take-away comes before the last code cell"
+    rest = texts[i + 1 :]
+    assert rest and rest[0].startswith("## Exercises"), (
+        f"{path.name}: the exercises must follow the take-away"
+    )
+    bullets = re.findall(r"^- ", texts[i], flags=re.MULTILINE)
+    assert 3 <= len(bullets) <= 5, f"{path.name}: {len(bullets)} take-away bullets, want 3-5"
+    typed = re.findall(r"\d", _NOT_TYPED.sub("", texts[i]))
+    assert not typed, f"{path.name}: a typed number in the take-away; glue it or leave it out"
