@@ -126,7 +126,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-sync", action="store_true", help="leave book/instructors.md's table alone"
     )
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        help="fill this results folder instead of a temporary one (it must not exist yet or be "
+        "empty, so the run stays cold); a later make book can then render from it",
+    )
     args = parser.parse_args(argv)
+    if args.results_dir is not None and args.results_dir.exists():
+        if not args.results_dir.is_dir() or any(args.results_dir.iterdir()):
+            parser.error(
+                f"--results-dir {str(args.results_dir)!r} exists and is not empty; give a new or "
+                "empty folder (a cold run must not read earlier results, and nothing is deleted)"
+            )
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if args.chapters:
         known = {p.stem[:2]: p for p in notebooks}
@@ -139,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {
             **os.environ,
             "DPO_PROFILE": args.profile,
-            "DPO_RESULTS_DIR": str(Path(tmp) / "results"),
+            "DPO_RESULTS_DIR": str(args.results_dir or Path(tmp) / "results"),
             "PYTHONPATH": os.pathsep.join(
                 p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
             ),
