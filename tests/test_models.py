@@ -210,6 +210,7 @@ def test_lora_config_follows_the_profile():
     assert set(lora.target_modules) == {"q_proj", "v_proj"}
 
 
+@pytest.mark.slow  # spawns two workers that import torch and pre-train (~20 s)
 def test_pretrain_tiny_models_trains_the_missing_ones_in_workers(results):
     configs = [
         config.get_config("cpu", pretrain_steps=STEPS, model_name=name, model_arch=tiny.arch)
