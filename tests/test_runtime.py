@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from dpo_utils import runtime
@@ -33,3 +35,13 @@ def test_process_map_keeps_the_order_of_the_jobs():
     assert runtime.process_map(abs, [-4], processes=2) == [4]  # one job: no pool
     with pytest.raises(ValueError, match="processes=0"):
         runtime.process_map(abs, jobs, processes=0)
+
+
+@pytest.mark.slow  # spawns two workers that import torch (~10 s)
+def test_workers_see_the_environment_of_each_call_not_of_their_start(monkeypatch):
+    # the pool outlives a call: a results folder or DPO_FORCE_RERUN set later must reach it (a
+    # test suite that moved DPO_RESULTS_DIR found runs saved in the folder of an earlier test)
+    for value in ("first", "second"):
+        monkeypatch.setenv("DPO_TEST_VARIABLE", value)
+        got = runtime.process_map(os.getenv, ["DPO_TEST_VARIABLE"] * 2, processes=2)
+        assert got == [value, value]
