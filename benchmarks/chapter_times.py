@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         "empty, so the run stays cold); a later make book can then render from it",
     )
     args = parser.parse_args(argv)
+    if args.results_dir is not None:  # the kernels run in notebooks/: a relative path would move
+        args.results_dir = args.results_dir.resolve()
     if args.results_dir is not None and args.results_dir.exists():
         if not args.results_dir.is_dir() or any(args.results_dir.iterdir()):
             parser.error(
