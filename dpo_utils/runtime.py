@@ -163,8 +163,9 @@ def process_map(func: Callable[[Any], Any], jobs: Sequence[Any], processes: int)
     except BrokenProcessPool as error:
         _shutdown()
         raise RuntimeError(
-            f"a worker process died while training ({error}); if memory is short, set "
-            f"{PROCESSES_ENV}=1 to train one run at a time in this process."
+            f"a worker process died ({error}). Workers are spawned and import the main module: a "
+            'script must keep its top level under `if __name__ == "__main__":`. If memory is '
+            f"short, set {PROCESSES_ENV}=1 to train one run at a time in this process."
         ) from error
     for _, entries in outputs:
         for entry in entries:
