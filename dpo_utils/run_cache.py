@@ -303,6 +303,9 @@ def load_or_train(
         probe_train=probe_train,
         name=name,
     )
+    if path in _PREFILLED:  # trained just now by prefill: read it, even when forcing
+        _PREFILLED.discard(path)
+        force = False
     with cache_lock(path):
         run, from_cache = _load_or_train_locked(
             path,
@@ -394,6 +397,11 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+#: folders that prefill trained in this process: the next load_or_train of each reads it instead of
+#: training it again when DPO_FORCE_RERUN (or force=True) is set
+_PREFILLED: set[Path] = set()
+
+
 def prefill(jobs: list[dict], processes: int | None = None) -> int:
     """Train the runs of ``jobs`` that are not cached yet, several at once, into the cache that
     :func:`load_or_train` reads; return how many were trained.
@@ -424,6 +432,7 @@ def prefill(jobs: list[dict], processes: int | None = None) -> int:
             if cfg.model_name in models.TINY_MODELS:
                 models.load_model_and_tokenizer(cfg, "cpu")  # pre-trains it here if missing
     process_map(_prefill_job, todo, processes)
+    _PREFILLED.update(_job_dir(job) for job in todo)
     return len(todo)
 
 

@@ -125,15 +125,19 @@ def _shutdown() -> None:
 atexit.register(_shutdown)
 
 
-def _logged(call: tuple[Callable[[Any], Any], Any, dict[str, str]]) -> tuple[Any, list[dict]]:
-    """In a worker: ``func(job)`` under the caller's environment as it is now (a worker outlives
-    the call that started it, so ``DPO_RESULTS_DIR`` or ``DPO_FORCE_RERUN`` set later must reach
-    it), and the provenance entries it recorded, so that the parent's banner can say what was
-    computed now."""
-    func, job, environment = call
+def _logged(
+    call: tuple[Callable[[Any], Any], Any, dict[str, str], str],
+) -> tuple[Any, list[dict]]:
+    """In a worker: ``func(job)`` under the caller's environment and working directory as they are
+    now (a worker outlives the call that started it, so a ``DPO_RESULTS_DIR``, a
+    ``DPO_FORCE_RERUN`` or a ``cd`` made later must reach it), and the provenance entries it
+    recorded, so that the parent's banner can say what was computed now."""
+    func, job, environment, cwd = call
     if dict(os.environ) != environment:
         os.environ.clear()
         os.environ.update(environment)
+    if os.getcwd() != cwd:
+        os.chdir(cwd)
     before = len(results.provenance_log())
     return func(job), results.provenance_log()[before:]
 
@@ -142,8 +146,8 @@ def process_map(func: Callable[[Any], Any], jobs: Sequence[Any], processes: int)
     """``[func(job) for job in jobs]``, computed by ``processes`` spawned workers (each with one
     torch thread); in this process when ``processes`` is 1 or there is one job. ``func`` must be
     a module-level function and each job picklable. Each job runs under this process's environment
-    variables as they are at the call. A worker's exception is raised here; what a worker computed
-    or loaded is added to this process's provenance log
+    variables and working directory as they are at the call. A worker's exception is raised here;
+    what a worker computed or loaded is added to this process's provenance log
     (:func:`dpo_utils.results.provenance_log`).
 
     Used by: dpo_utils.measuring_experiments, dpo_utils.run_cache.
@@ -154,8 +158,8 @@ def process_map(func: Callable[[Any], Any], jobs: Sequence[Any], processes: int)
         return [func(job) for job in jobs]
     pool = _executor(processes)
     try:
-        environment = dict(os.environ)
-        outputs = list(pool.map(_logged, [(func, job, environment) for job in jobs]))
+        context = (dict(os.environ), os.getcwd())
+        outputs = list(pool.map(_logged, [(func, job, *context) for job in jobs]))
     except KeyboardInterrupt:
         pool.shutdown(wait=False, cancel_futures=True)
         _POOL.update(executor=None, size=0)

@@ -187,3 +187,15 @@ def test_prefill_in_two_processes_saves_exactly_the_runs_of_one_process(tmp_path
         tables[processes] = [r.probes for r in runs]
     for two, one in zip(tables[2], tables[1], strict=True):
         pd.testing.assert_frame_equal(two, one, check_exact=True)
+
+
+def test_a_forced_prefill_trains_each_run_once(counted, monkeypatch):
+    # DPO_FORCE_RERUN=1 must retrain a chapter's runs once, not in prefill and again when the
+    # chapter reads them (prefill in this process, processes=1, so the counter sees every call)
+    monkeypatch.setenv("DPO_FORCE_RERUN", "1")
+    jobs = [dict(cfg=_cfg(), behaviors=[BEHAVIOR], mode="lora", probe_train=4)]
+    assert run_cache.prefill(jobs, processes=1) == 1
+    run = run_cache.load_or_train(_cfg(), [BEHAVIOR], mode="lora", probe_train=4)
+    assert len(counted) == 1 and run.probes.attrs["from_cache"] is True
+    run_cache.load_or_train(_cfg(), [BEHAVIOR], mode="lora", probe_train=4)  # forced again
+    assert len(counted) == 2

@@ -45,3 +45,16 @@ def test_workers_see_the_environment_of_each_call_not_of_their_start(monkeypatch
         monkeypatch.setenv("DPO_TEST_VARIABLE", value)
         got = runtime.process_map(os.getenv, ["DPO_TEST_VARIABLE"] * 2, processes=2)
         assert got == [value, value]
+
+
+@pytest.mark.slow  # spawns two workers that import torch (~10 s)
+def test_workers_run_in_the_callers_working_directory_of_each_call(tmp_path, monkeypatch):
+    # a relative results folder resolves against the working directory: it must be the caller's
+    for folder in (tmp_path / "a", tmp_path / "b"):
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        assert runtime.process_map(_cwd, [0, 1], processes=2) == [str(folder)] * 2
+
+
+def _cwd(_job: int) -> str:
+    return os.getcwd()
