@@ -21,6 +21,7 @@ from typing import Any, ParamSpec, TypeVar
 import torch
 
 from . import results
+from .fingerprint import code_fingerprint
 
 __all__ = ["single_threaded", "run_seed", "worker_processes", "process_map", "PROCESSES_ENV"]
 
@@ -103,9 +104,13 @@ def _init_worker() -> None:
 
 def _executor(processes: int) -> ProcessPoolExecutor:
     """One pool of spawned single-threaded workers per process, kept for the next call (a worker
-    imports torch and transformers once, ~5 s, not once per run)."""
-    if _POOL["executor"] is None or _POOL["size"] != processes:
+    imports torch and transformers once, ~5 s, not once per run). A pool started before the
+    package's source changed is replaced: its workers would run the old code into folders keyed
+    by the new code."""
+    code = code_fingerprint()
+    if _POOL["executor"] is None or _POOL["size"] != processes or _POOL.get("code") != code:
         _shutdown()
+        _POOL["code"] = code
         _POOL["executor"] = ProcessPoolExecutor(
             max_workers=processes,
             mp_context=multiprocessing.get_context("spawn"),

@@ -58,3 +58,16 @@ def test_workers_run_in_the_callers_working_directory_of_each_call(tmp_path, mon
 
 def _cwd(_job: int) -> str:
     return os.getcwd()
+
+
+@pytest.mark.slow  # spawns workers twice (~15 s)
+def test_a_pool_from_before_a_source_change_is_replaced(monkeypatch):
+    # workers keep the code they imported: after an edit of dpo_utils they must not train old code
+    # into folders keyed by the new code's fingerprint
+    runtime.process_map(abs, [-1, -2], processes=2)
+    before = runtime._POOL["executor"]
+    runtime.process_map(abs, [-1, -2], processes=2)
+    assert runtime._POOL["executor"] is before  # unchanged source: the same warm pool
+    monkeypatch.setattr(runtime, "code_fingerprint", lambda: "edited")
+    assert runtime.process_map(abs, [-1, -2], processes=2) == [1, 2]
+    assert runtime._POOL["executor"] is not before
