@@ -133,17 +133,21 @@ def _prompt_lengths(persona: dict, tokenizer) -> dict[str, torch.Tensor]:
     }
 
 
-def length_gaps(persona: dict, tokenizer) -> pd.DataFrame:
+def length_gaps(
+    persona: dict, tokenizer, lengths: dict[str, torch.Tensor] | None = None
+) -> pd.DataFrame:
     """Per behaviour: mean token length of the Yes-statements' prompts minus the No-statements'
     (the length confound of distinguishability: the last-token feature sees the length).
+    ``lengths``: the prompts' token lengths if the caller has them (:func:`_prompt_lengths`).
 
     Used by: dpo_utils.llm_evidence.
     """
     rows = []
-    for name, lengths in _prompt_lengths(persona, tokenizer).items():
+    lengths_of = _prompt_lengths(persona, tokenizer) if lengths is None else lengths
+    for name, tokens in lengths_of.items():
         yes = torch.tensor([r["answer_matching_behavior"] == " Yes" for r in persona[name]])
         both = bool(yes.any()) and bool((~yes).any())
-        gap = lengths[yes].double().mean() - lengths[~yes].double().mean() if both else 0.0
+        gap = tokens[yes].double().mean() - tokens[~yes].double().mean() if both else 0.0
         rows.append(dict(behavior=name, length_gap=float(gap)))
     return pd.DataFrame(rows)
 
@@ -166,7 +170,7 @@ def seed_properties(cfg: ExperimentConfig, behaviors: Sequence[str], device: str
         name: length_matched_distinguishability(features, signs, lengths[name])
         for name, (features, signs) in groups.items()
     }
-    table = table.merge(length_gaps(persona, tokenizer), on="behavior")
+    table = table.merge(length_gaps(persona, tokenizer, lengths), on="behavior")
     table["length_matched"] = table["behavior"].map(matched)
     return table.sort_values("distinguishability", ascending=False, ignore_index=True)
 
