@@ -131,6 +131,9 @@ _SEEDS = {
     "persona_source": _config_field("persona_source"),
 }
 
+#: chapters 06-12 take any causal LM in place of the profile's model (get_config's model_name)
+_MODEL = {"model_name": _config_field("model_name")}
+
 #: chapter -> {parameter: check}; ``profile`` is every chapter's first parameter
 CHAPTER_PARAMETERS: dict[str, dict[str, Check]] = {
     "01": {**_LAST_LAYER, "dim": _config_field("synthetic_dim"), "vocab_size": _vocab_size},
@@ -146,8 +149,9 @@ CHAPTER_PARAMETERS: dict[str, dict[str, Check]] = {
         "model_beta": _config_field("dpo_beta"),
         "n_model_seeds": _int_at_least(2),
     },
-    "06": {**_PERSONA, "n_pretrain_seeds": _int_at_least(1)},
+    "06": {**_MODEL, **_PERSONA, "n_pretrain_seeds": _int_at_least(1)},
     "07": {
+        **_MODEL,
         "learning_rate": _config_field("last_layer_lr"),
         "comparison_lr": _config_field("last_layer_lr"),
         "beta": _config_field("beta"),
@@ -158,6 +162,7 @@ CHAPTER_PARAMETERS: dict[str, dict[str, Check]] = {
         **_PERSONA,
     },
     "08": {
+        **_MODEL,
         "behaviors": _behaviors,
         "steps": _config_field("dpo_max_steps"),
         "beta": _config_field("dpo_beta"),
@@ -166,12 +171,14 @@ CHAPTER_PARAMETERS: dict[str, dict[str, Check]] = {
         **_SEEDS,
     },
     "09": {
+        **_MODEL,
         "pair": _pair,
         "mode": _choice(*config.MODES),
         "pair_batch_size": _int_at_least(1),
         **_SEEDS,
     },
     "10": {
+        **_MODEL,
         "behaviors": _behaviors,
         "n_behaviors": _int_at_least(1),
         "flip_steps": _int_at_least(1),
@@ -181,8 +188,14 @@ CHAPTER_PARAMETERS: dict[str, dict[str, Check]] = {
         "hh_steps": _int_at_least(1),
         "persona_source": _config_field("persona_source"),
     },
-    "11": {"projection_mode": _choice(*config.MODES), "projection": _projection, **_SEEDS},
+    "11": {
+        **_MODEL,
+        "projection_mode": _choice(*config.MODES),
+        "projection": _projection,
+        **_SEEDS,
+    },
     "12": {
+        **_MODEL,
         "behavior": _one_behavior,
         "steps": _int_at_least(1),
         "learning_rate": _config_field("full_lr"),

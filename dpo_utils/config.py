@@ -230,19 +230,10 @@ PROFILES["colab-t4"] = ExperimentConfig(
 PAPER_PROFILES = ("llama2-7b", "mistral-7b")  # the authors' models and settings
 
 _POSITIVE_FLOATS = ("beta", "dpo_beta", "last_layer_lr", "full_lr", "lora_lr")
-_POSITIVE_INTS = (
-    "n_seeds",
-    "last_layer_batch_size",
-    "last_layer_steps",
-    "synthetic_dim",
-    "synthetic_n_per_class",
-    "lora_r",
-    "lora_alpha",
-    "dpo_batch_size",
-    "pair_batch_size",
-    "per_device_batch_size",
-    "dpo_epochs",
-    "pretrain_steps",
+_POSITIVE_INTS = tuple(
+    "n_seeds last_layer_batch_size last_layer_steps synthetic_dim synthetic_n_per_class lora_r "
+    "lora_alpha dpo_batch_size pair_batch_size per_device_batch_size dpo_epochs "
+    "pretrain_steps".split()
 )
 SPLITS = ("per-behavior", "chained")
 _ARCHS = ("llama", "mistral", "qwen2")  # tiny stand-ins: llama, mistral; colab-t4: qwen2
@@ -365,14 +356,15 @@ def check_mode(mode: Any) -> str:
 
 
 def network_environment(cfg: ExperimentConfig) -> None:
-    """Telemetry off for every profile; the CPU profile also offline (``HF_HUB_OFFLINE=1``...).
+    """Telemetry off for every profile; the CPU profile and any tiny stand-in also offline
+    (``HF_HUB_OFFLINE=1``...).
 
     ``setdefault``, so a caller's own setting wins. Call it before transformers is imported.
 
     Used by: dpo_utils.book, dpo_utils.train.
     """
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    if not cfg.requires_gpu:
+    if not cfg.requires_gpu or cfg.model_name in TINY_MODEL_NAMES:  # stand-ins need no hub
         for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
             os.environ.setdefault(var, "1")
 
@@ -402,7 +394,8 @@ def get_config(profile: str | None = None, **overrides: Any) -> ExperimentConfig
     keep the profile's value, so a notebook's ``parameters`` cell can list every knob as ``None``.
     ``$DPO_MODEL`` (a hub id or local folder) replaces the profile's model unless ``model_name``
     is given; whether " Yes" and " No" are single tokens for it is checked when its tokenizer is
-    loaded (``models.load_model_and_tokenizer``), before its weights.
+    loaded (``models.load_model_and_tokenizer``), before its weights. ``$DPO_TINY_STAND_IN=1``:
+    tiny stand-ins at a paper profile (:mod:`dpo_utils.stand_in`).
 
     Used in: every chapter.
     """
@@ -411,7 +404,9 @@ def get_config(profile: str | None = None, **overrides: Any) -> ExperimentConfig
         raise ConfigError(f"unknown profile {name!r}; choose one of {list(PROFILES)}.")
     if overrides.get("model_name") is None and os.environ.get(MODEL_ENV_VAR):
         overrides = {**overrides, "model_name": os.environ[MODEL_ENV_VAR]}
-    return _apply_overrides(PROFILES[name], overrides)
+    from . import stand_in  # imports this module: the switch's rules live there
+
+    return stand_in.substitute(_apply_overrides(PROFILES[name], overrides))
 
 
 def profile_from_env() -> str:
@@ -429,8 +424,8 @@ def require_device(cfg: ExperimentConfig) -> str:
     """
     import torch
 
-    if not cfg.requires_gpu:
-        return "cpu"
+    if not cfg.requires_gpu or cfg.model_name in TINY_MODEL_NAMES:
+        return "cpu"  # the CPU profile, or a paper profile's tiny stand-in (DPO_TINY_STAND_IN)
     if torch.cuda.is_available():
         return "cuda"
     raise ConfigError(

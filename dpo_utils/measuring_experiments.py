@@ -144,7 +144,7 @@ def standin_configs(
 
     Used in: notebooks/06_measuring_distinguishability.ipynb.
     """
-    if cfg.model_name not in TINY_MODELS:
+    if cfg.model_name not in TINY_MODELS or cfg.requires_gpu:  # a GPU profile's own model once
         return [cfg]
     source = cfg.persona_source if source is None else source
     return [

@@ -1,5 +1,10 @@
-"""Chapters 01-05 at the paper profiles: the exact last-layer trainer does not depend on its memory
-grouping, and each theory chapter runs under papermill with DPO_PROFILE set to a paper profile."""
+"""Every chapter at the paper profiles. Chapters 01-05: the exact last-layer trainer does not
+depend on its memory grouping, and each theory chapter runs under papermill with DPO_PROFILE set
+to a paper profile. Chapters 06-13: each runs under papermill at a paper profile with tiny
+stand-ins substituted (DPO_TINY_STAND_IN=1, dpo_utils.stand_in): the profile's settings and code
+paths, the stand-in of the same architecture, a few steps. ``make test-paper`` runs every test
+marked ``paper``.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ from dpo_utils import config, linear, scale
 
 ROOT = Path(__file__).resolve().parent.parent
 THEORY = sorted(p.name for p in (ROOT / "notebooks").glob("0[1-5]_*.ipynb"))
+LLM = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb") if "06" <= p.name[:2] <= "13")
+#: a chapter's page says it is a stand-in check (chapter 13 shows no banner)
+STAND_IN_BANNER = "TINY STAND-IN CHECK"
 
 
 @pytest.mark.parametrize("balanced", [False, True])
@@ -46,6 +54,7 @@ def test_theory_chapters_resolve_the_cpu_settings_on_every_profile():
 
 
 @pytest.mark.slow
+@pytest.mark.paper
 @pytest.mark.parametrize("profile", config.PAPER_PROFILES)
 @pytest.mark.parametrize("chapter", THEORY)
 def test_theory_chapter_runs_at_a_paper_profile(chapter, profile, tmp_path):
@@ -67,3 +76,45 @@ def test_theory_chapter_runs_at_a_paper_profile(chapter, profile, tmp_path):
     finally:
         os.environ.clear()
         os.environ.update(old)
+
+
+@pytest.fixture(scope="module")
+def stand_in_results(tmp_path_factory):
+    """One results folder per paper profile for chapters 06-13, shared as `make chapters` shares
+    results/: chapter 10 starts from chapter 08's runs, chapter 13 reads the saved verdicts."""
+    return {p: tmp_path_factory.mktemp(f"stand-in-{p}") for p in config.PAPER_PROFILES}
+
+
+@pytest.mark.slow
+@pytest.mark.paper
+@pytest.mark.parametrize("profile", config.PAPER_PROFILES)
+@pytest.mark.parametrize("chapter", LLM)
+def test_llm_chapter_runs_at_a_paper_profile_with_tiny_stand_ins(
+    chapter, profile, stand_in_results, monkeypatch
+):
+    """Each of chapters 06-13 executes end to end (its own assertions included) under papermill at
+    a paper profile with DPO_TINY_STAND_IN=1, and its banner says it is a stand-in check."""
+    import papermill
+
+    for var, value in {
+        "DPO_PROFILE": profile,
+        "DPO_TINY_STAND_IN": "1",
+        "DPO_RESULTS_DIR": str(stand_in_results[profile]),
+        "PYTHONPATH": str(ROOT),
+        "DPO_PROCESSES": "1",  # train in the kernel: the machine is shared
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.delenv(config.MODEL_ENV_VAR, raising=False)
+    out = stand_in_results[profile] / chapter
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / chapter),
+        str(out),
+        parameters={"profile": profile},
+        cwd=str(ROOT / "notebooks"),
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    if not chapter.startswith("13"):
+        assert STAND_IN_BANNER in out.read_text(), "the page must say it is a stand-in check"
