@@ -117,6 +117,9 @@ CASES = [
     ("12 two behaviours", _chapter("12", behavior=[0, 1]), E, "behavior=[0, 1]", "one behaviour"),
     ("12 steps 0", _chapter("12", steps=0), E, "steps=0", "integer >= 1"),
     ("12 lr negative", _chapter("12", learning_rate=-1e-6), E, "full_lr=-1e-06", "> 0"),
+    ("06 model_name", _chapter("06", model_name="no model"), E, "model_name='no model'", "hub id"),
+    ("08 model_name 7", _chapter("08", model_name=7), E, "model_name=7", "non-empty string"),
+    ("11 model_name", _chapter("11", model_name="./nope"), E, "'./nope'", "local model folder"),
     ("unknown papermill", _chapter("09", injected=["foo"]), E, "['foo']", "['profile', 'pair'"),
     ("unknown chapter", _chapter("99"), E, "chapter='99'", "'12'"),
     (
@@ -338,3 +341,48 @@ def test_each_chapter_checks_exactly_its_parameters_first(notebook):
     code = re.sub(r"#.*", "", after)
     for name in names:  # no `parameter or default`: a 0 would silently become the default
         assert not re.search(rf"\b{name}\s+or\b", code), (chapter, name)
+
+
+MODEL_CHAPTERS = sorted(
+    p for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb") if "06" <= p.name[:2] <= "12"
+)
+
+
+@pytest.mark.parametrize("notebook", MODEL_CHAPTERS, ids=lambda p: p.name[:2])
+def test_the_model_name_parameter_reaches_the_config(notebook, monkeypatch):
+    """Issue 12 item 20: chapters 06-12 take ``model_name`` (None = the profile's or $DPO_MODEL).
+    The chapter's parameters cell and the cell after it run with papermill's value injected; the
+    config they resolve carries it (no model is loaded there)."""
+    monkeypatch.delenv(config.MODEL_ENV_VAR, raising=False)
+    monkeypatch.delenv("DPO_TINY_STAND_IN", raising=False)
+    monkeypatch.setattr(book, "start_chapter", lambda cfg, **shown: "cpu")  # no banner, no theme
+    cells = json.loads(notebook.read_text())["cells"]
+    at = next(i for i, c in enumerate(cells) if "parameters" in c["metadata"].get("tags", []))
+    namespace: dict = {"os": __import__("os")}
+    exec("".join(cells[at]["source"]), namespace)
+    namespace.update(profile="cpu", model_name="owner/some-causal-lm")  # papermill's injection
+    exec("".join(cells[at + 1]["source"]), namespace)
+    assert namespace["cfg"].model_name == "owner/some-causal-lm"
+    namespace.update(model_name=None)  # None: $DPO_MODEL, else the profile's
+    monkeypatch.setenv(config.MODEL_ENV_VAR, "owner/from-the-environment")
+    exec("".join(cells[at + 1]["source"]), namespace)
+    assert namespace["cfg"].model_name == "owner/from-the-environment"
+
+
+@pytest.mark.slow
+def test_a_bad_model_name_stops_the_chapter_under_papermill(tmp_path):
+    """The chapter stops in its parameter check, naming the value and what is allowed."""
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError) as raised:
+        papermill.execute_notebook(
+            str(ROOT / "notebooks" / "09_prioritisation_llm.ipynb"),
+            str(tmp_path / "09.ipynb"),
+            parameters={"profile": "cpu", "model_name": "not a model"},
+            cwd=str(ROOT / "notebooks"),
+            kernel_name="python3",
+            progress_bar=False,
+        )
+    assert raised.value.ename == "ConfigError"
+    assert "model_name='not a model' is not allowed" in raised.value.evalue
+    assert "hub id" in raised.value.evalue

@@ -1,5 +1,6 @@
 import dataclasses
 import math
+import os
 
 import pytest
 
@@ -106,3 +107,80 @@ def test_describe_names_profile_and_model():
     text = config.describe(get_config("cpu"), steps=100)
     assert "profile **cpu**" in text and "tiny-llama" in text and "steps **100**" in text
     assert "Not Llama-2-7B" in text
+
+
+# ---- the tiny stand-in switch (DPO_TINY_STAND_IN, dpo_utils.stand_in) ---------------------------
+
+_SIZED = {"model_name", "persona_source", "dpo_max_steps", "pretrain_steps", "max_length"}
+
+
+@pytest.mark.parametrize(
+    "profile, stand_in", [("llama2-7b", "tiny-llama"), ("mistral-7b", "tiny-mistral")]
+)
+def test_the_switch_keeps_the_paper_profile_but_its_model_data_and_sizes(
+    monkeypatch, profile, stand_in
+):
+    from dpo_utils import stand_in as switch
+
+    monkeypatch.delenv(config.MODEL_ENV_VAR, raising=False)
+    monkeypatch.setenv(switch.STAND_IN_ENV_VAR, "1")
+    cfg, paper = get_config(profile), config.PROFILES[profile]
+    assert (cfg.model_name, cfg.model_arch) == (stand_in, paper.model_arch)
+    assert cfg.persona_source == "persona"  # the hub's persona data is unreachable offline
+    assert (cfg.dpo_max_steps, cfg.pretrain_steps, cfg.max_length) == (2, 20, 128)
+    # everything else is the paper profile's: dtype, batch sizes, chained split, behaviours...
+    same = {k: v for k, v in cfg.to_dict().items() if k not in _SIZED | {"description"}}
+    assert same == {k: v for k, v in paper.to_dict().items() if k in same}
+    assert cfg.dtype == "bfloat16" and cfg.split == "chained" and cfg.requires_gpu
+    # the page says what it is, and the stand-in runs on the CPU
+    assert "TINY STAND-IN CHECK" in config.describe(cfg) and paper.model_name in cfg.description
+    assert config.require_device(cfg) == "cpu"
+    # a smaller value given is kept, a larger one capped
+    assert get_config(profile, dpo_max_steps=1).dpo_max_steps == 1
+    assert get_config(profile, dpo_max_steps=50, pretrain_steps=300).dpo_max_steps == 2
+    assert get_config(profile, persona_source="corpus").persona_source == "corpus"
+
+
+def test_the_switch_is_off_unless_set_to_one_and_leaves_the_cpu_profile_alone(monkeypatch):
+    from dpo_utils import stand_in as switch
+
+    monkeypatch.delenv(config.MODEL_ENV_VAR, raising=False)
+    for value in (None, "", "0"):
+        if value is None:
+            monkeypatch.delenv(switch.STAND_IN_ENV_VAR, raising=False)
+        else:
+            monkeypatch.setenv(switch.STAND_IN_ENV_VAR, value)
+        assert get_config("llama2-7b") == config.PROFILES["llama2-7b"]
+    monkeypatch.setenv(switch.STAND_IN_ENV_VAR, "yes")
+    with pytest.raises(ConfigError, match=r"DPO_TINY_STAND_IN='yes' is not allowed.*'1'"):
+        get_config("llama2-7b")
+    monkeypatch.setenv(switch.STAND_IN_ENV_VAR, "1")
+    assert get_config("cpu") == config.PROFILES["cpu"]  # already the stand-ins, full CPU sizes
+
+
+def test_the_switch_refuses_a_second_model_and_a_profile_without_a_stand_in(monkeypatch):
+    from dpo_utils import stand_in as switch
+
+    monkeypatch.setenv(switch.STAND_IN_ENV_VAR, "1")
+    monkeypatch.setenv(config.MODEL_ENV_VAR, "Qwen/Qwen2.5-1.5B")
+    with pytest.raises(ConfigError, match=r"replaces the model with 'tiny-llama'.*Qwen2.5-1.5B"):
+        get_config("llama2-7b")
+    monkeypatch.setenv(config.MODEL_ENV_VAR, "tiny-llama")  # the same stand-in: no conflict
+    assert get_config("llama2-7b").model_name == "tiny-llama"
+    monkeypatch.delenv(config.MODEL_ENV_VAR)
+    with pytest.raises(ConfigError, match=r"replaces the model with 'tiny-llama'.*tiny-mistral"):
+        get_config("llama2-7b", model_name="tiny-mistral")  # the other architecture's
+    with pytest.raises(ConfigError, match=r"'colab-t4' is a qwen2 model.*'llama2-7b'"):
+        get_config("colab-t4")
+
+
+def test_a_stand_in_goes_offline_and_a_paper_model_still_needs_a_gpu(monkeypatch):
+    import torch
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    config.network_environment(get_config("llama2-7b", model_name="tiny-llama"))
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        config.require_device(get_config("llama2-7b"))
