@@ -32,7 +32,7 @@ export HF_HUB_DISABLE_TELEMETRY ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYDEVD_DISABLE_FILE_VALIDATION ?= 1
 
-.PHONY: setup test test-unit test-fast test-notebooks book chapters bench clean clean-results help
+.PHONY: setup test test-unit test-fast test-paper test-notebooks book chapters bench clean clean-results help
 .PHONY: lint typecheck
 .PHONY: student pdf test-browser corpus-track
 
@@ -40,6 +40,9 @@ help:
 	@echo "make book      execute every chapter on the CPU profile and build _build/html"
 	@echo "make test      unit tests + every notebook under pytest --nbval-lax"
 	@echo "make test-fast unit tests not marked slow (the inner loop, under 2 minutes)"
+	@echo "make test-paper every chapter under papermill at llama2-7b and mistral-7b on the CPU,"
+	@echo "               06-13 with tiny stand-ins (DPO_TINY_STAND_IN=1): the paper code paths run"
+	@echo "               (about 20 minutes on 2 busy cores; not part of make test)"
 	@echo "make lint      ruff check + ruff format --check (what CI runs first)"
 	@echo "make typecheck mypy dpo_utils"
 	@echo "make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu   the CPU-only torch build"
@@ -74,13 +77,17 @@ typecheck: $(STAMP)
 	$(BIN)/mypy dpo_utils
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider
+	$(BIN)/python -m pytest tests notebooks -m "not paper" --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests -p no:cacheprovider
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest tests -m "not slow" -p no:cacheprovider -q
+	$(BIN)/python -m pytest tests -m "not slow and not paper" -p no:cacheprovider -q
+
+# every chapter at the paper profiles, on the CPU (tests marked paper; book/setup.md)
+test-paper: $(STAMP)
+	$(BIN)/python -m pytest tests -m paper -p no:cacheprovider -q --durations=0
 
 test-notebooks: $(STAMP)
 	$(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider

@@ -15,9 +15,17 @@ from dataclasses import dataclass, field
 
 from .data import PersonaDataError
 
-__all__ = ["HH_SEPARATOR", "HHPairs", "hh_rlhf_pairs", "load_hh_rlhf"]
+__all__ = ["HH_SEPARATOR", "HHPairs", "HHUnavailable", "hh_rlhf_pairs", "load_hh_rlhf"]
 
 HH_SEPARATOR = "\n\nAssistant:"
+
+
+class HHUnavailable(PersonaDataError):
+    """HH-RLHF could not be loaded (no network and no local copy): chapter 10 skips its
+    experiment on it and says why, on any profile.
+
+    Used in: notebooks/10_misalignment_llm.ipynb.
+    """
 
 
 @dataclass
@@ -89,7 +97,7 @@ def load_hh_rlhf(
 
         table = datasets.load_dataset(source, split=split)
     except Exception as error:
-        raise PersonaDataError(
+        raise HHUnavailable(
             f"could not load {source!r} ({error}); HH-RLHF needs network access or a local copy "
             "of the dataset."
         ) from error

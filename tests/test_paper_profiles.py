@@ -106,6 +106,8 @@ def test_llm_chapter_runs_at_a_paper_profile_with_tiny_stand_ins(
         "MKL_NUM_THREADS": "1",
     }.items():
         monkeypatch.setenv(var, value)
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # as on a GPU box without network
+        monkeypatch.setenv(var, "1")
     monkeypatch.delenv(config.MODEL_ENV_VAR, raising=False)
     out = stand_in_results[profile] / chapter
     papermill.execute_notebook(
@@ -116,5 +118,23 @@ def test_llm_chapter_runs_at_a_paper_profile_with_tiny_stand_ins(
         kernel_name="python3",
         progress_bar=False,
     )
+    text = out.read_text()
     if not chapter.startswith("13"):
-        assert STAND_IN_BANNER in out.read_text(), "the page must say it is a stand-in check"
+        assert STAND_IN_BANNER in text, "the page must say it is a stand-in check"
+    if chapter.startswith("10"):  # the paper profile's HH-RLHF branch, skipped without the data
+        assert "Experiment D (HH-RLHF) skipped: could not load 'Anthropic/hh-rlhf'" in text
+
+
+def test_hh_rlhf_without_network_is_the_skip_chapter_10_prints(monkeypatch, tmp_path):
+    """What the real paper profile does on a box without network (HF_DATASETS_OFFLINE=1, no local
+    copy): the loader raises HHUnavailable, which chapter 10 catches, prints and goes on; the
+    substituted run above takes the same branch."""
+    from dpo_utils import hh_rlhf
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(hh_rlhf.HHUnavailable, match="needs network access or a local copy"):
+        hh_rlhf.load_hh_rlhf("test", limit=4)
+    chapter = (ROOT / "notebooks" / "10_misalignment_llm.ipynb").read_text()
+    assert "except hh_rlhf.HHUnavailable as error:" in chapter
