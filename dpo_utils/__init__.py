@@ -5,6 +5,7 @@ chapters in brackets against the notebooks' code: tests/chapter_index.py).
 
 Mechanisms (import only each other):
     config                  profiles and parameter validation [01-13]
+    stand_in                DPO_TINY_STAND_IN: a paper profile with tiny stand-ins [via config]
     losses                  the DPO loss, implicit rewards, margins, both accuracies [01 04 05]
     linear                  last-layer DPO, single-token answers: the two-row trainer [01 02 07]
     full_vocab              its full-vocabulary autograd reference [01]
@@ -13,7 +14,7 @@ Mechanisms (import only each other):
     metrics                 distinguishability, concentration, priority gaps, probes [02 03 04]
     persona_names           the 135 behaviours' names and numbers, the featured lists [via data]
     data                    persona behaviours as preference pairs, the authors' splits [06 12]
-    hh_rlhf                 HH-RLHF as preference pairs, unusable rows counted [via llm_evidence]
+    hh_rlhf                 HH-RLHF as preference pairs, unusable rows counted [10]
     corpus                  the project's own persona-format corpus [06]
     models                  hub models, or tiny pre-trained Llama / Mistral stand-ins [06 07 12]
     pretraining             the stand-ins' pre-training text and loop, leak-free [06]

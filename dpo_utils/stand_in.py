@@ -47,7 +47,7 @@ _ON, _OFF = ("1",), ("", "0")
 def active() -> bool:
     """Whether ``$DPO_TINY_STAND_IN`` is on ("1"); off when unset, "" or "0"; else ConfigError.
 
-    Used by: dpo_utils.config, dpo_utils.stand_in.
+    Used by: dpo_utils.stand_in.
     """
     value = os.environ.get(STAND_IN_ENV_VAR, "")
     if value not in _ON + _OFF:
