@@ -22,6 +22,13 @@ THEORY = sorted(p.name for p in (ROOT / "notebooks").glob("0[1-5]_*.ipynb"))
 LLM = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb") if "06" <= p.name[:2] <= "13")
 #: a chapter's page says it is a stand-in check (chapter 13 shows no banner)
 STAND_IN_BANNER = "TINY STAND-IN CHECK"
+#: chapter parameters given on top of the profile. Chapter 12 checks that its run trained (loss
+#: down, margin up). At the paper's full-DPO rate, 1e-6, four steps move each of the stand-in's
+#: weights by at most 4e-6, and the batch-mean margin (about 1e-6) is below the rounding noise of
+#: the bf16 reference (about 1e-5): the check cannot pass at this size, and is not weakened. The
+#: chapter's own parameters give it the CPU profile's full-DPO rate and 12 steps (margin about
+#: 1.5e-4); every other setting stays the paper profile's.
+CHAPTER_PARAMETERS = {"12": {"learning_rate": 1e-4, "steps": 12}}
 
 
 @pytest.mark.parametrize("balanced", [False, True])
@@ -113,7 +120,7 @@ def test_llm_chapter_runs_at_a_paper_profile_with_tiny_stand_ins(
     papermill.execute_notebook(
         str(ROOT / "notebooks" / chapter),
         str(out),
-        parameters={"profile": profile},
+        parameters={"profile": profile, **CHAPTER_PARAMETERS.get(chapter[:2], {})},
         cwd=str(ROOT / "notebooks"),
         kernel_name="python3",
         progress_bar=False,
