@@ -16,7 +16,9 @@ Its rules, all here:
   ``max_length`` at the stand-in's positions);
 * :func:`dpo_utils.config.require_device` returns ``"cpu"`` and the chapter stays offline;
 * the profile's description says that the run is a stand-in check, so no page or figure made this
-  way can pass for a paper-scale result.
+  way can pass for a paper-scale result; and ``$DPO_RESULTS_DIR`` must name a scratch folder, so
+  that its runs and verdicts never land in ``results/<profile>/``, where the paper-scale chapters
+  (chapter 13's claims table among them) would read them.
 
 The CPU profile already runs the stand-ins: the switch leaves it unchanged. A profile whose
 architecture has no stand-in (``colab-t4``'s Qwen2) is refused with a clear message. Nothing here
@@ -33,6 +35,7 @@ from .config import HUB_PERSONA_SOURCE, PROFILES, ConfigError, ExperimentConfig
 __all__ = ["STAND_IN_ENV_VAR", "CAPS", "STAND_INS", "active", "substitute"]
 
 STAND_IN_ENV_VAR = "DPO_TINY_STAND_IN"
+RESULTS_ENV_VAR = "DPO_RESULTS_DIR"  # dpo_utils.results.results_dir
 #: architecture -> its tiny stand-in (dpo_utils.models.TINY_MODELS)
 STAND_INS = {"llama": "tiny-llama", "mistral": "tiny-mistral"}
 #: upper bounds on the size knobs under the switch (a smaller value given is kept)
@@ -78,6 +81,12 @@ def substitute(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError(
             f"{STAND_IN_ENV_VAR}=1: profile {cfg.profile!r} is a {cfg.model_arch} model, which "
             f"has no tiny stand-in; the switch covers the profiles {covered}."
+        )
+    if not os.environ.get(RESULTS_ENV_VAR):
+        raise ConfigError(
+            f"{STAND_IN_ENV_VAR}=1 needs {RESULTS_ENV_VAR} set to a scratch folder: a stand-in "
+            f"check must not write into results/{cfg.profile}/, which the paper-scale chapters "
+            "read."
         )
     if cfg.model_name not in (PROFILES[cfg.profile].model_name, stand_in):
         raise ConfigError(

@@ -172,6 +172,9 @@ def test_the_switch_refuses_a_second_model_and_a_profile_without_a_stand_in(monk
         get_config("llama2-7b", model_name="tiny-mistral")  # the other architecture's
     with pytest.raises(ConfigError, match=r"'colab-t4' is a qwen2 model.*'llama2-7b'"):
         get_config("colab-t4")
+    monkeypatch.delenv("DPO_RESULTS_DIR")  # never into results/<profile>/ of the paper runs
+    with pytest.raises(ConfigError, match=r"needs DPO_RESULTS_DIR set to a scratch folder"):
+        get_config("mistral-7b")
 
 
 def test_a_stand_in_goes_offline_and_a_paper_model_still_needs_a_gpu(monkeypatch):
