@@ -120,7 +120,7 @@ CASES = [
     ("06 model_name", _chapter("06", model_name="no model"), E, "model_name='no model'", "hub id"),
     ("08 model_name 7", _chapter("08", model_name=7), E, "model_name=7", "non-empty string"),
     ("11 model_name", _chapter("11", model_name="./nope"), E, "'./nope'", "local model folder"),
-    ("unknown papermill", _chapter("09", injected=["foo"]), E, "['foo']", "['profile', 'pair'"),
+    ("unknown papermill", _chapter("09", injected=["foo"]), E, "['foo']", "['profile', 'model_"),
     ("unknown chapter", _chapter("99"), E, "chapter='99'", "'12'"),
     (
         "chapter profile",
