@@ -80,7 +80,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests notebooks -m "not paper" --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider
 
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest tests -p no:cacheprovider
+	$(BIN)/python -m pytest tests -m "not paper" -p no:cacheprovider
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slow and not paper" -p no:cacheprovider -q
