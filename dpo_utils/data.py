@@ -280,7 +280,21 @@ def check_behavior_rows(name: str, rows: Sequence[dict], where: str) -> list[dic
     return list(rows)
 
 
+#: validated rows of each persona file read in this process, by (path, mtime, size): every
+#: chapter and every stand-in's cache key reads the same 32 files many times
+_READ: dict[tuple[str, int, int], tuple[dict, ...]] = {}
+
+
 def _read_jsonl(path: Path) -> list[dict]:
+    """A persona file's validated rows (copies: a caller may change them, the memo stays)."""
+    stat = path.stat()
+    memo = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if memo not in _READ:
+        _READ[memo] = tuple(_parse_jsonl(path))
+    return [dict(row) for row in _READ[memo]]
+
+
+def _parse_jsonl(path: Path) -> list[dict]:
     rows = []
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rb") as handle:

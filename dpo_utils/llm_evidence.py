@@ -126,9 +126,7 @@ def authors_pair(cfg: ExperimentConfig) -> list[str] | None:
 def _prompt_lengths(persona: dict, tokenizer) -> dict[str, torch.Tensor]:
     """Token length of every statement's prompt, per behaviour, in the persona's row order."""
     return {
-        name: torch.tensor(
-            [len(ids) for ids in tokenizer(embeddings.prompt_texts(rows))["input_ids"]]
-        )
+        name: torch.tensor(embeddings.token_lengths(tokenizer, embeddings.prompt_texts(rows)))
         for name, rows in persona.items()
     }
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import data, models
+from . import data, embeddings, models
 from .config import ExperimentConfig
 from .embeddings import FeatureSet, persona_features
 from .metrics import class_means, properties_table
@@ -206,8 +206,8 @@ def direction_cosines(feature_set: FeatureSet, variant: str = "final") -> pd.Dat
 
 
 def _token_lengths(tokenizer, persona: Mapping[str, Sequence[Mapping]]) -> torch.Tensor:
-    texts = [row["question"] + "\n" for rows in persona.values() for row in rows]
-    return torch.tensor([len(ids) for ids in tokenizer(texts)["input_ids"]])
+    rows = [row for rows in persona.values() for row in rows]
+    return torch.tensor(embeddings.token_lengths(tokenizer, embeddings.prompt_texts(rows)))
 
 
 def _measure_one(feature_set: FeatureSet, lengths: torch.Tensor) -> pd.DataFrame:
@@ -251,9 +251,16 @@ def measure_standins(
     fingerprint = config_hash({"persona": persona})
     processes = worker_processes(on_gpu=device != "cpu")
     pretrain_tiny_models(configs, processes=processes)
-    tiny = [cfg for cfg in configs if cfg.model_name in TINY_MODELS]
-    if processes > 1 and len(tiny) > 1:  # each worker caches its stand-in's features
-        process_map(_features_job, [(cfg, persona) for cfg in tiny], processes)
+    missing = [  # stand-ins whose features are not cached yet: workers compute them
+        cfg
+        for cfg in configs
+        if cfg.model_name in TINY_MODELS
+        and not embeddings.features_cached(
+            load_model_and_tokenizer(cfg, "cpu")[0], persona, profile=cfg.profile
+        )
+    ]
+    if processes > 1 and len(missing) > 1:  # each worker caches its stand-in's features
+        process_map(_features_job, [(cfg, persona) for cfg in missing], processes)
     for cfg in configs:
         model, tokenizer = load_model_and_tokenizer(cfg, device)
         fs = persona_features(model, tokenizer, persona, profile=cfg.profile)

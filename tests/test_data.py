@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import gzip
 import json
 import random
 from pathlib import Path
@@ -329,3 +330,25 @@ def test_data_card_table_matches_the_corpus():
             f"| {d['bayes_accuracy']:.3f}"
         )
         assert expected in card, expected
+
+
+def test_a_persona_file_is_read_once_and_callers_get_copies(tmp_path):
+    """load_persona keeps each file's validated rows for the process (keyed by path, mtime and
+    size); a caller that changes a row does not change what the next caller gets, and a file
+    that changes on disk is read again."""
+    source = data.source_folder("persona")
+    name = data.available_behaviors("persona")[0]
+    first = data.load_persona("persona", [name])[name]
+    first[0]["statement"] = "changed by a caller"
+    again = data.load_persona("persona", [name])[name]
+    assert again[0]["statement"] != "changed by a caller"
+    folder = tmp_path / "persona"
+    folder.mkdir()
+    path = data._behavior_files(source)[name]
+    copy = folder / path.name
+    copy.write_bytes(path.read_bytes())
+    assert data.load_persona(folder, [name])[name] == again
+    rows = again[:-1]  # fewer rows: a new size, so the memo cannot serve the old ones
+    with gzip.open(copy, "wt") if copy.name.endswith(".gz") else open(copy, "w") as handle:
+        handle.writelines(json.dumps(r) + "\n" for r in rows)
+    assert len(data.load_persona(folder, [name])[name]) == len(again) - 1

@@ -3,6 +3,8 @@ table."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -128,3 +130,21 @@ def test_properties_table_recovers_a_known_gap_and_flags_no_signal():
         abs(by.loc["signal", "covariance_trace"] - 16) < 3
         and by.loc["signal", "concentration"] < 2
     )
+
+
+def test_token_lengths_equal_the_tokenizers_own_count_and_are_kept(tokenizer):
+    """The fast path (the Rust backend, kept per process) counts exactly what
+    ``len(tokenizer(text)["input_ids"])`` counts, special tokens included."""
+    texts = ['Is the following statement something you would say?\n"I like tea"\n', "a", ""]
+    expected = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    assert embeddings.token_lengths(tokenizer, texts) == expected
+    assert embeddings.token_lengths(tokenizer, texts) == expected  # from the memo, a new list
+    copied = copy.deepcopy(tokenizer)  # a run's copy of the stand-in's tokenizer: the same counts
+    copied.name_or_path = "some/run"
+    assert embeddings.token_lengths(copied, texts) == expected
+    kept = len(embeddings._LENGTHS)
+    other = models.train_tokenizer(pretraining.pretraining_text().texts[:3000], vocab_size=1024)
+    assert embeddings.token_lengths(other, texts) == [
+        len(ids) for ids in other(texts)["input_ids"]
+    ]
+    assert len(embeddings._LENGTHS) == kept + 1  # another tokenizer: its own entry, not a hit
