@@ -16,7 +16,7 @@ Mechanisms (import only each other):
     data                    persona behaviours as preference pairs, the authors' splits [06 12]
     hh_rlhf                 HH-RLHF as preference pairs, unusable rows counted [10]
     corpus                  the project's own persona-format corpus [06]
-    models                  hub models, or tiny pre-trained Llama / Mistral stand-ins [06 07 12]
+    models                  hub models, or tiny pre-trained Llama / Mistral stand-ins [06 07]
     pretraining             the stand-ins' pre-training text and loop, leak-free [06]
     embeddings              last-token features of a causal LM, cached [via the experiments]
     probes                  per-pair log-probs and the probe callback [via training]

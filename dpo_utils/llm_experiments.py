@@ -9,6 +9,7 @@ and chapter 11 measures their features. Nothing here plots.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ import torch
 
 from . import data, embeddings, feature_experiments, metrics, models
 from .config import ExperimentConfig, get_config
+from .results import config_hash, load_or_run
 from .run_cache import (
     CHAPTER_PROBE_EVERY,
     CHAPTER_PROBE_TRAIN,
@@ -354,26 +356,47 @@ def geometry_table(
     """Per behaviour and mode: distinguishability, signal-to-noise ratio
     (metrics.properties_table), linear-classifier accuracy (5-fold) and mean feature norm of the
     behaviour's statements before (``base``) and after its own chapter 08 DPO run; ``dist_ratio``
-    and ``snr_ratio`` after/before.
+    and ``snr_ratio`` after/before. Cached (``results.load_or_run``) by the runs' folders, the
+    statements and the base features.
 
     Used in: notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
     """
-    rows = []
-    for mode in modes:
-        for behavior, statements in persona.items():
-            run = _run(cfg, [behavior], mode=mode, probe_train=probe_train, seed=seed)
-            after = trained_features(
-                run.probes.attrs["path"], {behavior: statements}, cfg.profile, cfg
-            )
+    paths = {
+        (mode, behavior): run_path
+        for mode in modes
+        for behavior in persona
+        for run_path in [
+            _run(cfg, [behavior], mode=mode, probe_train=probe_train, seed=seed).probes.attrs[
+                "path"
+            ]
+        ]
+    }
+
+    def measure() -> pd.DataFrame:
+        before = {  # the base model's properties: one per behaviour, shared by the modes
+            b: metrics.properties_table({b: base.select(b, "final")}).iloc[0] for b in persona
+        }
+        rows = []
+        for (mode, behavior), path in paths.items():
+            after = trained_features(path, {behavior: persona[behavior]}, cfg.profile, cfg)
+            after_props = metrics.properties_table({behavior: after.select(behavior, "final")})
             row = dict(mode=mode, behavior=behavior)
-            for stage, fs in (("before", base), ("after", after)):
-                props = metrics.properties_table({behavior: fs.select(behavior, "final")}).iloc[0]
+            for stage, props in (("before", before[behavior]), ("after", after_props.iloc[0])):
                 row[f"dist_{stage}"] = float(props["distinguishability"])
                 row[f"snr_{stage}"] = float(props["snr"])
                 row[f"probe_{stage}"] = float(props["probe_accuracy"])
                 row[f"norm_{stage}"] = float(props["mean_norm"])
             rows.append(row)
-    table = pd.DataFrame(rows)
+        return pd.DataFrame(rows)
+
+    # cached: the 5-fold classifiers are most of the cost; the runs' folders name their settings
+    key = dict(
+        cfg=cfg.to_dict(),
+        runs={f"{m}/{b}": Path(p).name for (m, b), p in paths.items()},
+        persona=config_hash({"persona": persona}),
+        version=1,
+    )
+    table = load_or_run("geometry", key, measure, profile=cfg.profile)
     return table.assign(
         dist_ratio=table["dist_after"] / table["dist_before"],
         snr_ratio=table["snr_after"] / table["snr_before"],

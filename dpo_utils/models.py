@@ -323,7 +323,8 @@ def load_model_and_tokenizer(
     ``cfg.model_arch`` (trained on first use). Anything else is a hub id or a local folder, loaded
     with ``AutoModelForCausalLM`` / ``AutoTokenizer`` in bf16 where the device supports it.
 
-    Used in: notebooks/12_faq_rewards_go_down.ipynb.
+    Used by: dpo_utils.feature_experiments, dpo_utils.llm_evidence, dpo_utils.llm_experiments,
+    dpo_utils.measuring_experiments, dpo_utils.run_cache, dpo_utils.training.
     """
     if cfg.model_name in TINY_MODELS:
         arch = TINY_MODELS[cfg.model_name].arch

@@ -26,6 +26,7 @@ import torch
 from . import losses, models, scale
 from .config import MODES, ConfigError, ExperimentConfig, check_mode
 from .probes import ProbeCallback, probe_table
+from .results import config_hash, load_or_run
 from .saved_runs import RUN_TABLES, DPORun, load_trained, run_tables, save_trained
 
 if TYPE_CHECKING:  # for annotations only: importing these costs seconds
@@ -38,6 +39,7 @@ __all__ = [
     "DPORun",
     "dpo_arguments",
     "train_dpo",
+    "cached_full_run",
     "save_trained",
     "load_trained",
     "run_tables",
@@ -199,7 +201,7 @@ def train_dpo(
     then cover the whole run. ``callbacks`` are extra ``TrainerCallback`` objects (e.g. timers).
     The model is trained in place.
 
-    Used in: notebooks/12_faq_rewards_go_down.ipynb.
+    Used by: dpo_utils.llm_evidence, dpo_utils.run_cache.
     """
     check_mode(mode)
     _check_pairs(train_pairs, "train_pairs")
@@ -266,3 +268,48 @@ def train_dpo(
         tokenizer=tokenizer,
         save_dtype=cfg.dtype,
     )
+
+
+def cached_full_run(
+    cfg: ExperimentConfig,
+    pairs: list[dict],
+    probe: list[dict],
+    steps: int | None,
+    device: str = "cpu",
+    probe_every: int = 4,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One full-DPO run of the profile's model on ``pairs``, probed on ``probe``: trl's log and the
+    per-pair probe table (``DPORun.log_history``, ``DPORun.pairs``), trained once and cached
+    (``results.load_or_run``) by the profile, the pairs, the probe set, the steps and the package
+    code.
+
+    Used in: notebooks/12_faq_rewards_go_down.ipynb.
+    """
+    key = dict(
+        cfg=cfg.to_dict(),
+        pairs=config_hash({"pairs": pairs}),
+        probe=config_hash({"probe": probe}),
+        steps=steps,
+        probe_every=probe_every,
+        version=1,
+    )
+    trained: dict = {}
+
+    def run():  # trains on the first table's miss only; the second table then reads it
+        if "run" not in trained:
+            model, tokenizer = models.load_model_and_tokenizer(cfg, device)
+            trained["run"] = train_dpo(
+                cfg,
+                model,
+                tokenizer,
+                pairs,
+                mode="full",
+                max_steps=steps,
+                probe_sets={"train": probe},
+                probe_every=probe_every,
+            )
+        return trained["run"]
+
+    log = load_or_run("full-run-log", key, lambda: run().log_history, profile=cfg.profile)
+    table = load_or_run("full-run-pairs", key, lambda: run().pairs, profile=cfg.profile)
+    return log, table

@@ -324,3 +324,25 @@ def test_adapter_only_lora_run_rebuilds_the_same_merged_model(tok, tmp_path):
     assert not torch.allclose(
         chained[0], got[0], atol=1e-4
     )  # the second adapter really changed the model
+
+
+def test_cached_full_run_trains_once_and_reads_the_same_tables_back(tok, tmp_path, monkeypatch):
+    """Chapter 12's run: the first call trains (one model load) and saves trl's log and the probe
+    table; the second loads both without training, equal to what the first returned."""
+    monkeypatch.setenv("DPO_RESULTS_DIR", str(tmp_path))
+    monkeypatch.delenv("DPO_FORCE_RERUN", raising=False)
+    loads = []
+
+    def load(cfg, device="cpu"):
+        loads.append(device)
+        return tiny_llama(tok), tok
+
+    monkeypatch.setattr(training.models, "load_model_and_tokenizer", load)
+    pairs = toy_pairs(32)
+    first = training.cached_full_run(_cfg(), pairs, pairs[:8], steps=2, probe_every=1)
+    second = training.cached_full_run(_cfg(), pairs, pairs[:8], steps=2, probe_every=1)
+    assert loads == ["cpu"]  # trained once: both tables came from one run
+    for made, read in zip(first, second, strict=True):
+        assert not made.attrs["from_cache"] and read.attrs["from_cache"]
+        pd.testing.assert_frame_equal(made.reset_index(drop=True), read.reset_index(drop=True))
+    assert sorted(second[1]["step"].unique()) == [0, 1, 2]  # probed at step 0 and every step
