@@ -263,18 +263,24 @@ def test_colab_t4_profile_fits_a_t4_and_is_listed_everywhere():
     assert "colab-t4" in (ROOT / "book" / "setup.md").read_text()
 
 
-def test_mistral_answer_ids_with_the_real_tokenizer():
+def test_mistral_answer_ids_with_the_real_tokenizer(tmp_path):
     """With mistral-common's own Mistral-7B tokenizer (v1, sentencepiece): " Yes" 5592 and " No"
-    1770 after a newline. Skipped where mistral-common and sentencepiece are not installed (they
-    are not project dependencies)."""
+    1770 after a newline. Skipped where mistral-common, sentencepiece or protobuf are missing: they
+    are not project dependencies (mistral-common 1.13 needs numpy < 2.4 on Python 3.11, and the
+    project pins numpy 2.4.6). transformers 5 builds the tokenizer from a folder holding the
+    sentencepiece file as tokenizer.model (converting it needs protobuf); constructing
+    LlamaTokenizer(vocab_file=...) directly gives an empty 3-token vocabulary."""
     mistral_common = pytest.importorskip("mistral_common")
     pytest.importorskip("sentencepiece")
+    pytest.importorskip("google.protobuf")
     from transformers import LlamaTokenizer
 
     from dpo_utils import models
 
-    path = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
-    tok = LlamaTokenizer(vocab_file=str(path), legacy=False)
+    shipped = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+    (tmp_path / "tokenizer.model").write_bytes(shipped.read_bytes())
+    tok = LlamaTokenizer.from_pretrained(str(tmp_path))
+    assert len(tok) == 32000  # the whole Mistral-7B vocabulary was read
     assert models.answer_token_ids(tok) == (5592, 1770)
 
 
