@@ -253,13 +253,13 @@ def measure_standins(
     pretrain_tiny_models(configs, processes=processes)
     missing = [  # stand-ins whose features are not cached yet: workers compute them
         cfg
-        for cfg in configs
+        for cfg in (configs if processes > 1 else [])
         if cfg.model_name in TINY_MODELS
         and not embeddings.features_cached(
             load_model_and_tokenizer(cfg, "cpu")[0], persona, profile=cfg.profile
         )
     ]
-    if processes > 1 and len(missing) > 1:  # each worker caches its stand-in's features
+    if len(missing) > 1:  # each worker caches its stand-in's features
         process_map(_features_job, [(cfg, persona) for cfg in missing], processes)
     for cfg in configs:
         model, tokenizer = load_model_and_tokenizer(cfg, device)
