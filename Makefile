@@ -42,7 +42,7 @@ help:
 	@echo "make test-fast unit tests not marked slow (the inner loop, under 2 minutes)"
 	@echo "make test-paper every chapter under papermill at llama2-7b and mistral-7b on the CPU,"
 	@echo "               06-13 with tiny stand-ins (DPO_TINY_STAND_IN=1): the paper code paths run"
-	@echo "               (about 13 minutes on 2 busy cores; not part of make test)"
+	@echo "               (about 11 minutes on 2 cores; not part of make test)"
 	@echo "make lint      ruff check + ruff format --check (what CI runs first)"
 	@echo "make typecheck mypy dpo_utils"
 	@echo "make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu   the CPU-only torch build"
