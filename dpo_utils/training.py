@@ -201,7 +201,7 @@ def train_dpo(
     then cover the whole run. ``callbacks`` are extra ``TrainerCallback`` objects (e.g. timers).
     The model is trained in place.
 
-    Used by: dpo_utils.llm_evidence, dpo_utils.run_cache.
+    Used by: dpo_utils.llm_evidence, dpo_utils.run_cache, dpo_utils.training.
     """
     check_mode(mode)
     _check_pairs(train_pairs, "train_pairs")
