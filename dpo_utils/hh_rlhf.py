@@ -21,8 +21,9 @@ HH_SEPARATOR = "\n\nAssistant:"
 
 
 class HHUnavailable(PersonaDataError):
-    """HH-RLHF could not be loaded (no network and no local copy): chapter 10 skips its
-    experiment on it and says why, on any profile.
+    """HH-RLHF could not be reached (offline, no connection, no cached or local copy): chapter 10
+    skips its experiment on it and says why, on any profile. Other loading failures raise
+    :class:`~dpo_utils.data.PersonaDataError` and stop the chapter.
 
     Used in: notebooks/10_misalignment_llm.ipynb.
     """
@@ -97,9 +98,15 @@ def load_hh_rlhf(
 
         table = datasets.load_dataset(source, split=split)
     except Exception as error:
-        raise HHUnavailable(
-            f"could not load {source!r} ({error}); HH-RLHF needs network access or a local copy "
-            "of the dataset."
+        # unreachable (offline mode, no connection, no cached or local copy): the chapter skips
+        # experiment D; any other failure (a bad schema, a full disk) stops it with its cause
+        offline = isinstance(error, (ConnectionError, TimeoutError, FileNotFoundError)) or (
+            "offline" in f"{type(error).__name__} {error}".lower()
+        )
+        kind = HHUnavailable if offline else PersonaDataError
+        raise kind(
+            f"could not load {source!r} ({type(error).__name__}: {error}); HH-RLHF needs network "
+            "access or a local copy of the dataset."
         ) from error
     rows = table if limit is None else table.select(range(min(limit, len(table))))
     result = hh_rlhf_pairs(rows)

@@ -2,23 +2,23 @@
 
 ``DPO_TINY_STAND_IN=1`` makes :func:`dpo_utils.config.get_config` return a paper profile
 (``llama2-7b``, ``mistral-7b``) with only its *size* replaced, so that a chapter executes every
-paper-profile branch (bf16 dtype, batch sizes, chained split, behaviour numbers, the authors'
-prompt cap, one pre-training seed, the profile's name in the results folders) on a machine
-without a GPU.
-Its rules, all here:
+paper-profile branch (its dtype setting, batch sizes, chained split, behaviour numbers, the
+authors' prompt cap, one pre-training seed, the profile's name in the results folders) on a
+machine without a GPU, where the model itself runs in fp32 (:func:`dpo_utils.models.load_dtype`
+on any CPU). Its rules, all here:
 
 * the model becomes the tiny stand-in of the same architecture (``tiny-llama`` for Llama-2,
   ``tiny-mistral`` for Mistral); asking for another model as well (``$DPO_MODEL``, ``model_name``)
   is an error, so the model is replaced through the one ``model_name`` field that ``$DPO_MODEL``
   sets, never behind its back;
 * the hub's persona data becomes the vendored real behaviours (``"persona"``; no network);
-* every size knob is capped at :data:`CAPS` (DPO steps, the stand-in's pre-training steps,
+* three size knobs are capped at :data:`CAPS` (DPO steps, the stand-in's pre-training steps,
   ``max_length`` at the stand-in's positions);
 * :func:`dpo_utils.config.require_device` returns ``"cpu"`` and the chapter stays offline;
 * the profile's description says that the run is a stand-in check, so no page or figure made this
-  way can pass for a paper-scale result; and ``$DPO_RESULTS_DIR`` must name a scratch folder, so
-  that its runs and verdicts never land in ``results/<profile>/``, where the paper-scale chapters
-  (chapter 13's claims table among them) would read them.
+  way can pass for a paper-scale result; and ``$DPO_RESULTS_DIR`` must name a scratch folder (not
+  the project's ``results/``), so that its runs and verdicts never land in ``results/<profile>/``,
+  where the paper-scale chapters (chapter 13's claims table among them) would read them.
 
 The CPU profile already runs the stand-ins: the switch leaves it unchanged. A profile whose
 architecture has no stand-in (``colab-t4``'s Qwen2) is refused with a clear message. Nothing here
@@ -28,9 +28,11 @@ is a result: ``make test-paper`` uses it to prove that each chapter *runs* at a 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from .config import HUB_PERSONA_SOURCE, PROFILES, ConfigError, ExperimentConfig
+from .results import project_root
 
 __all__ = ["STAND_IN_ENV_VAR", "CAPS", "STAND_INS", "active", "substitute"]
 
@@ -82,11 +84,12 @@ def substitute(cfg: ExperimentConfig) -> ExperimentConfig:
             f"{STAND_IN_ENV_VAR}=1: profile {cfg.profile!r} is a {cfg.model_arch} model, which "
             f"has no tiny stand-in; the switch covers the profiles {covered}."
         )
-    if not os.environ.get(RESULTS_ENV_VAR):
+    scratch = os.environ.get(RESULTS_ENV_VAR)
+    if not scratch or Path(scratch).resolve() == (project_root() / "results").resolve():
         raise ConfigError(
-            f"{STAND_IN_ENV_VAR}=1 needs {RESULTS_ENV_VAR} set to a scratch folder: a stand-in "
-            f"check must not write into results/{cfg.profile}/, which the paper-scale chapters "
-            "read."
+            f"{STAND_IN_ENV_VAR}=1 needs {RESULTS_ENV_VAR} set to a scratch folder other than the "
+            f"project's results/ (it is {scratch!r}): a stand-in check must not write into "
+            f"results/{cfg.profile}/, which the paper-scale chapters read."
         )
     if cfg.model_name not in (PROFILES[cfg.profile].model_name, stand_in):
         raise ConfigError(

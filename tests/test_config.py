@@ -175,6 +175,11 @@ def test_the_switch_refuses_a_second_model_and_a_profile_without_a_stand_in(monk
     monkeypatch.delenv("DPO_RESULTS_DIR")  # never into results/<profile>/ of the paper runs
     with pytest.raises(ConfigError, match=r"needs DPO_RESULTS_DIR set to a scratch folder"):
         get_config("mistral-7b")
+    from dpo_utils.results import project_root
+
+    monkeypatch.setenv("DPO_RESULTS_DIR", str(project_root() / "results"))  # the real one
+    with pytest.raises(ConfigError, match=r"other than the project's results/"):
+        get_config("mistral-7b")
 
 
 def test_a_stand_in_goes_offline_and_a_paper_model_still_needs_a_gpu(monkeypatch):

@@ -339,8 +339,10 @@ def test_a_persona_file_is_read_once_and_callers_get_copies(tmp_path):
     source = data.source_folder("persona")
     name = data.available_behaviors("persona")[0]
     first = data.load_persona("persona", [name])[name]
+    kept = len(data._READ)
     first[0]["statement"] = "changed by a caller"
     again = data.load_persona("persona", [name])[name]
+    assert len(data._READ) == kept  # read once: the second load came from the memo
     assert again[0]["statement"] != "changed by a caller"
     folder = tmp_path / "persona"
     folder.mkdir()

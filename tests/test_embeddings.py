@@ -89,6 +89,22 @@ def test_features_are_cached_on_disk(model, tokenizer, persona, tmp_path, monkey
         embeddings.persona_features(model, tokenizer, persona, model_key="other-model")
 
 
+def test_features_cached_says_what_persona_features_will_do(
+    model, tokenizer, persona, tmp_path, monkeypatch
+):
+    """Chapter 06 starts workers only for stand-ins whose features are not cached: the check is
+    False before the features are computed, True after, False for a forced rerun."""
+    monkeypatch.setenv("DPO_RESULTS_DIR", str(tmp_path))
+    monkeypatch.delenv("DPO_FORCE_RERUN", raising=False)
+    monkeypatch.setattr(model, "name_or_path", "unit-test-cached-check")
+    assert not embeddings.features_cached(model, persona)
+    embeddings.persona_features(model, tokenizer, persona)
+    assert embeddings.features_cached(model, persona)
+    assert not embeddings.features_cached(model, dict(list(persona.items())[:1]))  # other rows
+    monkeypatch.setenv("DPO_FORCE_RERUN", "1")
+    assert not embeddings.features_cached(model, persona)
+
+
 def test_authors_exact_variant_is_the_bare_question_normalised_twice(model, tokenizer, persona):
     """The authors embed ``question`` without the trailing newline and re-apply the final norm;
     the project's "authors" variant reads the DPO prompt (with the newline)."""
@@ -132,16 +148,19 @@ def test_properties_table_recovers_a_known_gap_and_flags_no_signal():
     )
 
 
-def test_token_lengths_equal_the_tokenizers_own_count_and_are_kept(tokenizer):
+def test_token_lengths_equal_the_tokenizers_own_count_and_are_kept(tokenizer, monkeypatch):
     """The fast path (the Rust backend, kept per process) counts exactly what
     ``len(tokenizer(text)["input_ids"])`` counts, special tokens included."""
     texts = ['Is the following statement something you would say?\n"I like tea"\n', "a", ""]
+    monkeypatch.setattr(embeddings, "_LENGTHS", {})  # this test's entries only
     expected = [len(ids) for ids in tokenizer(texts)["input_ids"]]
     assert embeddings.token_lengths(tokenizer, texts) == expected
+    assert list(embeddings._LENGTHS.values()) == [tuple(expected)]  # kept
     assert embeddings.token_lengths(tokenizer, texts) == expected  # from the memo, a new list
     copied = copy.deepcopy(tokenizer)  # a run's copy of the stand-in's tokenizer: the same counts
     copied.name_or_path = "some/run"
     assert embeddings.token_lengths(copied, texts) == expected
+    assert len(embeddings._LENGTHS) == 1  # the copy shares the stand-in's entry
     kept = len(embeddings._LENGTHS)
     other = models.train_tokenizer(pretraining.pretraining_text().texts[:3000], vocab_size=1024)
     assert embeddings.token_lengths(other, texts) == [

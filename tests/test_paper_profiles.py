@@ -145,3 +145,19 @@ def test_hh_rlhf_without_network_is_the_skip_chapter_10_prints(monkeypatch, tmp_
         hh_rlhf.load_hh_rlhf("test", limit=4)
     chapter = (ROOT / "notebooks" / "10_misalignment_llm.ipynb").read_text()
     assert "except hh_rlhf.HHUnavailable as error:" in chapter
+
+
+def test_a_load_failure_other_than_being_offline_stops_chapter_10(monkeypatch):
+    """Only an unreachable dataset is skipped; a broken one (here a schema error) is raised as a
+    PersonaDataError that chapter 10 does not catch, with its cause in the message."""
+    import datasets
+
+    from dpo_utils import data, hh_rlhf
+
+    def broken(*args, **kwargs):
+        raise ValueError("column 'chosen' missing")
+
+    monkeypatch.setattr(datasets, "load_dataset", broken)
+    with pytest.raises(data.PersonaDataError, match="ValueError: column 'chosen' missing") as info:
+        hh_rlhf.load_hh_rlhf("test", limit=4)
+    assert not isinstance(info.value, hh_rlhf.HHUnavailable)
