@@ -355,6 +355,11 @@ def check_mode(mode: Any) -> str:
     return mode
 
 
+def _stand_in_model(cfg: ExperimentConfig) -> bool:
+    """The CPU profile, or a tiny stand-in at any profile: on the CPU, and no hub needed."""
+    return not cfg.requires_gpu or cfg.model_name in TINY_MODEL_NAMES
+
+
 def network_environment(cfg: ExperimentConfig) -> None:
     """Telemetry off for every profile; the CPU profile and any tiny stand-in also offline
     (``HF_HUB_OFFLINE=1``...).
@@ -364,7 +369,7 @@ def network_environment(cfg: ExperimentConfig) -> None:
     Used by: dpo_utils.book, dpo_utils.train.
     """
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    if not cfg.requires_gpu or cfg.model_name in TINY_MODEL_NAMES:  # stand-ins need no hub
+    if _stand_in_model(cfg):
         for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
             os.environ.setdefault(var, "1")
 
@@ -424,8 +429,8 @@ def require_device(cfg: ExperimentConfig) -> str:
     """
     import torch
 
-    if not cfg.requires_gpu or cfg.model_name in TINY_MODEL_NAMES:
-        return "cpu"  # the CPU profile, or a paper profile's tiny stand-in (DPO_TINY_STAND_IN)
+    if _stand_in_model(cfg):
+        return "cpu"
     if torch.cuda.is_available():
         return "cuda"
     raise ConfigError(

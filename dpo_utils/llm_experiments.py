@@ -361,16 +361,11 @@ def geometry_table(
 
     Used in: notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
     """
-    paths = {
-        (mode, behavior): run_path
-        for mode in modes
-        for behavior in persona
-        for run_path in [
-            _run(cfg, [behavior], mode=mode, probe_train=probe_train, seed=seed).probes.attrs[
-                "path"
-            ]
-        ]
-    }
+    paths = {}  # (mode, behaviour) -> the chapter 08 run's folder
+    for mode in modes:
+        for behavior in persona:
+            run = _run(cfg, [behavior], mode=mode, probe_train=probe_train, seed=seed)
+            paths[(mode, behavior)] = run.probes.attrs["path"]
 
     def measure() -> pd.DataFrame:
         before = {  # the base model's properties: one per behaviour, shared by the modes

@@ -251,18 +251,22 @@ def measure_standins(
     fingerprint = config_hash({"persona": persona})
     processes = worker_processes(on_gpu=device != "cpu")
     pretrain_tiny_models(configs, processes=processes)
-    missing = [  # stand-ins whose features are not cached yet: workers compute them
-        cfg
-        for cfg in (configs if processes > 1 else [])
-        if cfg.model_name in TINY_MODELS
-        and not embeddings.features_cached(
-            load_model_and_tokenizer(cfg, "cpu")[0], persona, profile=cfg.profile
-        )
+    # with workers: the stand-ins are loaded once, to find those whose features are not cached
+    # yet (the workers compute them), and measured below from the same load
+    loaded = {
+        i: load_model_and_tokenizer(cfg, device)
+        for i, cfg in enumerate(configs)
+        if processes > 1 and cfg.model_name in TINY_MODELS
+    }
+    missing = [
+        configs[i]
+        for i, (model, _) in loaded.items()
+        if not embeddings.features_cached(model, persona, profile=configs[i].profile)
     ]
     if len(missing) > 1:  # each worker caches its stand-in's features
         process_map(_features_job, [(cfg, persona) for cfg in missing], processes)
-    for cfg in configs:
-        model, tokenizer = load_model_and_tokenizer(cfg, device)
+    for i, cfg in enumerate(configs):
+        model, tokenizer = loaded.pop(i) if i in loaded else load_model_and_tokenizer(cfg, device)
         fs = persona_features(model, tokenizer, persona, profile=cfg.profile)
         feature_sets[(cfg.model_name, cfg.pretrain_seed)] = fs
         lengths = _token_lengths(tokenizer, persona)

@@ -122,3 +122,29 @@ def test_verdicts_apply_the_thresholds_fixed_before_the_run():
     assert list(failed["threshold"]) == ["< 0.15"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         M.THRESHOLDS.cosine = 0.9  # frozen: fixed before the run
+
+
+@pytest.mark.slow
+def test_measure_standins_starts_workers_only_for_uncached_features(tmp_path, monkeypatch):
+    """With two workers, the first call computes the stand-ins' features in the workers; the
+    second finds them cached, starts no worker at all and returns the same table."""
+    monkeypatch.setenv("DPO_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setenv("DPO_PROCESSES", "2")
+    monkeypatch.delenv("DPO_FORCE_RERUN", raising=False)
+    cfg = config.get_config("cpu", pretrain_steps=2)  # the measurement, not the model, is tested
+    configs = M.standin_configs(cfg, 1)  # one tiny Llama, one tiny Mistral
+    names = list(data.EVALUATION_BEHAVIORS)[:2]
+    persona = {n: rows[:40] for n, rows in data.load_persona("persona", names).items()}
+    dispatched = []
+    real_map = M.process_map
+    monkeypatch.setattr(
+        M,
+        "process_map",
+        lambda f, jobs, n: dispatched.append((f, len(jobs))) or real_map(f, jobs, n),
+    )
+    first, _ = M.measure_standins(configs, persona)
+    assert (M._features_job, 2) in dispatched  # both stand-ins' features came from workers
+    dispatched.clear()
+    second, _ = M.measure_standins(configs, persona)
+    assert all(f is not M._features_job for f, _ in dispatched)  # nothing left to compute
+    pd.testing.assert_frame_equal(first, second)
