@@ -38,6 +38,7 @@ __all__ = [
     "RUN_TABLES",
     "DPORun",
     "dpo_arguments",
+    "score_completions_only",
     "train_dpo",
     "cached_full_run",
     "save_trained",
@@ -128,10 +129,45 @@ def _check_pairs(pairs, name: str) -> None:
             )
 
 
+def score_completions_only() -> bool:
+    """Let trl score only the completion tokens on every device; return whether it now does.
+
+    trl 1.16 computes a sequence's log-prob through a chunked log-softmax over the vocabulary. On
+    CUDA (with Triton) it passes that kernel only the positions whose label is not -100, the
+    completion tokens; elsewhere it passes every position and masks the prompt's out afterwards,
+    so that a compiler (Neuron) sees the same tile shapes on every batch. On a CPU that mask
+    throws away nearly all of a DPO step: a persona prompt has ~50 tokens, its answer (" Yes" or
+    " No", then EOS) 2-3, and projecting every prompt token onto the vocabulary took two thirds
+    of a stand-in's training (7.9 s for 16 steps instead of 2.5 s: bench_trl_compact.py).
+    The kept positions' log-probs are the same rows of the same product either way, so the loss,
+    the gradients and the run agree to float32 rounding (tests/test_training.py checks both
+    ways). This swaps the compaction test trl's ``_fused_forward`` reads (its module's own name
+    ``_use_triton``; the kernel's choice of Triton is a separate name and stays as it is).
+
+    Used by: dpo_utils.training.
+    """
+    from trl.trainer import utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:  # another trl: its own choice stands (correct, only slower on a CPU)
+        return False
+    if getattr(original, "compacts_on_cpu", False):
+        return True
+
+    def compact(device: torch.device) -> bool:
+        return device.type == "cpu" or original(device)
+
+    compact.compacts_on_cpu = True  # type: ignore[attr-defined]
+    trl_utils._use_triton = compact
+    return True
+
+
 def _build_trainer(cfg, model, tokenizer, train_pairs, mode, ref_model, args, callbacks):
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import DPOTrainer
+
+    score_completions_only()
 
     if hasattr(model, "get_base_model"):
         raise TypeError(
