@@ -100,6 +100,21 @@ def _projection(name, value, ctx):
     return value
 
 
+def _stand_ins(name, value, ctx):
+    allowed = list(config.TINY_MODEL_NAMES)
+    if (
+        not isinstance(value, (list, tuple))
+        or not value
+        or any(not isinstance(v, str) or v not in allowed for v in value)
+        or len(set(value)) != len(value)
+    ):
+        raise config.ConfigError(
+            f"{name}={value!r} is not allowed; give a list of different stand-ins from {allowed} "
+            "or None."
+        )
+    return list(value)
+
+
 def _vocab_size(name, value, ctx):
     if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 200_000:
         raise config.ConfigError(
@@ -149,7 +164,12 @@ CHAPTER_PARAMETERS: dict[str, dict[str, Check]] = {
         "model_beta": _config_field("dpo_beta"),
         "n_model_seeds": _int_at_least(2),
     },
-    "06": {**_MODEL, **_PERSONA, "n_pretrain_seeds": _int_at_least(1)},
+    "06": {
+        **_MODEL,
+        **_PERSONA,
+        "n_pretrain_seeds": _int_at_least(1),
+        "stand_ins": _stand_ins,
+    },
     "07": {
         **_MODEL,
         "learning_rate": _config_field("last_layer_lr"),

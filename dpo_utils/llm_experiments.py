@@ -236,7 +236,7 @@ def misalignment_curves(
     behaviors: Sequence[str],
     *,
     mode: str = "lora",
-    steps: int = 24,
+    steps: int | None = None,
     flip_batch_size: int | None = None,
     probe_train: int | None = PROBE_TRAIN,
     seed: int | None = None,
@@ -246,7 +246,7 @@ def misalignment_curves(
 
     The aligned model is the run ``load_or_train(cfg, [b], mode=mode)`` of chapter 08 (reused from
     its cache), merged; for the aligned start it is also the reference. Both flipped runs use
-    ``flip_batch_size`` (default the profile's) and ``steps`` steps.
+    ``flip_batch_size`` and ``steps`` steps (defaults: the profile's batch and step count).
 
     Used in: notebooks/10_misalignment_llm.ipynb.
     """
