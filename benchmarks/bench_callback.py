@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 on a shared machine)"
     )
-    parser.add_argument("--probe-every", type=int, default=llm_experiments.PROBE_EVERY)
+    parser.add_argument(
+        "--probe-every", type=int, default=llm_experiments.probe_every(config.get_config("cpu"))
+    )
     parser.add_argument(
         "--probe-train",
         type=int,

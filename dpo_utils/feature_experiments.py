@@ -27,7 +27,7 @@ from .embeddings import FeatureSet, persona_features
 from .metrics import class_means, priority_gap_matrix
 from .models import TINY_MODELS, answer_token_ids, load_model_and_tokenizer, tiny_model
 from .results import config_hash, load_or_run
-from .runtime import run_seed, single_threaded
+from .runtime import process_map, run_seed, single_threaded, worker_processes
 from .tables import early_slope, rank_correlation, time_to_accuracy, value_at_step
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "speed_summary",
     "speed_correlations",
     "last_layer_runs",
+    "last_layer_sweep",
     "priority_gaps",
 ]
 
@@ -235,6 +236,7 @@ def last_layer_runs(
     n_seeds: int,
     random_init: bool = False,
     device: str = "cpu",
+    cached_only: bool = False,
 ) -> pd.DataFrame:
     """Chapter 07's runs for one model, cached: :func:`last_layer_experiment` at every learning
     rate in ``lrs``, aligned and flipped, ``n_seeds`` batch seeds, on the "final" features.
@@ -243,7 +245,8 @@ def last_layer_runs(
     ``random_init`` a freshly initialised tiny model of the same shape and tokenizer (seed
     ``cfg.pretrain_seed``), whose head is also the reference. The table gains ``model``
     ("pre-trained" or "random init") and ``pretrain_seed``; the results key holds the model, its
-    weights' folder, the persona rows, every setting and the seeds.
+    weights' folder, the persona rows, every setting and the seeds. With ``cached_only`` a table
+    that is not cached yet raises :class:`NotCached` instead of being computed.
 
     Used in: notebooks/07_last_layer_dpo.ipynb
     """
@@ -272,6 +275,8 @@ def last_layer_runs(
     )
 
     def run() -> pd.DataFrame:
+        if cached_only:
+            raise NotCached(f"last-layer runs of {label} model {weights}")
         features = persona_features(
             model, tokenizer, persona, profile=cfg.profile, model_key=weights
         )
@@ -297,6 +302,61 @@ def last_layer_runs(
 
     table = load_or_run("last_layer", key, run, profile=cfg.profile)
     return table.assign(model=label, pretrain_seed=cfg.pretrain_seed)
+
+
+class NotCached(LookupError):
+    """A result that was asked for from the cache only and is not there yet.
+
+    Used by: dpo_utils.feature_experiments.
+    """
+
+
+def _last_layer_job(job: dict) -> pd.DataFrame:
+    return last_layer_runs(**job)
+
+
+def last_layer_sweep(
+    cfg,
+    persona: Mapping[str, Sequence[Mapping]],
+    *,
+    pretrain_seeds: Sequence[int],
+    random_inits: Sequence[bool],
+    lrs: Sequence[float],
+    n_seeds: int,
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """:func:`last_layer_runs` for every pre-training seed and ``random_init`` flag, stacked in
+    that order. Those not cached yet are computed ``worker_processes`` at a time on a CPU box
+    (each model's features and runs in one single-threaded worker: on two cores, the six models
+    of the CPU profile take half the time); cached ones are read here, without starting workers.
+
+    Used in: notebooks/07_last_layer_dpo.ipynb.
+    """
+    jobs = [
+        dict(
+            cfg=cfg.replace(pretrain_seed=p),
+            persona=persona,
+            lrs=list(lrs),
+            n_seeds=n_seeds,
+            random_init=r,
+            device=device,
+        )
+        for p in pretrain_seeds
+        for r in random_inits
+    ]
+    tables: dict[int, pd.DataFrame] = {}
+    for i, job in enumerate(jobs):
+        try:
+            tables[i] = last_layer_runs(**job, cached_only=True)
+        except NotCached:
+            continue
+    missing = [i for i in range(len(jobs)) if i not in tables]
+    processes = worker_processes(on_gpu=device != "cpu")
+    for i, table in zip(
+        missing, process_map(_last_layer_job, [jobs[i] for i in missing], processes), strict=True
+    ):
+        tables[i] = table
+    return pd.concat([tables[i] for i in range(len(jobs))], ignore_index=True)
 
 
 # --- measuring the features (chapter 06) --------------------------------------------------

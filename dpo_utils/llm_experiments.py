@@ -19,8 +19,8 @@ from . import data, embeddings, feature_experiments, metrics, models
 from .config import ExperimentConfig, get_config
 from .results import config_hash, load_or_run
 from .run_cache import (
-    CHAPTER_PROBE_EVERY,
     CHAPTER_PROBE_TRAIN,
+    chapter_probe_every,
     load_or_train,
     prefill,
     run_dir,
@@ -29,12 +29,15 @@ from .tables import metric_rows
 from .training import load_trained
 
 __all__ = [
+    "PROBE_TRAIN",
+    "probe_every",
     "persona_rows",
     "base_features",
     "behavior_properties",
     "per_behavior_curves",
     "loss_drops",
     "pair_table",
+    "pair_jobs",
     "pair_curves",
     "misalignment_curves",
     "reference_floor",
@@ -44,11 +47,11 @@ __all__ = [
     "projection_table",
 ]
 
-#: train pairs probed per behaviour in chapters 08-11 (plus every test pair): keeps the probe
-#: under a fifth of a step; a probe after every PROBE_EVERY-th step (and the last): a tenth of the
-#: CPU training time. Defined with the run key (the command line fills the same folders).
+#: train pairs probed per behaviour in chapters 08-11 (plus every test pair), and the probe
+#: interval of a profile (:func:`probe_every`): defined with the run key, so the command line
+#: fills the same folders
 PROBE_TRAIN = CHAPTER_PROBE_TRAIN
-PROBE_EVERY = CHAPTER_PROBE_EVERY
+probe_every = chapter_probe_every
 
 
 def persona_rows(
@@ -119,7 +122,7 @@ def per_behavior_curves(
 def _job(cfg, behaviors, **kwargs) -> dict:
     """The load_or_train arguments of one chapter run: every chapter's runs share one probe
     setting, so they share the cache."""
-    return dict(cfg=cfg, behaviors=list(behaviors), probe_every=PROBE_EVERY, **kwargs)
+    return dict(cfg=cfg, behaviors=list(behaviors), probe_every=probe_every(cfg), **kwargs)
 
 
 def _run(cfg, behaviors, **kwargs):
@@ -182,6 +185,31 @@ def pair_table(feature_set: embeddings.FeatureSet, properties: pd.DataFrame) -> 
     return table.sort_values("gap", ascending=False, ignore_index=True)
 
 
+def _pair_cfg(cfg: ExperimentConfig, pair_batch_size: int | None) -> ExperimentConfig:
+    return cfg.replace(dpo_batch_size=pair_batch_size or cfg.pair_batch_size, split="per-behavior")
+
+
+def pair_jobs(
+    cfg: ExperimentConfig,
+    first: str,
+    second: str,
+    mode: str = "full",
+    pair_batch_size: int | None = None,
+    probe_train: int | None = PROBE_TRAIN,
+    seed: int | None = None,
+) -> list[dict]:
+    """The runs :func:`pair_curves` reads, as :func:`~dpo_utils.run_cache.prefill` jobs: the two
+    joint runs (compatible, conflicting) first, then the two solo runs (chapter 08's).
+
+    Used by: dpo_utils.llm_experiments, dpo_utils.llm_evidence.
+    """
+    joint_cfg, pair = _pair_cfg(cfg, pair_batch_size), [first, second]
+    return [
+        _job(joint_cfg, pair, mode=mode, flip=flip, probe_train=probe_train, seed=seed)
+        for flip in (False, [second])
+    ] + [_job(cfg, [b], mode=mode, probe_train=probe_train, seed=seed) for b in pair]
+
+
 def pair_curves(
     cfg: ExperimentConfig,
     first: str,
@@ -203,17 +231,8 @@ def pair_curves(
 
     Used in: notebooks/09_prioritisation_llm.ipynb.
     """
-    joint_cfg = cfg.replace(
-        dpo_batch_size=pair_batch_size or cfg.pair_batch_size, split="per-behavior"
-    )
-    pair = [first, second]
-    prefill(
-        [_job(cfg, [b], mode=mode, probe_train=probe_train, seed=seed) for b in pair]
-        + [
-            _job(joint_cfg, pair, mode=mode, flip=flip, probe_train=probe_train, seed=seed)
-            for flip in (False, [second])
-        ]
-    )
+    joint_cfg = _pair_cfg(cfg, pair_batch_size)
+    prefill(pair_jobs(cfg, first, second, mode, pair_batch_size, probe_train, seed))
     tables = [
         _run(cfg, [b], mode=mode, probe_train=probe_train, seed=seed).probes.assign(run="solo")
         for b in (first, second)

@@ -30,6 +30,8 @@ from .training import DPORun, load_trained, run_tables, save_trained, train_dpo
 
 __all__ = [
     "CHAPTER_PROBE_EVERY",
+    "CPU_PROBE_EVERY",
+    "chapter_probe_every",
     "CHAPTER_PROBE_TRAIN",
     "chapter_run_dir",
     "behavior_pairs",
@@ -42,10 +44,14 @@ __all__ = [
 ]
 
 #: the probe settings of every chapter's runs (chapters 08-11), and so of their cache keys: train
-#: pairs probed per behaviour (plus every test pair), and a probe after every second step (and the
-#: last); the command line uses the same by default, so its runs land where the chapters look
+#: pairs probed per behaviour (plus every test pair), and a probe after every second step on a GPU
+#: profile (an epoch of the authors' setting is about 7 steps) or every fourth on the CPU profile
+#: (16 steps: 5 points; each probe costs about a tenth of a stand-in run), and after the last
+#: step (:func:`chapter_probe_every`); the command line uses the same by default, so its runs land
+#: where the chapters look
 CHAPTER_PROBE_TRAIN = 48
 CHAPTER_PROBE_EVERY = 2
+CPU_PROBE_EVERY = 4
 #: settings that change how a run is computed, not what it computes; left out of the run key
 _HARDWARE_FIELDS = ("per_device_batch_size",)
 
@@ -257,9 +263,18 @@ def chapter_run_dir(
         flip=flip,
         max_steps=max_steps,
         seed=cfg.seed if seed is None else seed,
-        probe_every=CHAPTER_PROBE_EVERY,
+        probe_every=chapter_probe_every(cfg),
         probe_train=CHAPTER_PROBE_TRAIN,
     )
+
+
+def chapter_probe_every(cfg) -> int:
+    """The chapters' probe interval for a profile: :data:`CHAPTER_PROBE_EVERY` on a GPU profile,
+    :data:`CPU_PROBE_EVERY` on the CPU profile.
+
+    Used by: dpo_utils.llm_experiments, dpo_utils.run_cache, dpo_utils.train.
+    """
+    return CHAPTER_PROBE_EVERY if cfg.requires_gpu else CPU_PROBE_EVERY
 
 
 def load_or_train(

@@ -32,6 +32,8 @@ from .results import ResultFolderError, check_output_folder
 from .run_cache import (
     CHAPTER_PROBE_EVERY,
     CHAPTER_PROBE_TRAIN,
+    CPU_PROBE_EVERY,
+    chapter_probe_every,
     chapter_run_dir,
     run_dir,
     run_settings,
@@ -67,8 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", default=None, help="override the profile's seed")
     p.add_argument(
         "--probe-every",
-        default=str(CHAPTER_PROBE_EVERY),
-        help=f"probe every n-th step (default {CHAPTER_PROBE_EVERY}, as the chapters)",
+        default=None,
+        help=f"probe every n-th step (default, as the chapters: {CHAPTER_PROBE_EVERY} on a GPU "
+        f"profile, {CPU_PROBE_EVERY} on the CPU profile)",
     )
     p.add_argument(
         "--probe-train",
@@ -173,7 +176,7 @@ def _validate(args) -> tuple[config.ExperimentConfig, list, dict]:
     max_steps = _int_flag("--max-steps", args.max_steps, 1)
     seed = _int_flag("--seed", args.seed, 0, config.SEED_LIMIT)
     seed = cfg.seed if seed is None else seed  # the chapters pass it explicitly: one run key
-    probe_every = _int_flag("--probe-every", args.probe_every, 1) or CHAPTER_PROBE_EVERY
+    probe_every = _int_flag("--probe-every", args.probe_every, 1) or chapter_probe_every(cfg)
     probe_train = _int_flag("--probe-train", args.probe_train, 1)
     raw = [int(b) if b.isdigit() else b for b in args.behaviors]
     behaviors = data.resolve_behaviors(raw, data.available_behaviors(cfg.persona_source))
