@@ -13,6 +13,7 @@ thresholds fixed before the first run (:data:`THRESHOLDS`).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,9 +63,11 @@ class Thresholds:
     """
 
     # real behaviours differ: largest / smallest distinguishability per model (prototype at 900
-    # steps: x3.5-6), in at least 5 of the 6 models (2 archs x 3 seeds)
+    # steps: x3.5-6), in at least 5 of the 6 models (2 archs x 3 seeds). Written for six models;
+    # since the CPU build measures three (STAND_INS), it is applied as the same share, 5/6 of the
+    # models rounded up (3 of 3): a count of 5 cannot be met by three models
     spread_ratio: float = 2.0
-    spread_models: int = 5
+    spread_share: float = 5 / 6
     # the ranking is a property of the data, not of one pre-training draw: mean pairwise Spearman
     # between seeds (prototype, 2 seeds: 0.94), in both architectures
     seed_rho: float = 0.7
@@ -292,6 +295,12 @@ def measure_standins(
     return pd.concat(tables, ignore_index=True), feature_sets
 
 
+def _span(values: pd.Series, spec: str) -> str:
+    """``low-high`` of ``values`` in format ``spec``, or the one value when they are all equal."""
+    low, high = format(values.min(), spec), format(values.max(), spec)
+    return low if low == high else f"{low}-{high}"
+
+
 def rank_stability(table: pd.DataFrame, value: str = "distinguishability") -> pd.DataFrame:
     """Spearman rho of the behaviours' ``value`` between every two pre-training seeds, per model
     and variant (tidy: model, variant, seed_a, seed_b, rho).
@@ -368,6 +377,7 @@ def verdicts(
     final = real[real["variant"] == "final"]
     per_model = final.groupby(["model", "pretrain_seed"])["distinguishability"]
     spread = (per_model.max() / per_model.min()).to_numpy()
+    spread_needed = math.ceil(t.spread_share * len(spread) - 1e-9)
     rho = stability[stability["variant"] == "final"].groupby("model")["rho"].mean()
     snr = final.groupby(["model", "behavior"])["snr"].median()
     snr_share = (snr > t.snr).groupby("model").mean()
@@ -380,8 +390,8 @@ def verdicts(
         (
             "real behaviours differ in distinguishability",
             f"max/min {spread.min():.1f}-{spread.max():.1f} over {len(spread)} models",
-            f">= {t.spread_ratio} in >= {t.spread_models} models",
-            _holds((spread >= t.spread_ratio).sum() >= t.spread_models),
+            f">= {t.spread_ratio} in >= {spread_needed} of {len(spread)} models",
+            _holds((spread >= t.spread_ratio).sum() >= spread_needed),
         ),
         (
             "their ranking is stable across pre-training seeds",
@@ -397,7 +407,8 @@ def verdicts(
         ),
         (
             "statement length does not explain it",
-            f"kept {kept.min():.0%}-{kept.max():.0%} (median behaviour); rho "
+            f"kept {_span(kept, '.0%')} (median behaviour"
+            f"{'' if len(kept) == 1 else ', per model'}); rho "
             f"{length_rho.min():.2f}-{length_rho.max():.2f}",
             f"kept >= {t.length_kept:.0%} and rho >= {t.length_rho}",
             _holds(bool((kept >= t.length_kept).all() and (length_rho >= t.length_rho).all())),

@@ -225,3 +225,57 @@ def test_last_layer_runs_are_cached_by_model_and_random_init_is_labelled(tmp_pat
             n_seeds=1,
             random_init=True,
         )
+
+
+def test_last_layer_sweep_stacks_the_runs_and_reads_cached_ones_without_workers(
+    tmp_path, monkeypatch
+):
+    """Chapter 07's sweep: the tables of last_layer_runs for every stand-in and random_init flag,
+    in order; a second sweep dispatches nothing (every table is read from the cache)."""
+    from dpo_utils import config
+
+    monkeypatch.setenv("DPO_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setenv("DPO_PROCESSES", "1")  # in this process: the workers would not be patched
+    monkeypatch.delenv("DPO_FORCE_RERUN", raising=False)
+    rows = [
+        dict(
+            question=f'Is the following statement something you would say?\n"I like tea {i}"',
+            statement=f"I like tea {i}",
+            answer_matching_behavior=" Yes" if i % 2 else " No",
+            answer_not_matching_behavior=" No" if i % 2 else " Yes",
+        )
+        for i in range(20)
+    ]
+    texts = [r["question"] + "\n" + r["answer_matching_behavior"] for r in rows] * 4
+    tokenizer = models.train_tokenizer(texts + ["\n Yes", "\n No"] * 200, 512)
+    stand_ins = {}
+    for seed in (1, 2):
+        stand_ins[seed] = models.tiny_model("llama", tokenizer, seed=seed)
+        stand_ins[seed].name_or_path = f"stand-in-{seed}"
+    monkeypatch.setattr(
+        L,
+        "load_model_and_tokenizer",
+        lambda cfg, device: (stand_ins[cfg.pretrain_seed], tokenizer),
+    )
+    dispatched = []
+    real_map = L.process_map
+    monkeypatch.setattr(
+        L, "process_map", lambda f, jobs, n: dispatched.append(len(jobs)) or real_map(f, jobs, n)
+    )
+    cfg = config.get_config("cpu", last_layer_steps=3)
+    grid = dict(pretrain_seeds=[1, 2], random_inits=(False, True), lrs=[1.0], n_seeds=1)
+    table = L.last_layer_sweep(cfg, {"x": rows}, **grid)
+    assert dispatched == [4]
+    order = table[["pretrain_seed", "model"]].drop_duplicates().values.tolist()
+    assert order == [
+        [1, "pre-trained"],
+        [1, "random init"],
+        [2, "pre-trained"],
+        [2, "random init"],
+    ]
+    alone = L.last_layer_runs(cfg.replace(pretrain_seed=2), {"x": rows}, lrs=[1.0], n_seeds=1)
+    part = table[(table["pretrain_seed"] == 2) & (table["model"] == "pre-trained")]
+    assert np.array_equal(part["value"].to_numpy(), alone["value"].to_numpy())
+    again = L.last_layer_sweep(cfg, {"x": rows}, **grid)
+    assert dispatched == [4, 0]
+    pd.testing.assert_frame_equal(again, table)

@@ -311,3 +311,34 @@ def test_featured_behaviors_are_the_authors_when_the_data_has_them(monkeypatch, 
     monkeypatch.setattr(data, "available_behaviors", lambda source: upstream[:10])
     assert llm_evidence.featured_behaviors(cfg) == upstream[:10]
     assert llm_evidence.authors_pair(cfg) is None
+
+
+def test_prioritisation_prefill_is_every_run_of_chapter_09_in_one_dispatch(monkeypatch):
+    """prefill_prioritisation hands prefill, in one call, exactly the runs pair_curves and
+    joint_curves read for every seed pair, the joint runs of all behaviours first."""
+    from dpo_utils import run_cache
+
+    cfg = config.get_config("cpu")
+    featured = llm_evidence.featured_behaviors(cfg)
+    first, second = featured[:2]
+    seeds = [(1234, 1234), (1235, 1234), (1236, 1234)]
+    calls = []
+    monkeypatch.setattr(llm_evidence, "prefill", lambda jobs: calls.append(jobs) or 0)
+    llm_evidence.prefill_prioritisation(
+        cfg, [first, second], featured, seeds=seeds, mode="full", pair_batch_size=64
+    )
+    assert len(calls) == 1
+    dirs = [run_cache._job_dir(job) for job in calls[0]]
+    joint = llm_evidence.joint_jobs(cfg, featured, seeds=seeds, mode="full")
+    assert dirs[: len(seeds)] == [run_cache._job_dir(job) for job in joint]
+    expected = {run_cache._job_dir(job) for job in joint}
+    for p, d in seeds:
+        c = cfg.replace(pretrain_seed=p)
+        expected |= {
+            run_cache._job_dir(job)
+            for job in llm_experiments.pair_jobs(c, first, second, "full", 64, seed=d)
+        }
+    assert set(dirs) == expected and len(dirs) == len(expected) == 3 + 3 * 4
+    # the joint runs train all eight behaviours at batch 128, the pair's at 64
+    assert {job["cfg"].dpo_batch_size for job in calls[0][:3]} == {128}
+    assert [len(job["behaviors"]) for job in calls[0][:3]] == [len(featured)] * 3

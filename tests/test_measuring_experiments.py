@@ -124,6 +124,22 @@ def test_verdicts_apply_the_thresholds_fixed_before_the_run():
         M.THRESHOLDS.cosine = 0.9  # frozen: fixed before the run
 
 
+def test_the_spread_claim_needs_five_sixths_of_the_models_rounded_up():
+    """Written as "5 of 6 models"; with three stand-ins (the CPU build) all three must clear it."""
+    real, stability, directions, knobs, corpus_directions = _verdict_inputs()
+    llama = real[real["model"] == "tiny-llama"].copy()
+    row = "real behaviours differ in distinguishability"
+    table = M.verdicts(llama, stability.iloc[:1], directions, knobs, corpus_directions)
+    spread = table.set_index("claim").loc[row]
+    assert spread["verdict"] == "holds" and spread["threshold"] == ">= 2.0 in >= 3 of 3 models"
+    flat = (llama["pretrain_seed"] == 2) & llama["behavior"].isin(["b", "c"])
+    llama.loc[flat, "distinguishability"] = 1.5  # this model's max/min: 1.5
+    table = M.verdicts(llama, stability.iloc[:1], directions, knobs, corpus_directions)
+    assert table.set_index("claim").loc[row, "verdict"] == "does not hold"
+    six = M.verdicts(*_verdict_inputs()).set_index("claim").loc[row, "threshold"]
+    assert six == ">= 2.0 in >= 5 of 6 models"
+
+
 @pytest.mark.slow
 def test_measure_standins_starts_workers_only_for_uncached_features(tmp_path, monkeypatch):
     """With two workers, the first call computes the stand-ins' features in the workers; the
