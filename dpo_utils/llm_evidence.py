@@ -26,7 +26,7 @@ from .measuring_experiments import length_matched_distinguishability
 from .run_cache import load_or_train, prefill
 from .tables import rank_correlation
 from .training import load_trained, save_trained, train_dpo
-from .verdicts import over_seeds
+from .verdicts import VERDICTS, over_seeds
 
 __all__ = [
     "AUTHORS_PAIR",
@@ -43,6 +43,7 @@ __all__ = [
     "joint_jobs",
     "prefill_prioritisation",
     "misalignment_summary",
+    "margin_reading",
     "spanning_behaviors",
     "hh_misalignment_curves",
 ]
@@ -435,6 +436,29 @@ def hh_misalignment_curves(
         for split, part in zip(("train", "test"), loaded, strict=True)
     }
     return out
+
+
+def margin_reading(
+    verdict_of: dict[str, str], starts_lower: tuple[int, int], accuracy: tuple[int, int]
+) -> str:
+    """Chapter 10's sentence for the case where the policy's own margin favours the aligned start
+    and the output accuracy does not (else ""): the margin starts further from the flipped answer
+    (``starts_lower``: k of n runs) and moves further, yet the accuracy (``accuracy``: runs in
+    which the aligned start's is the higher) says it has not overtaken the base start.
+
+    Used in: notebooks/10_misalignment_llm.ipynb.
+    """
+    no = VERDICTS[2]
+    if verdict_of["own_margin_change"] == no or verdict_of["output_accuracy"] != no:
+        return ""
+    return (
+        "The margin and the accuracy disagree because the aligned start's own margin starts "
+        f"further from the flipped answer (in {starts_lower[0]} of {starts_lower[1]} runs): it "
+        "has further to climb, climbs further, and still ends preferring the original answer on "
+        "more statements than the base start does (its flipped output accuracy is the higher one "
+        f"in {accuracy[0]} of {accuracy[1]} runs). Moving its margin faster is not the same as "
+        "ending more misaligned."
+    )
 
 
 def spanning_behaviors(order: Sequence[str], n: int = 4, include: Sequence[str] = ()) -> list[str]:

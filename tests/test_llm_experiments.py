@@ -342,3 +342,14 @@ def test_prioritisation_prefill_is_every_run_of_chapter_09_in_one_dispatch(monke
     # the joint runs train all eight behaviours at batch 128, the pair's at 64
     assert {job["cfg"].dpo_batch_size for job in calls[0][:3]} == {128}
     assert [len(job["behaviors"]) for job in calls[0][:3]] == [len(featured)] * 3
+
+
+def test_margin_reading_only_when_the_margin_holds_and_the_accuracy_does_not():
+    holds, no = "holds", "does not hold at this scale"
+    text = llm_evidence.margin_reading(
+        dict(own_margin_change=holds, output_accuracy=no), (12, 12), (0, 12)
+    )
+    assert "in 12 of 12 runs" in text and "in 0 of 12 runs" in text
+    for margin, accuracy in ((no, no), (holds, holds), (no, holds)):
+        verdict_of = dict(own_margin_change=margin, output_accuracy=accuracy)
+        assert llm_evidence.margin_reading(verdict_of, (12, 12), (0, 12)) == ""
