@@ -27,7 +27,7 @@ from .embeddings import FeatureSet, persona_features
 from .metrics import class_means, priority_gap_matrix
 from .models import TINY_MODELS, answer_token_ids, load_model_and_tokenizer, tiny_model
 from .results import config_hash, load_or_run
-from .runtime import process_map, run_seed, single_threaded, worker_processes
+from .runtime import NotCached, process_map, run_seed, single_threaded, worker_processes
 from .tables import early_slope, rank_correlation, time_to_accuracy, value_at_step
 
 __all__ = [
@@ -248,7 +248,7 @@ def last_layer_runs(
     weights' folder, the persona rows, every setting and the seeds. With ``cached_only`` a table
     that is not cached yet raises :class:`NotCached` instead of being computed.
 
-    Used in: notebooks/07_last_layer_dpo.ipynb
+    Used by: dpo_utils.feature_experiments.
     """
     if random_init and cfg.model_name not in TINY_MODELS:
         raise ValueError(
@@ -302,13 +302,6 @@ def last_layer_runs(
 
     table = load_or_run("last_layer", key, run, profile=cfg.profile)
     return table.assign(model=label, pretrain_seed=cfg.pretrain_seed)
-
-
-class NotCached(LookupError):
-    """A result that was asked for from the cache only and is not there yet.
-
-    Used by: dpo_utils.feature_experiments.
-    """
 
 
 def _last_layer_job(job: dict) -> pd.DataFrame:

@@ -16,14 +16,13 @@ from . import data, embeddings, hh_rlhf, metrics, models, probes, scale
 from .config import ExperimentConfig
 from .llm_experiments import (
     PROBE_TRAIN,
-    _job,
     base_features,
     loss_drops,
-    pair_jobs,
     persona_rows,
 )
 from .measuring_experiments import length_matched_distinguishability
 from .run_cache import load_or_train, prefill
+from .sweeps import joint_jobs
 from .tables import rank_correlation
 from .training import load_trained, save_trained, train_dpo
 from .verdicts import VERDICTS, over_seeds
@@ -40,8 +39,6 @@ __all__ = [
     "seed_correlations",
     "priority_projections",
     "joint_curves",
-    "joint_jobs",
-    "prefill_prioritisation",
     "misalignment_summary",
     "margin_reading",
     "spanning_behaviors",
@@ -257,67 +254,20 @@ def joint_curves(
 
     Used in: notebooks/09_prioritisation_llm.ipynb.
     """
-    settings = dict(mode=mode, batch_size=batch_size, probe_train=probe_train)
-    prefill(joint_jobs(cfg, behaviors, seeds=seeds, **settings))
+
+    def jobs(c: ExperimentConfig, pairs: Sequence[tuple[int, int]]) -> list[dict]:
+        return joint_jobs(
+            c, behaviors, seeds=pairs, mode=mode, batch_size=batch_size, probe_train=probe_train
+        )
+
+    prefill(jobs(cfg, seeds))
 
     def run(c: ExperimentConfig, seed: int) -> pd.DataFrame:
-        job = joint_jobs(c, behaviors, seeds=[(c.pretrain_seed, seed)], **settings)[0]
+        job = jobs(c, [(c.pretrain_seed, seed)])[0]
         trained = load_or_train(job.pop("cfg"), job.pop("behaviors"), with_model=False, **job)
         return trained.probes.assign(run="joint", mode=mode)
 
     return over_seeds(run, cfg, seeds)
-
-
-def joint_jobs(
-    cfg: ExperimentConfig,
-    behaviors: Sequence[str],
-    *,
-    seeds: Sequence[tuple[int, int]],
-    mode: str = "full",
-    batch_size: int | None = None,
-    probe_train: int | None = PROBE_TRAIN,
-) -> list[dict]:
-    """The runs of :func:`joint_curves` as :func:`~dpo_utils.run_cache.prefill` jobs, one per
-    seed pair.
-
-    Used by: dpo_utils.llm_evidence.
-    """
-    batch = batch_size or min(128, cfg.dpo_batch_size * len(behaviors))
-    joint_cfg = cfg.replace(dpo_batch_size=batch, per_device_batch_size=min(batch, 32))
-    return [
-        _job(
-            joint_cfg.replace(pretrain_seed=int(p)),
-            behaviors,
-            mode=mode,
-            probe_train=probe_train,
-            seed=int(d),
-        )
-        for p, d in seeds
-    ]
-
-
-def prefill_prioritisation(
-    cfg: ExperimentConfig,
-    pair: Sequence[str],
-    behaviors: Sequence[str],
-    *,
-    seeds: Sequence[tuple[int, int]],
-    mode: str = "full",
-    pair_batch_size: int | None = None,
-) -> int:
-    """Train chapter 09's runs that are not cached yet, in one dispatch and the heaviest first:
-    the joint runs of all ``behaviors``, then the pair's joint, conflicting and solo runs, for
-    every seed pair. Return how many were trained. Separately, the three joint runs would leave
-    one of two workers idle for a third of their time.
-
-    Used in: notebooks/09_prioritisation_llm.ipynb.
-    """
-    first, second = pair
-    jobs = joint_jobs(cfg, behaviors, seeds=seeds, mode=mode)
-    for p, d in seeds:
-        seeded = cfg.replace(pretrain_seed=int(p))
-        jobs += pair_jobs(seeded, first, second, mode, pair_batch_size, seed=int(d))
-    return prefill(jobs)
 
 
 def misalignment_summary(curves: pd.DataFrame, split: str = "train") -> pd.DataFrame:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import data, embeddings, feature_experiments, metrics, models
+from . import data, embeddings, feature_experiments, metrics, models, runtime
 from .config import ExperimentConfig, get_config
 from .results import config_hash, load_or_run
 from .run_cache import (
@@ -37,7 +37,6 @@ __all__ = [
     "per_behavior_curves",
     "loss_drops",
     "pair_table",
-    "pair_jobs",
     "pair_curves",
     "misalignment_curves",
     "reference_floor",
@@ -61,8 +60,7 @@ def persona_rows(
     empty).
 
     Used in: notebooks/07_last_layer_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb,
-    notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb,
-    notebooks/12_faq_rewards_go_down.ipynb.
+    notebooks/11_embedding_geometry.ipynb, notebooks/12_faq_rewards_go_down.ipynb.
     """
     source = cfg.persona_source  # data accepts "corpus" (the project's corpus) itself
     chosen = list(behaviors) if behaviors else (list(cfg.behaviors) or None)
@@ -74,8 +72,7 @@ def base_features(
 ) -> embeddings.FeatureSet:
     """Last-token features of the profile's (un-aligned) model for every statement, cached on disk.
 
-    Used in: notebooks/09_prioritisation_llm.ipynb, notebooks/10_misalignment_llm.ipynb,
-    notebooks/11_embedding_geometry.ipynb.
+    Used in: notebooks/09_prioritisation_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
     """
     model, tokenizer = models.load_model_and_tokenizer(cfg, device)
     return embeddings.persona_features(model.eval(), tokenizer, persona, profile=cfg.profile)
@@ -185,31 +182,6 @@ def pair_table(feature_set: embeddings.FeatureSet, properties: pd.DataFrame) -> 
     return table.sort_values("gap", ascending=False, ignore_index=True)
 
 
-def _pair_cfg(cfg: ExperimentConfig, pair_batch_size: int | None) -> ExperimentConfig:
-    return cfg.replace(dpo_batch_size=pair_batch_size or cfg.pair_batch_size, split="per-behavior")
-
-
-def pair_jobs(
-    cfg: ExperimentConfig,
-    first: str,
-    second: str,
-    mode: str = "full",
-    pair_batch_size: int | None = None,
-    probe_train: int | None = PROBE_TRAIN,
-    seed: int | None = None,
-) -> list[dict]:
-    """The runs :func:`pair_curves` reads, as :func:`~dpo_utils.run_cache.prefill` jobs: the two
-    joint runs (compatible, conflicting) first, then the two solo runs (chapter 08's).
-
-    Used by: dpo_utils.llm_experiments, dpo_utils.llm_evidence.
-    """
-    joint_cfg, pair = _pair_cfg(cfg, pair_batch_size), [first, second]
-    return [
-        _job(joint_cfg, pair, mode=mode, flip=flip, probe_train=probe_train, seed=seed)
-        for flip in (False, [second])
-    ] + [_job(cfg, [b], mode=mode, probe_train=probe_train, seed=seed) for b in pair]
-
-
 def pair_curves(
     cfg: ExperimentConfig,
     first: str,
@@ -231,7 +203,9 @@ def pair_curves(
 
     Used in: notebooks/09_prioritisation_llm.ipynb.
     """
-    joint_cfg = _pair_cfg(cfg, pair_batch_size)
+    from .sweeps import pair_cfg, pair_jobs  # sweeps imports this module
+
+    joint_cfg = pair_cfg(cfg, pair_batch_size)
     prefill(pair_jobs(cfg, first, second, mode, pair_batch_size, probe_train, seed))
     tables = [
         _run(cfg, [b], mode=mode, probe_train=probe_train, seed=seed).probes.assign(run="solo")
@@ -371,14 +345,16 @@ def geometry_table(
     modes: Sequence[str] = ("full", "lora"),
     probe_train: int | None = PROBE_TRAIN,
     seed: int | None = None,
+    cached_only: bool = False,
 ) -> pd.DataFrame:
     """Per behaviour and mode: distinguishability, signal-to-noise ratio
     (metrics.properties_table), linear-classifier accuracy (5-fold) and mean feature norm of the
     behaviour's statements before (``base``) and after its own chapter 08 DPO run; ``dist_ratio``
     and ``snr_ratio`` after/before. Cached (``results.load_or_run``) by the runs' folders, the
-    statements and the base features.
+    statements and the base features. With ``cached_only`` a table that is not cached yet raises
+    :class:`~dpo_utils.runtime.NotCached` instead of being measured.
 
-    Used in: notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
+    Used by: dpo_utils.sweeps.
     """
     paths = {}  # (mode, behaviour) -> the chapter 08 run's folder
     for mode in modes:
@@ -387,6 +363,8 @@ def geometry_table(
             paths[(mode, behavior)] = run.probes.attrs["path"]
 
     def measure() -> pd.DataFrame:
+        if cached_only:
+            raise runtime.NotCached(f"geometry of the runs {sorted(paths.values())}")
         before = {  # the base model's properties: one per behaviour, shared by the modes
             b: metrics.properties_table({b: base.select(b, "final")}).iloc[0] for b in persona
         }

@@ -107,7 +107,7 @@ def pretrain_tiny_models(configs: Sequence[ExperimentConfig], processes: int | N
 
     Returns how many were trained. Configs of hub models are skipped.
 
-    Used by: dpo_utils.measuring_experiments.
+    Used in: notebooks/06_measuring_distinguishability.ipynb.
     """
     jobs = []
     for cfg in configs:

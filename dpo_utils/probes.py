@@ -32,6 +32,10 @@ if TYPE_CHECKING:  # for annotations only
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
+    "CHAPTER_PROBE_TRAIN",
+    "CHAPTER_PROBE_EVERY",
+    "CPU_PROBE_EVERY",
+    "chapter_probe_every",
     "EncodedPairs",
     "encode_pairs",
     "sequence_logps",
@@ -39,6 +43,26 @@ __all__ = [
     "ProbeCallback",
     "PROBE_METRICS",
 ]
+
+#: the probe settings of every chapter's runs (chapters 08-11), and so of their cache keys: train
+#: pairs probed per behaviour (plus every test pair), and a probe after every second step on a GPU
+#: profile (an epoch of the authors' setting is about 7 steps) or every fourth on the CPU profile
+#: (16 steps: 5 points; each probe costs about a tenth of a stand-in run), and after the last
+#: step (:func:`chapter_probe_every`); the command line uses the same by default, so its runs land
+#: where the chapters look
+CHAPTER_PROBE_TRAIN = 48
+CHAPTER_PROBE_EVERY = 2
+CPU_PROBE_EVERY = 4
+
+
+def chapter_probe_every(cfg) -> int:
+    """The chapters' probe interval for a profile: :data:`CHAPTER_PROBE_EVERY` on a GPU profile,
+    :data:`CPU_PROBE_EVERY` on the CPU profile.
+
+    Used by: dpo_utils.run_cache.
+    """
+    return CHAPTER_PROBE_EVERY if cfg.requires_gpu else CPU_PROBE_EVERY
+
 
 PROBE_METRICS = (
     "loss",

@@ -17,6 +17,7 @@ import torch
 from . import config, data, models
 from .config import check_mode
 from .fingerprint import code_fingerprint
+from .probes import CHAPTER_PROBE_EVERY, CHAPTER_PROBE_TRAIN, CPU_PROBE_EVERY, chapter_probe_every
 from .results import (
     cache_lock,
     config_hash,
@@ -43,15 +44,6 @@ __all__ = [
     "prefill",
 ]
 
-#: the probe settings of every chapter's runs (chapters 08-11), and so of their cache keys: train
-#: pairs probed per behaviour (plus every test pair), and a probe after every second step on a GPU
-#: profile (an epoch of the authors' setting is about 7 steps) or every fourth on the CPU profile
-#: (16 steps: 5 points; each probe costs about a tenth of a stand-in run), and after the last
-#: step (:func:`chapter_probe_every`); the command line uses the same by default, so its runs land
-#: where the chapters look
-CHAPTER_PROBE_TRAIN = 48
-CHAPTER_PROBE_EVERY = 2
-CPU_PROBE_EVERY = 4
 #: settings that change how a run is computed, not what it computes; left out of the run key
 _HARDWARE_FIELDS = ("per_device_batch_size",)
 
@@ -266,15 +258,6 @@ def chapter_run_dir(
         probe_every=chapter_probe_every(cfg),
         probe_train=CHAPTER_PROBE_TRAIN,
     )
-
-
-def chapter_probe_every(cfg) -> int:
-    """The chapters' probe interval for a profile: :data:`CHAPTER_PROBE_EVERY` on a GPU profile,
-    :data:`CPU_PROBE_EVERY` on the CPU profile.
-
-    Used by: dpo_utils.llm_experiments, dpo_utils.run_cache, dpo_utils.train.
-    """
-    return CHAPTER_PROBE_EVERY if cfg.requires_gpu else CPU_PROBE_EVERY
 
 
 def load_or_train(

@@ -23,7 +23,14 @@ import torch
 from . import results
 from .fingerprint import code_fingerprint
 
-__all__ = ["single_threaded", "run_seed", "worker_processes", "process_map", "PROCESSES_ENV"]
+__all__ = [
+    "NotCached",
+    "single_threaded",
+    "run_seed",
+    "worker_processes",
+    "process_map",
+    "PROCESSES_ENV",
+]
 
 #: environment variable: how many CPU runs train at once (1 trains in the notebook's own process)
 PROCESSES_ENV = "DPO_PROCESSES"
@@ -55,6 +62,14 @@ def single_threaded(func: Callable[_P, _R]) -> Callable[_P, _R]:
             torch.set_num_threads(previous)
 
     return wrapper
+
+
+class NotCached(LookupError):
+    """A result asked for from the cache only (a pre-pass that decides what workers must compute)
+    that is not there yet.
+
+    Used by: dpo_utils.feature_experiments, dpo_utils.sweeps.
+    """
 
 
 def run_seed(*labels: object) -> int:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from training_fixtures import tiny_llama, tiny_tokenizer
 
-from dpo_utils import config, embeddings, llm_evidence, llm_experiments, models
+from dpo_utils import config, embeddings, llm_evidence, llm_experiments, models, sweeps
 
 
 def _curves(losses: dict, **extra) -> pd.DataFrame:
@@ -323,20 +323,20 @@ def test_prioritisation_prefill_is_every_run_of_chapter_09_in_one_dispatch(monke
     first, second = featured[:2]
     seeds = [(1234, 1234), (1235, 1234), (1236, 1234)]
     calls = []
-    monkeypatch.setattr(llm_evidence, "prefill", lambda jobs: calls.append(jobs) or 0)
-    llm_evidence.prefill_prioritisation(
+    monkeypatch.setattr(sweeps, "prefill", lambda jobs: calls.append(jobs) or 0)
+    sweeps.prefill_prioritisation(
         cfg, [first, second], featured, seeds=seeds, mode="full", pair_batch_size=64
     )
     assert len(calls) == 1
     dirs = [run_cache._job_dir(job) for job in calls[0]]
-    joint = llm_evidence.joint_jobs(cfg, featured, seeds=seeds, mode="full")
+    joint = sweeps.joint_jobs(cfg, featured, seeds=seeds, mode="full")
     assert dirs[: len(seeds)] == [run_cache._job_dir(job) for job in joint]
     expected = {run_cache._job_dir(job) for job in joint}
     for p, d in seeds:
         c = cfg.replace(pretrain_seed=p)
         expected |= {
             run_cache._job_dir(job)
-            for job in llm_experiments.pair_jobs(c, first, second, "full", 64, seed=d)
+            for job in sweeps.pair_jobs(c, first, second, "full", 64, seed=d)
         }
     assert set(dirs) == expected and len(dirs) == len(expected) == 3 + 3 * 4
     # the joint runs train all eight behaviours at batch 128, the pair's at 64
