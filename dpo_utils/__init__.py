@@ -39,7 +39,7 @@ Chapter experiments (import mechanisms; each returns tidy tables, never plots):
     measuring_experiments   chapter 06: stand-ins' features over pre-training seeds [06]
     llm_experiments         chapters 07-12: full and LoRA DPO on language models [07-12]
     llm_evidence            chapters 07-11 over seeds: behaviours, confounds, summaries [07-11]
-    sweeps                  runs and seed sweeps handed to workers at once [09 10 11]
+    joint_runs              chapter 09: behaviours trained together, one dispatch [09]
 
 Book infrastructure (may import anything):
     book                    start_chapter: validate, go offline, provenance banner [01-13]

@@ -337,6 +337,14 @@ def last_layer_sweep(
         for p in pretrain_seeds
         for r in random_inits
     ]
+    if not jobs:
+        raise ValueError(
+            f"pretrain_seeds={list(pretrain_seeds)!r} and random_inits={list(random_inits)!r} "
+            "give no run; name at least one of each."
+        )
+    processes = worker_processes(on_gpu=device != "cpu")
+    if processes == 1:  # one process (a GPU): each model loaded once, nothing to dispatch
+        return pd.concat([last_layer_runs(**job) for job in jobs], ignore_index=True)
     tables: dict[int, pd.DataFrame] = {}
     for i, job in enumerate(jobs):
         try:
@@ -344,7 +352,6 @@ def last_layer_sweep(
         except NotCached:
             continue
     missing = [i for i in range(len(jobs)) if i not in tables]
-    processes = worker_processes(on_gpu=device != "cpu")
     for i, table in zip(
         missing, process_map(_last_layer_job, [jobs[i] for i in missing], processes), strict=True
     ):

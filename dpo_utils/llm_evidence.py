@@ -15,17 +15,14 @@ import torch
 from . import data, embeddings, hh_rlhf, metrics, models, probes, scale
 from .config import ExperimentConfig
 from .llm_experiments import (
-    PROBE_TRAIN,
     base_features,
     loss_drops,
     persona_rows,
 )
 from .measuring_experiments import length_matched_distinguishability
-from .run_cache import load_or_train, prefill
-from .sweeps import joint_jobs
 from .tables import rank_correlation
 from .training import load_trained, save_trained, train_dpo
-from .verdicts import VERDICTS, over_seeds
+from .verdicts import VERDICTS
 
 __all__ = [
     "AUTHORS_PAIR",
@@ -38,7 +35,6 @@ __all__ = [
     "seed_properties",
     "seed_correlations",
     "priority_projections",
-    "joint_curves",
     "misalignment_summary",
     "margin_reading",
     "spanning_behaviors",
@@ -238,38 +234,6 @@ def priority_projections(feature_set: embeddings.FeatureSet, behaviors: Sequence
     )
 
 
-def joint_curves(
-    cfg: ExperimentConfig,
-    behaviors: Sequence[str],
-    *,
-    seeds: Sequence[tuple[int, int]],
-    mode: str = "full",
-    batch_size: int | None = None,
-    probe_train: int | None = PROBE_TRAIN,
-) -> pd.DataFrame:
-    """One joint DPO run on all ``behaviors`` per (pre-training seed, DPO seed) pair of ``seeds``
-    (batch ``batch_size``, default the profile's times the number of behaviours, capped at 128),
-    probed per behaviour; column ``run`` = "joint", plus ``pretrain_seed`` and ``dpo_seed``. The
-    seeds' runs train at once on a CPU box (:func:`dpo_utils.run_cache.prefill`).
-
-    Used in: notebooks/09_prioritisation_llm.ipynb.
-    """
-
-    def jobs(c: ExperimentConfig, pairs: Sequence[tuple[int, int]]) -> list[dict]:
-        return joint_jobs(
-            c, behaviors, seeds=pairs, mode=mode, batch_size=batch_size, probe_train=probe_train
-        )
-
-    prefill(jobs(cfg, seeds))
-
-    def run(c: ExperimentConfig, seed: int) -> pd.DataFrame:
-        job = jobs(c, [(c.pretrain_seed, seed)])[0]
-        trained = load_or_train(job.pop("cfg"), job.pop("behaviors"), with_model=False, **job)
-        return trained.probes.assign(run="joint", mode=mode)
-
-    return over_seeds(run, cfg, seeds)
-
-
 def misalignment_summary(curves: pd.DataFrame, split: str = "train") -> pd.DataFrame:
     """Per seed pair and behaviour, at the last step of the flipped runs, for each start: the
     flipped loss, the policy's own log-prob margin (logp chosen - logp rejected, chosen = the
@@ -391,23 +355,34 @@ def hh_misalignment_curves(
 def margin_reading(
     verdict_of: dict[str, str], starts_lower: tuple[int, int], accuracy: tuple[int, int]
 ) -> str:
-    """Chapter 10's sentence for the case where the policy's own margin favours the aligned start
-    and the output accuracy does not (else ""): the margin starts further from the flipped answer
-    (``starts_lower``: k of n runs) and moves further, yet the accuracy (``accuracy``: runs in
-    which the aligned start's is the higher) says it has not overtaken the base start.
+    """Chapter 10's sentence on the policy's own margin beside the output accuracy: why they
+    disagree where the margin favours the aligned start, the accuracy does not (higher in under
+    half the runs, ``accuracy`` = (k, n)) and the aligned margin starts lower in most runs
+    (``starts_lower``); else where each measure starts.
 
     Used in: notebooks/10_misalignment_llm.ipynb.
     """
     no = VERDICTS[2]
-    if verdict_of["own_margin_change"] == no or verdict_of["output_accuracy"] != no:
-        return ""
+    start = (
+        "the aligned start's own margin starts further from the flipped answer in "
+        f"{starts_lower[0]} of {starts_lower[1]} runs"
+    )
+    if (
+        verdict_of["own_margin_change"] != no
+        and verdict_of["output_accuracy"] == no
+        and 2 * accuracy[0] < accuracy[1]
+        and 2 * starts_lower[0] > starts_lower[1]
+    ):
+        return (
+            f"The margin and the accuracy disagree because {start}: it has further to climb, "
+            "climbs further, and still ends preferring the original answer on more statements "
+            "than the base start does (its flipped output accuracy is the higher one in "
+            f"{accuracy[0]} of {accuracy[1]} runs). Moving its margin faster is not the same as "
+            "ending more misaligned."
+        )
     return (
-        "The margin and the accuracy disagree because the aligned start's own margin starts "
-        f"further from the flipped answer (in {starts_lower[0]} of {starts_lower[1]} runs): it "
-        "has further to climb, climbs further, and still ends preferring the original answer on "
-        "more statements than the base start does (its flipped output accuracy is the higher one "
-        f"in {accuracy[0]} of {accuracy[1]} runs). Moving its margin faster is not the same as "
-        "ending more misaligned."
+        f"Each measure starts from a different place: {start}, and each run's loss is measured "
+        "against its own reference."
     )
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import data, embeddings, feature_experiments, metrics, models, runtime
+from . import data, embeddings, feature_experiments, metrics, models
 from .config import ExperimentConfig, get_config
 from .results import config_hash, load_or_run
 from .run_cache import (
@@ -37,7 +37,6 @@ __all__ = [
     "per_behavior_curves",
     "loss_drops",
     "pair_table",
-    "pair_curves",
     "misalignment_curves",
     "reference_floor",
     "load_or_train_path",
@@ -60,7 +59,8 @@ def persona_rows(
     empty).
 
     Used in: notebooks/07_last_layer_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb,
-    notebooks/11_embedding_geometry.ipynb, notebooks/12_faq_rewards_go_down.ipynb.
+    notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb,
+    notebooks/12_faq_rewards_go_down.ipynb.
     """
     source = cfg.persona_source  # data accepts "corpus" (the project's corpus) itself
     chosen = list(behaviors) if behaviors else (list(cfg.behaviors) or None)
@@ -72,7 +72,8 @@ def base_features(
 ) -> embeddings.FeatureSet:
     """Last-token features of the profile's (un-aligned) model for every statement, cached on disk.
 
-    Used in: notebooks/09_prioritisation_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
+    Used in: notebooks/09_prioritisation_llm.ipynb, notebooks/10_misalignment_llm.ipynb,
+    notebooks/11_embedding_geometry.ipynb.
     """
     model, tokenizer = models.load_model_and_tokenizer(cfg, device)
     return embeddings.persona_features(model.eval(), tokenizer, persona, profile=cfg.profile)
@@ -180,48 +181,6 @@ def pair_table(feature_set: embeddings.FeatureSet, properties: pd.DataFrame) -> 
         table["behavior_i"].map(props["snr"]), table["behavior_j"].map(props["snr"])
     )
     return table.sort_values("gap", ascending=False, ignore_index=True)
-
-
-def pair_curves(
-    cfg: ExperimentConfig,
-    first: str,
-    second: str,
-    *,
-    mode: str = "full",
-    pair_batch_size: int | None = None,
-    probe_train: int | None = PROBE_TRAIN,
-    seed: int | None = None,
-) -> pd.DataFrame:
-    """Joint DPO on two behaviours, compatible and conflicting (``second`` flipped), plus each solo
-    run.
-
-    Solo runs are chapter 08's (``cfg``); joint runs use ``pair_batch_size`` (default the
-    profile's ``pair_batch_size``: twice the solo batch on the CPU profile, the authors' 128 on the
-    paper profiles) and split each behaviour on its own (``split="per-behavior"``), so that a
-    behaviour's rows are the same jointly and alone. Column ``run`` is "solo", "joint" or
-    "conflicting" (in which the second behaviour's labels, and so its loss, are flipped).
-
-    Used in: notebooks/09_prioritisation_llm.ipynb.
-    """
-    from .sweeps import pair_cfg, pair_jobs  # sweeps imports this module
-
-    joint_cfg = pair_cfg(cfg, pair_batch_size)
-    prefill(pair_jobs(cfg, first, second, mode, pair_batch_size, probe_train, seed))
-    tables = [
-        _run(cfg, [b], mode=mode, probe_train=probe_train, seed=seed).probes.assign(run="solo")
-        for b in (first, second)
-    ]
-    for run, flip in (("joint", False), ("conflicting", [second])):
-        probes = _run(
-            joint_cfg,
-            [first, second],
-            mode=mode,
-            flip=flip,
-            probe_train=probe_train,
-            seed=seed,
-        ).probes
-        tables.append(probes.assign(run=run))
-    return pd.concat(tables, ignore_index=True).assign(mode=mode)
 
 
 def misalignment_curves(
@@ -345,16 +304,14 @@ def geometry_table(
     modes: Sequence[str] = ("full", "lora"),
     probe_train: int | None = PROBE_TRAIN,
     seed: int | None = None,
-    cached_only: bool = False,
 ) -> pd.DataFrame:
     """Per behaviour and mode: distinguishability, signal-to-noise ratio
     (metrics.properties_table), linear-classifier accuracy (5-fold) and mean feature norm of the
     behaviour's statements before (``base``) and after its own chapter 08 DPO run; ``dist_ratio``
     and ``snr_ratio`` after/before. Cached (``results.load_or_run``) by the runs' folders, the
-    statements and the base features. With ``cached_only`` a table that is not cached yet raises
-    :class:`~dpo_utils.runtime.NotCached` instead of being measured.
+    statements and the base features.
 
-    Used by: dpo_utils.sweeps.
+    Used in: notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
     """
     paths = {}  # (mode, behaviour) -> the chapter 08 run's folder
     for mode in modes:
@@ -363,8 +320,6 @@ def geometry_table(
             paths[(mode, behavior)] = run.probes.attrs["path"]
 
     def measure() -> pd.DataFrame:
-        if cached_only:
-            raise runtime.NotCached(f"geometry of the runs {sorted(paths.values())}")
         before = {  # the base model's properties: one per behaviour, shared by the modes
             b: metrics.properties_table({b: base.select(b, "final")}).iloc[0] for b in persona
         }

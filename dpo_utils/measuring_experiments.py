@@ -69,7 +69,7 @@ class Thresholds:
     spread_ratio: float = 2.0
     spread_share: float = 5 / 6
     # the ranking is a property of the data, not of one pre-training draw: mean pairwise Spearman
-    # between seeds (prototype, 2 seeds: 0.94), in both architectures
+    # between seeds (prototype, 2 seeds: 0.94), in every architecture measured
     seed_rho: float = 0.7
     # a measurement, not noise: median (over seeds) SNR above 2 for at least half the behaviours
     snr: float = 2.0

@@ -26,7 +26,7 @@ from .results import (
     results_dir,
     trusted_cache,
 )
-from .runtime import process_map, worker_processes
+from .runtime import process_map, settle_worker, worker_processes
 from .training import DPORun, load_trained, run_tables, save_trained, train_dpo
 
 __all__ = [
@@ -412,7 +412,7 @@ def prefill(jobs: list[dict], processes: int | None = None) -> int:
     never race to pre-train the same one; what the workers trained shows as "computed now" in
     this process's provenance log.
 
-    Used by: dpo_utils.llm_experiments, dpo_utils.llm_evidence.
+    Used by: dpo_utils.joint_runs, dpo_utils.llm_evidence, dpo_utils.llm_experiments.
     """
     todo, seen = [], set()
     for job in jobs:
@@ -440,6 +440,8 @@ def _job_dir(job: dict) -> Path:
 
 
 def _prefill_job(job: dict) -> None:
-    """One run in a worker process (tables and model saved; nothing returned)."""
+    """One run in a worker process (tables and model saved; nothing returned), then
+    :func:`~dpo_utils.runtime.settle_worker`."""
     job = dict(job)
     load_or_train(job.pop("cfg"), job.pop("behaviors"), **job)
+    settle_worker()

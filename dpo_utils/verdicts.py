@@ -94,7 +94,7 @@ def over_seeds(
     ``pretrain_seed`` and ``dpo_seed`` (one tidy table).
 
     Used in: notebooks/08_full_and_lora_dpo.ipynb, notebooks/09_prioritisation_llm.ipynb,
-    notebooks/10_misalignment_llm.ipynb.
+    notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
     """
     tables = []
     for pretrain_seed, dpo_seed in seeds:

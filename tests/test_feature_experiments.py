@@ -235,7 +235,7 @@ def test_last_layer_sweep_stacks_the_runs_and_reads_cached_ones_without_workers(
     from dpo_utils import config
 
     monkeypatch.setenv("DPO_RESULTS_DIR", str(tmp_path))
-    monkeypatch.setenv("DPO_PROCESSES", "1")  # in this process: the workers would not be patched
+    monkeypatch.setenv("DPO_PROCESSES", "2")  # process_map is patched: nothing is spawned
     monkeypatch.delenv("DPO_FORCE_RERUN", raising=False)
     rows = [
         dict(
@@ -258,9 +258,9 @@ def test_last_layer_sweep_stacks_the_runs_and_reads_cached_ones_without_workers(
         lambda cfg, device: (stand_ins[cfg.pretrain_seed], tokenizer),
     )
     dispatched = []
-    real_map = L.process_map
+    real_map = L.process_map  # run here, in this process: workers would not see the patches
     monkeypatch.setattr(
-        L, "process_map", lambda f, jobs, n: dispatched.append(len(jobs)) or real_map(f, jobs, n)
+        L, "process_map", lambda f, jobs, n: dispatched.append(len(jobs)) or real_map(f, jobs, 1)
     )
     cfg = config.get_config("cpu", last_layer_steps=3)
     grid = dict(pretrain_seeds=[1, 2], random_inits=(False, True), lrs=[1.0], n_seeds=1)
@@ -279,3 +279,8 @@ def test_last_layer_sweep_stacks_the_runs_and_reads_cached_ones_without_workers(
     again = L.last_layer_sweep(cfg, {"x": rows}, **grid)
     assert dispatched == [4, 0]
     pd.testing.assert_frame_equal(again, table)
+    monkeypatch.setenv("DPO_PROCESSES", "1")  # one process: no cached-only pass, no dispatch
+    once = L.last_layer_sweep(cfg, {"x": rows}, **grid)
+    assert dispatched == [4, 0] and once.equals(table)
+    with pytest.raises(ValueError, match="give no run"):
+        L.last_layer_sweep(cfg, {"x": rows}, **dict(grid, pretrain_seeds=[]))

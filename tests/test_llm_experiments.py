@@ -11,7 +11,7 @@ import pytest
 import torch
 from training_fixtures import tiny_llama, tiny_tokenizer
 
-from dpo_utils import config, embeddings, llm_evidence, llm_experiments, models, sweeps
+from dpo_utils import config, embeddings, joint_runs, llm_evidence, llm_experiments, models
 
 
 def _curves(losses: dict, **extra) -> pd.DataFrame:
@@ -323,20 +323,20 @@ def test_prioritisation_prefill_is_every_run_of_chapter_09_in_one_dispatch(monke
     first, second = featured[:2]
     seeds = [(1234, 1234), (1235, 1234), (1236, 1234)]
     calls = []
-    monkeypatch.setattr(sweeps, "prefill", lambda jobs: calls.append(jobs) or 0)
-    sweeps.prefill_prioritisation(
+    monkeypatch.setattr(joint_runs, "prefill", lambda jobs: calls.append(jobs) or 0)
+    joint_runs.prefill_prioritisation(
         cfg, [first, second], featured, seeds=seeds, mode="full", pair_batch_size=64
     )
     assert len(calls) == 1
     dirs = [run_cache._job_dir(job) for job in calls[0]]
-    joint = sweeps.joint_jobs(cfg, featured, seeds=seeds, mode="full")
+    joint = joint_runs.joint_jobs(cfg, featured, seeds=seeds, mode="full")
     assert dirs[: len(seeds)] == [run_cache._job_dir(job) for job in joint]
     expected = {run_cache._job_dir(job) for job in joint}
     for p, d in seeds:
         c = cfg.replace(pretrain_seed=p)
         expected |= {
             run_cache._job_dir(job)
-            for job in sweeps.pair_jobs(c, first, second, "full", 64, seed=d)
+            for job in joint_runs.pair_jobs(c, first, second, "full", 64, seed=d)
         }
     assert set(dirs) == expected and len(dirs) == len(expected) == 3 + 3 * 4
     # the joint runs train all eight behaviours at batch 128, the pair's at 64
@@ -344,12 +344,16 @@ def test_prioritisation_prefill_is_every_run_of_chapter_09_in_one_dispatch(monke
     assert [len(job["behaviors"]) for job in calls[0][:3]] == [len(featured)] * 3
 
 
-def test_margin_reading_only_when_the_margin_holds_and_the_accuracy_does_not():
+def test_margin_reading_explains_the_disagreement_only_when_the_counts_show_it():
     holds, no = "holds", "does not hold at this scale"
-    text = llm_evidence.margin_reading(
-        dict(own_margin_change=holds, output_accuracy=no), (12, 12), (0, 12)
-    )
-    assert "in 12 of 12 runs" in text and "in 0 of 12 runs" in text
-    for margin, accuracy in ((no, no), (holds, holds), (no, holds)):
-        verdict_of = dict(own_margin_change=margin, output_accuracy=accuracy)
-        assert llm_evidence.margin_reading(verdict_of, (12, 12), (0, 12)) == ""
+    disagree = dict(own_margin_change=holds, output_accuracy=no)
+    text = llm_evidence.margin_reading(disagree, (12, 12), (0, 12))
+    assert text.startswith("The margin and the accuracy disagree") and "in 0 of 12 runs" in text
+    # the accuracy verdict fails at 7 of 12 (8 needed), but the aligned start leads in most runs;
+    # or its margin starts lower in few runs: no "because"
+    for starts, accuracy in (((12, 12), (7, 12)), ((3, 12), (0, 12))):
+        other = llm_evidence.margin_reading(disagree, starts, accuracy)
+        assert other.startswith("Each measure starts") and f"in {starts[0]} of 12" in other
+    for margin, acc in ((no, no), (holds, holds), (no, holds)):
+        verdict_of = dict(own_margin_change=margin, output_accuracy=acc)
+        assert llm_evidence.margin_reading(verdict_of, (12, 12), (0, 12)).startswith("Each")

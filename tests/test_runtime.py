@@ -71,3 +71,20 @@ def test_a_pool_from_before_a_source_change_is_replaced(monkeypatch):
     monkeypatch.setattr(runtime, "code_fingerprint", lambda: "edited")
     assert runtime.process_map(abs, [-1, -2], processes=2) == [1, 2]
     assert runtime._POOL["executor"] is not before
+
+
+def _settle(_job: int) -> tuple[int, int]:
+    import gc
+
+    before = gc.get_freeze_count()
+    return before, runtime.settle_worker()
+
+
+@pytest.mark.slow  # spawns two workers that import torch (~10 s)
+def test_settle_worker_freezes_only_in_a_worker():
+    import gc
+
+    before = gc.get_freeze_count()
+    assert runtime.settle_worker() == 0 and gc.get_freeze_count() == before  # this process
+    for frozen_before, frozen_after in runtime.process_map(_settle, [0, 1], processes=2):
+        assert frozen_after > max(frozen_before, 10_000)  # a worker's imports, now frozen
