@@ -69,7 +69,7 @@ def joint_jobs(
     """The runs of :func:`joint_curves` as :func:`~dpo_utils.run_cache.prefill` jobs, one per
     seed pair.
 
-    Used by: dpo_utils.llm_evidence, dpo_utils.joint_runs.
+    Used by: dpo_utils.joint_runs.
     """
     batch = batch_size or min(128, cfg.dpo_batch_size * len(behaviors))
     joint_cfg = cfg.replace(dpo_batch_size=batch, per_device_batch_size=min(batch, 32))

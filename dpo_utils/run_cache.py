@@ -412,7 +412,7 @@ def prefill(jobs: list[dict], processes: int | None = None) -> int:
     never race to pre-train the same one; what the workers trained shows as "computed now" in
     this process's provenance log.
 
-    Used by: dpo_utils.joint_runs, dpo_utils.llm_evidence, dpo_utils.llm_experiments.
+    Used by: dpo_utils.joint_runs, dpo_utils.llm_experiments.
     """
     todo, seen = [], set()
     for job in jobs:
