@@ -188,12 +188,8 @@ def test_speed_summary_rejects_a_step_that_was_not_recorded(groups, u0):
         L.speed_summary(table, k=10)
 
 
-def test_last_layer_runs_are_cached_by_model_and_random_init_is_labelled(tmp_path, monkeypatch):
-    """Chapter 07's package call: one cached table per model; random init keeps the tokenizer."""
-    from dpo_utils import config
-
-    monkeypatch.setenv("DPO_RESULTS_DIR", str(tmp_path))
-    monkeypatch.delenv("DPO_FORCE_RERUN", raising=False)
+def _tea_rows_and_tokenizer():
+    """Twenty persona rows of one toy behaviour and a tokenizer trained on them."""
     rows = [
         dict(
             question=f'Is the following statement something you would say?\n"I like tea {i}"',
@@ -205,6 +201,16 @@ def test_last_layer_runs_are_cached_by_model_and_random_init_is_labelled(tmp_pat
     ]
     texts = [r["question"] + "\n" + r["answer_matching_behavior"] for r in rows] * 4
     tokenizer = models.train_tokenizer(texts + ["\n Yes", "\n No"] * 200, 512)
+    return rows, tokenizer
+
+
+def test_last_layer_runs_are_cached_by_model_and_random_init_is_labelled(tmp_path, monkeypatch):
+    """Chapter 07's package call: one cached table per model; random init keeps the tokenizer."""
+    from dpo_utils import config
+
+    monkeypatch.setenv("DPO_RESULTS_DIR", str(tmp_path))
+    monkeypatch.delenv("DPO_FORCE_RERUN", raising=False)
+    rows, tokenizer = _tea_rows_and_tokenizer()
     model = models.tiny_model("llama", tokenizer, seed=1)
     model.name_or_path = "stand-in-folder"
     monkeypatch.setattr(L, "load_model_and_tokenizer", lambda cfg, device: (model, tokenizer))
@@ -237,17 +243,7 @@ def test_last_layer_sweep_stacks_the_runs_and_reads_cached_ones_without_workers(
     monkeypatch.setenv("DPO_RESULTS_DIR", str(tmp_path))
     monkeypatch.setenv("DPO_PROCESSES", "2")  # process_map is patched: nothing is spawned
     monkeypatch.delenv("DPO_FORCE_RERUN", raising=False)
-    rows = [
-        dict(
-            question=f'Is the following statement something you would say?\n"I like tea {i}"',
-            statement=f"I like tea {i}",
-            answer_matching_behavior=" Yes" if i % 2 else " No",
-            answer_not_matching_behavior=" No" if i % 2 else " Yes",
-        )
-        for i in range(20)
-    ]
-    texts = [r["question"] + "\n" + r["answer_matching_behavior"] for r in rows] * 4
-    tokenizer = models.train_tokenizer(texts + ["\n Yes", "\n No"] * 200, 512)
+    rows, tokenizer = _tea_rows_and_tokenizer()
     stand_ins = {}
     for seed in (1, 2):
         stand_ins[seed] = models.tiny_model("llama", tokenizer, seed=seed)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dpo_utils import config, data, llm_evidence, llm_experiments, run_cache
+from dpo_utils import config, data, joint_runs, llm_evidence, llm_experiments, run_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM = data.PERSONA_BEHAVIORS
@@ -94,12 +94,13 @@ def test_pair_runs_use_the_profiles_pair_batch_and_per_behaviour_splits(monkeypa
         return Run()
 
     prefilled = []
-    monkeypatch.setattr(llm_experiments, "_run", fake_run)
-    monkeypatch.setattr(llm_experiments, "prefill", prefilled.extend)
+    monkeypatch.setattr(joint_runs, "_run", fake_run)
+    monkeypatch.setattr(joint_runs, "prefill", prefilled.extend)
     cfg = config.get_config("mistral-7b")
-    llm_experiments.pair_curves(cfg, "a", "b")
-    # the runs trained ahead (in workers on CPU) are the ones then read: same settings
-    assert [(j["cfg"], j["behaviors"], j.get("flip", False)) for j in prefilled] == seen
+    joint_runs.pair_curves(cfg, "a", "b")
+    # the runs trained ahead (in workers on CPU; the joint ones first) are the ones then read
+    ahead = [repr((j["cfg"], j["behaviors"], j.get("flip", False))) for j in prefilled]
+    assert sorted(ahead) == sorted(repr(run) for run in seen) and len(seen) == 4
     solo = [c for c, b, _ in seen if len(b) == 1]
     joint = [c for c, b, _ in seen if len(b) == 2]
     assert [c.dpo_batch_size for c in solo] == [128, 128] and solo[0] == cfg
