@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import pandas as pd
 
 from .config import ExperimentConfig
-from .llm_experiments import PROBE_TRAIN, _job, _run
-from .run_cache import load_or_train, prefill
+from .llm_experiments import PROBE_TRAIN, _job
+from .run_cache import load_job, prefill
 from .verdicts import over_seeds
 
 __all__ = [
@@ -130,22 +130,10 @@ def pair_curves(
 
     Used in: notebooks/09_prioritisation_llm.ipynb.
     """
-    joint_cfg = pair_cfg(cfg, pair_batch_size)
-    prefill(pair_jobs(cfg, first, second, mode, pair_batch_size, probe_train, seed))
-    tables = [
-        _run(cfg, [b], mode=mode, probe_train=probe_train, seed=seed).probes.assign(run="solo")
-        for b in (first, second)
-    ]
-    for run, flip in (("joint", False), ("conflicting", [second])):
-        probes = _run(
-            joint_cfg,
-            [first, second],
-            mode=mode,
-            flip=flip,
-            probe_train=probe_train,
-            seed=seed,
-        ).probes
-        tables.append(probes.assign(run=run))
+    jobs = pair_jobs(cfg, first, second, mode, pair_batch_size, probe_train, seed)
+    prefill(jobs)
+    runs = ("joint", "conflicting", "solo", "solo")  # the order of pair_jobs
+    tables = [load_job(job).probes.assign(run=run) for job, run in zip(jobs, runs, strict=True)]
     return pd.concat(tables, ignore_index=True).assign(mode=mode)
 
 
@@ -174,8 +162,7 @@ def joint_curves(
     prefill(jobs(cfg, seeds))
 
     def run(c: ExperimentConfig, seed: int) -> pd.DataFrame:
-        job = jobs(c, [(c.pretrain_seed, seed)])[0]
-        trained = load_or_train(job.pop("cfg"), job.pop("behaviors"), with_model=False, **job)
+        trained = load_job(jobs(c, [(c.pretrain_seed, seed)])[0])
         return trained.probes.assign(run="joint", mode=mode)
 
     return over_seeds(run, cfg, seeds)

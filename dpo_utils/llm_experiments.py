@@ -17,11 +17,10 @@ import torch
 
 from . import data, embeddings, feature_experiments, metrics, models
 from .config import ExperimentConfig, get_config
+from .probes import CHAPTER_PROBE_TRAIN, chapter_probe_every
 from .results import config_hash, load_or_run
 from .run_cache import (
-    CHAPTER_PROBE_TRAIN,
-    chapter_probe_every,
-    load_or_train,
+    load_job,
     prefill,
     run_dir,
 )
@@ -124,9 +123,7 @@ def _job(cfg, behaviors, **kwargs) -> dict:
 
 
 def _run(cfg, behaviors, **kwargs):
-    job = _job(cfg, behaviors, **kwargs)
-    job.setdefault("with_model", False)
-    return load_or_train(job.pop("cfg"), job.pop("behaviors"), **job)
+    return load_job(_job(cfg, behaviors, **kwargs))
 
 
 def loss_drops(

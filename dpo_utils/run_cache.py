@@ -17,7 +17,7 @@ import torch
 from . import config, data, models
 from .config import check_mode
 from .fingerprint import code_fingerprint
-from .probes import CHAPTER_PROBE_EVERY, CHAPTER_PROBE_TRAIN, CPU_PROBE_EVERY, chapter_probe_every
+from .probes import CHAPTER_PROBE_TRAIN, chapter_probe_every
 from .results import (
     cache_lock,
     config_hash,
@@ -26,14 +26,10 @@ from .results import (
     results_dir,
     trusted_cache,
 )
-from .runtime import process_map, settle_worker, worker_processes
+from .runtime import process_map, worker_processes
 from .training import DPORun, load_trained, run_tables, save_trained, train_dpo
 
 __all__ = [
-    "CHAPTER_PROBE_EVERY",
-    "CPU_PROBE_EVERY",
-    "chapter_probe_every",
-    "CHAPTER_PROBE_TRAIN",
     "chapter_run_dir",
     "behavior_pairs",
     "probe_subsample",
@@ -41,6 +37,7 @@ __all__ = [
     "run_settings",
     "run_dir",
     "load_or_train",
+    "load_job",
     "prefill",
 ]
 
@@ -287,7 +284,7 @@ def load_or_train(
     then None), which is what a chapter that only plots needs. A second book build retrains
     nothing.
 
-    Used by: dpo_utils.llm_experiments.
+    Used by: dpo_utils.run_cache.
     """
     path = run_dir(
         cfg,
@@ -439,9 +436,15 @@ def _job_dir(job: dict) -> Path:
     return run_dir(job["cfg"], job["behaviors"], **{k: job[k] for k in keys if k in job})
 
 
+def load_job(job: dict) -> DPORun:
+    """:func:`load_or_train` of one :func:`prefill` job; the model only if it sets ``with_model``.
+
+    Used by: dpo_utils.joint_runs, dpo_utils.llm_experiments, dpo_utils.run_cache.
+    """
+    job = {"with_model": False, **job}
+    return load_or_train(job.pop("cfg"), job.pop("behaviors"), **job)
+
+
 def _prefill_job(job: dict) -> None:
-    """One run in a worker process (tables and model saved; nothing returned), then
-    :func:`~dpo_utils.runtime.settle_worker`."""
-    job = dict(job)
-    load_or_train(job.pop("cfg"), job.pop("behaviors"), **job)
-    settle_worker()
+    """One run in a worker process (tables and model saved; nothing returned)."""
+    load_job(job)

@@ -110,18 +110,18 @@ def worker_processes(on_gpu: bool) -> int:
 
 
 def settle_worker() -> int:
-    """In a worker process of :func:`process_map`, after a run: collect garbage once, then freeze
+    """In a worker of :func:`process_map`, after each job: collect garbage once, then freeze
     the survivors (:func:`gc.freeze`), and return how many objects are frozen; in any other
     process (a notebook's own), do nothing and return 0.
 
-    A worker holds about a million objects once torch, transformers and trl are imported, and
+    A worker holds about half a million objects once torch, transformers and trl are imported, and
     every DPO run collects garbage twice (``train_dpo`` before it starts, accelerate when it
     ends): 0.25 s each, a tenth of a stand-in run. Frozen objects are skipped, so later
     collections walk only the next run's objects. What is frozen was alive between two runs
     (modules, caches), and a worker lives one chapter. Never in the notebook's process: a model
     frozen there, at 7B on a GPU, could never be freed.
 
-    Used by: dpo_utils.run_cache.
+    Used by: dpo_utils.runtime.
     """
     if multiprocessing.parent_process() is None:
         return 0
@@ -174,7 +174,8 @@ def _logged(
     """In a worker: ``func(job)`` under the caller's environment and working directory as they are
     now (a worker outlives the call that started it, so a ``DPO_RESULTS_DIR``, a
     ``DPO_FORCE_RERUN`` or a ``cd`` made later must reach it), and the provenance entries it
-    recorded, so that the parent's banner can say what was computed now."""
+    recorded, so that the parent's banner can say what was computed now; then
+    :func:`settle_worker`."""
     func, job, environment, cwd = call
     if dict(os.environ) != environment:
         os.environ.clear()
@@ -182,7 +183,9 @@ def _logged(
     if os.getcwd() != cwd:
         os.chdir(cwd)
     before = len(results.provenance_log())
-    return func(job), results.provenance_log()[before:]
+    output = func(job)
+    settle_worker()
+    return output, results.provenance_log()[before:]
 
 
 def process_map(func: Callable[[Any], Any], jobs: Sequence[Any], processes: int) -> list:

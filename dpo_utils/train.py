@@ -28,12 +28,9 @@ import sys
 from pathlib import Path
 
 from . import config, data, models
+from .probes import CHAPTER_PROBE_EVERY, CHAPTER_PROBE_TRAIN, CPU_PROBE_EVERY, chapter_probe_every
 from .results import ResultFolderError, check_output_folder
 from .run_cache import (
-    CHAPTER_PROBE_EVERY,
-    CHAPTER_PROBE_TRAIN,
-    CPU_PROBE_EVERY,
-    chapter_probe_every,
     chapter_run_dir,
     run_dir,
     run_settings,

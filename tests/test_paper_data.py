@@ -89,12 +89,12 @@ def test_pair_runs_use_the_profiles_pair_batch_and_per_behaviour_splits(monkeypa
     class Run:
         probes = pd.DataFrame({"step": [0]})
 
-    def fake_run(cfg, behaviors, **kwargs):
-        seen.append((cfg, list(behaviors), kwargs.get("flip", False)))
+    def fake_load(job):
+        seen.append((job["cfg"], list(job["behaviors"]), job.get("flip", False)))
         return Run()
 
     prefilled = []
-    monkeypatch.setattr(joint_runs, "_run", fake_run)
+    monkeypatch.setattr(joint_runs, "load_job", fake_load)
     monkeypatch.setattr(joint_runs, "prefill", prefilled.extend)
     cfg = config.get_config("mistral-7b")
     joint_runs.pair_curves(cfg, "a", "b")

@@ -220,9 +220,7 @@ def test_cli_writes_the_table_the_notebook_function_returns(tok, tmp_path, monke
     cfg = _cfg(dpo_batch_size=16, per_device_batch_size=16)
     monkeypatch.setattr(config, "get_config", lambda profile=None, **kw: cfg)
     # the CLI's defaults are the chapters' probe settings and seed (one run key)
-    chapters = dict(
-        probe_every=run_cache.CHAPTER_PROBE_EVERY, probe_train=run_cache.CHAPTER_PROBE_TRAIN
-    )
+    chapters = dict(probe_every=probes.CHAPTER_PROBE_EVERY, probe_train=probes.CHAPTER_PROBE_TRAIN)
     notebook = run_cache.train_behaviors(
         cfg, ["a", "b"], mode="lora", max_steps=2, seed=cfg.seed, **chapters
     )
