@@ -327,7 +327,7 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     path = Path(path)
     try:
         check_output_folder(path, overwrite=True)
-    except ResultFolderError:
+    except (ResultFolderError, FileNotFoundError):  # or it vanished mid-check: a swap under way
         if not (path.parent / f".{path.name}.lock").exists():
             raise  # not a cache this project writes to: refused, nothing created
         with cache_lock(path):  # a project writer may have been swapping it: look again
