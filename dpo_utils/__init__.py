@@ -37,6 +37,7 @@ Chapter experiments (import mechanisms; each returns tidy tables, never plots):
     priority_experiments    chapter 04's prioritisation [04]
     feature_experiments     chapters 06-07: measuring features, last-layer DPO on them [06 07]
     measuring_experiments   chapter 06: stand-ins' features over pre-training seeds [06]
+    measuring_setup         chapter 06's stand-ins made ready; make book's background job [06]
     llm_experiments         chapters 07-12: full and LoRA DPO on language models [07-12]
     llm_evidence            chapters 07-11 over seeds: behaviours, confounds, summaries [07-11]
     joint_runs              chapter 09: behaviours trained together, one dispatch [09]

@@ -348,7 +348,8 @@ def load_persona(
     corpus), a local folder laid out as upstream or the hub id ``Anthropic/model-written-evals``;
     ``behaviors`` are names or numbers (see :func:`resolve_behaviors`), ``None`` for all of them.
 
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
+    Used by: dpo_utils.llm_experiments, dpo_utils.measuring_setup, dpo_utils.pretraining,
+    dpo_utils.run_cache.
     """
     names = resolve_behaviors(behaviors, available_behaviors(source))
     if _is_hub_id(source):

@@ -290,7 +290,7 @@ def features_cached(
     (a saved file is there and ``$DPO_FORCE_RERUN`` is off); it does not check the file's
     manifest, which :func:`persona_features` does.
 
-    Used by: dpo_utils.measuring_experiments.
+    Used by: dpo_utils.measuring_setup.
     """
     key = _features_key(model, persona, None)
     if key is None or force_rerun():

@@ -1,8 +1,9 @@
 """Chapter 06: distinguishability and its companions measured on the stand-ins, over pre-training
 seeds.
 
-For each stand-in (the tiny Llama of :data:`STAND_INS`, or also the tiny Mistral, each pre-trained
-with several seeds on the text of :mod:`dpo_utils.pretraining`) and each behaviour:
+For each stand-in (the tiny Llama of :data:`dpo_utils.measuring_setup.STAND_INS`, or also the tiny
+Mistral, each pre-trained with several seeds on the text of :mod:`dpo_utils.pretraining`; made
+ready by :mod:`dpo_utils.measuring_setup`) and each behaviour:
 distinguishability, concentration, covariance trace, mean norm, signal-to-noise ratio against
 random labels, the model's own Yes/No accuracy, the token-length gap between Yes- and No-statements
 and a length-matched distinguishability (Yes and No compared within length bins). Then: rank
@@ -16,27 +17,24 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from . import data, embeddings, models
+from . import embeddings
 from .config import ExperimentConfig
 from .embeddings import FeatureSet, persona_features
+from .measuring_setup import prepare_standins
 from .metrics import class_means, properties_table
-from .models import TINY_MODELS, load_model_and_tokenizer
+from .models import load_model_and_tokenizer
 from .results import config_hash, load_or_run
-from .runtime import process_map, worker_processes
+from .runtime import worker_processes
 from .tables import rank_correlation
 
 __all__ = [
-    "STAND_INS",
     "Thresholds",
     "THRESHOLDS",
-    "measured_behaviors",
-    "standin_configs",
     "length_matched_distinguishability",
     "direction_cosines",
     "measure_standins",
@@ -44,14 +42,7 @@ __all__ = [
     "direction_summary",
     "knob_table",
     "verdicts",
-    "pretrain_tiny_models",
 ]
-
-
-#: the stand-ins chapter 06 measures on the CPU profile when its ``stand_ins`` parameter is None.
-#: The tiny Mistral (grouped-query attention) is left out of the book's build: its three
-#: pre-trainings would cost a third of the chapter's time (issue 11's budget).
-STAND_INS: tuple[str, ...] = ("tiny-llama",)
 
 
 @dataclass(frozen=True)
@@ -93,82 +84,6 @@ class Thresholds:
 #: Verdict thresholds, written down (and committed) before the first run of chapter 06 on the new
 #: stand-ins; the reasons are beside the fields of :class:`Thresholds`.
 THRESHOLDS = Thresholds()
-
-
-def _pretrain_job(job: dict) -> None:
-    """One stand-in's pre-training in a worker process (one torch thread, like the parent)."""
-    models.pretrained_tiny_model(**job)
-
-
-def pretrain_tiny_models(configs: Sequence[ExperimentConfig], processes: int | None = None) -> int:
-    """Pre-train (and cache) the stand-ins of ``configs`` that are not cached yet, ``processes`` at
-    a time (default :func:`~dpo_utils.runtime.worker_processes`) in single-threaded worker
-    processes (two cores, two models at once).
-
-    Returns how many were trained. Configs of hub models are skipped.
-
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
-    """
-    jobs = []
-    for cfg in configs:
-        if cfg.model_name not in TINY_MODELS:
-            continue
-        job: dict[str, Any] = dict(
-            arch=cfg.model_arch,
-            profile=cfg.profile,
-            steps=cfg.pretrain_steps,
-            seed=cfg.pretrain_seed,
-            source=models._source(cfg),
-        )
-        if not (models.tiny_model_dir(**job) / "pretrain.json").exists() and job not in jobs:
-            jobs.append(job)
-    process_map(_pretrain_job, jobs, processes or worker_processes(on_gpu=False))
-    return len(jobs)
-
-
-def _features_job(job: tuple[ExperimentConfig, Mapping]) -> None:
-    """One stand-in's features of every statement, computed and cached in a worker process."""
-    cfg, persona = job
-    model, tokenizer = load_model_and_tokenizer(cfg, "cpu")
-    persona_features(model, tokenizer, persona, profile=cfg.profile)
-
-
-def measured_behaviors(cfg: ExperimentConfig, source: str | None = None) -> list[str | int]:
-    """The behaviours chapter 06 measures: the evaluation behaviours on the real data (never the
-    format behaviours, whose answers the stand-ins saw), every corpus behaviour, or the profile's.
-
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
-    """
-    source = cfg.persona_source if source is None else source
-    if source == data.PERSONA_SOURCE:
-        return list(data.EVALUATION_BEHAVIORS)
-    if source == data.CORPUS_SOURCE:
-        return [*data.available_behaviors(source)]
-    return list(cfg.behaviors) or list(data.AUTHORS_BEHAVIORS)
-
-
-def standin_configs(
-    cfg: ExperimentConfig, n_seeds: int, source: str | None = None, archs: Sequence[str] = ()
-) -> list[ExperimentConfig]:
-    """One config per stand-in and pre-training seed (cfg.pretrain_seed + 0, 1, ...) on the CPU
-    profile; the profile's own model once on a GPU profile.
-
-    Used in: notebooks/06_measuring_distinguishability.ipynb.
-    """
-    if cfg.model_name not in TINY_MODELS or cfg.requires_gpu:  # a GPU profile's own model once
-        return [cfg]
-    source = cfg.persona_source if source is None else source
-    return [
-        cfg.replace(
-            model_name=name,
-            model_arch=tiny.arch,
-            pretrain_seed=cfg.pretrain_seed + i,
-            persona_source=source,
-        )
-        for name, tiny in TINY_MODELS.items()
-        if not archs or tiny.arch in archs
-        for i in range(n_seeds)
-    ]
 
 
 def length_matched_distinguishability(
@@ -260,24 +175,9 @@ def measure_standins(
     """
     tables, feature_sets = [], {}
     fingerprint = config_hash({"persona": persona})
-    processes = worker_processes(on_gpu=device != "cpu")
-    pretrain_tiny_models(configs, processes=processes)
-    # with workers: the stand-ins are loaded once, to find those whose features are not cached
-    # yet (the workers compute them), and measured below from the same load
-    loaded = {
-        i: load_model_and_tokenizer(cfg, device)
-        for i, cfg in enumerate(configs)
-        if processes > 1 and cfg.model_name in TINY_MODELS
-    }
-    missing = [
-        configs[i]
-        for i, (model, _) in loaded.items()
-        if not embeddings.features_cached(model, persona, profile=configs[i].profile)
-    ]
-    if len(missing) > 1:  # each worker caches its stand-in's features
-        process_map(_features_job, [(cfg, persona) for cfg in missing], processes)
-    for i, cfg in enumerate(configs):
-        model, tokenizer = loaded.pop(i) if i in loaded else load_model_and_tokenizer(cfg, device)
+    prepare_standins([(configs, persona)], worker_processes(on_gpu=device != "cpu"))
+    for cfg in configs:
+        model, tokenizer = load_model_and_tokenizer(cfg, device)
         fs = persona_features(model, tokenizer, persona, profile=cfg.profile)
         feature_sets[(cfg.model_name, cfg.pretrain_seed)] = fs
         lengths = _token_lengths(tokenizer, persona)

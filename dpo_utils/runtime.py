@@ -196,7 +196,7 @@ def process_map(func: Callable[[Any], Any], jobs: Sequence[Any], processes: int)
     what a worker computed or loaded is added to this process's provenance log
     (:func:`dpo_utils.results.provenance_log`).
 
-    Used by: dpo_utils.feature_experiments, dpo_utils.measuring_experiments, dpo_utils.run_cache.
+    Used by: dpo_utils.feature_experiments, dpo_utils.measuring_setup, dpo_utils.run_cache.
     """
     if processes < 1:
         raise ValueError(f"processes={processes!r} is not allowed; give a whole number >= 1.")

@@ -74,6 +74,23 @@ def test_batched_features_equal_one_at_a_time(model, tokenizer, persona):
         assert (batched[variant] - single[variant]).abs().max() < 1e-5
 
 
+def test_features_do_not_depend_on_the_number_of_torch_threads(model, tokenizer, persona):
+    """Chapter 06's stand-ins have their features computed in a single-threaded worker (make
+    book's background job, or the chapter's own workers) or, when one stand-in is left, in the
+    notebook's process with every core's thread: both must give the same numbers, to the bit."""
+    texts = embeddings.prompt_texts([r for rows in persona.values() for r in rows])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = embeddings.last_token_features(model, tokenizer, texts)
+        torch.set_num_threads(2)
+        two = embeddings.last_token_features(model, tokenizer, texts)
+    finally:
+        torch.set_num_threads(before)
+    for variant in one:
+        assert torch.equal(one[variant], two[variant])
+
+
 def test_features_are_cached_on_disk(model, tokenizer, persona, tmp_path, monkeypatch):
     monkeypatch.setenv("DPO_RESULTS_DIR", str(tmp_path))
     first = embeddings.persona_features(model, tokenizer, persona, model_key="unit-test-model")

@@ -20,7 +20,7 @@ MECHANISMS = {
 }  # fmt: skip
 EXPERIMENTS = {
     "synthetic_experiments", "priority_experiments", "feature_experiments", "llm_experiments",
-    "measuring_experiments", "llm_evidence", "joint_runs",
+    "measuring_experiments", "measuring_setup", "llm_evidence", "joint_runs",
 }  # fmt: skip
 BOOK = {"book", "book_assets", "plotting", "teaching"}
 LAYER = {m: 0 for m in MECHANISMS} | {m: 1 for m in EXPERIMENTS} | {m: 2 for m in BOOK}

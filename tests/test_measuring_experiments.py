@@ -11,6 +11,7 @@ import torch
 
 from dpo_utils import config, data, embeddings
 from dpo_utils import measuring_experiments as M
+from dpo_utils import measuring_setup as S
 
 
 def test_length_matching_removes_a_pure_length_effect():
@@ -66,14 +67,14 @@ def test_rank_stability_is_spearman_between_seeds():
 
 def test_standin_configs_and_measured_behaviours():
     cfg = config.get_config("cpu")
-    configs = M.standin_configs(cfg, 3)
+    configs = S.standin_configs(cfg, 3)
     assert [(c.model_arch, c.pretrain_seed) for c in configs] == [
         (a, cfg.pretrain_seed + i) for a in ("llama", "mistral") for i in range(3)
     ]
-    assert M.standin_configs(config.get_config("llama2-7b"), 3) == [config.get_config("llama2-7b")]
-    assert M.measured_behaviors(cfg) == list(data.EVALUATION_BEHAVIORS)
-    assert not set(M.measured_behaviors(cfg)) & set(data.FORMAT_BEHAVIORS)
-    assert len(M.measured_behaviors(cfg, "corpus")) == 8
+    assert S.standin_configs(config.get_config("llama2-7b"), 3) == [config.get_config("llama2-7b")]
+    assert S.measured_behaviors(cfg) == list(data.EVALUATION_BEHAVIORS)
+    assert not set(S.measured_behaviors(cfg)) & set(data.FORMAT_BEHAVIORS)
+    assert len(S.measured_behaviors(cfg, "corpus")) == 8
 
 
 def _verdict_inputs():
@@ -141,26 +142,84 @@ def test_the_spread_claim_needs_five_sixths_of_the_models_rounded_up():
 
 
 @pytest.mark.slow
-def test_measure_standins_starts_workers_only_for_uncached_features(tmp_path, monkeypatch):
-    """With two workers, the first call computes the stand-ins' features in the workers; the
-    second finds them cached, starts no worker at all and returns the same table."""
+def test_standins_are_made_ready_in_one_dispatch_and_then_only_read(tmp_path, monkeypatch):
+    """With two workers, prepare_standins sends every stand-in of every group to the workers in
+    one dispatch (pre-training and features); measure_standins then finds them ready and starts
+    no worker, and a second measurement returns the same table."""
     monkeypatch.setenv("DPO_RESULTS_DIR", str(tmp_path))
     monkeypatch.setenv("DPO_PROCESSES", "2")
     monkeypatch.delenv("DPO_FORCE_RERUN", raising=False)
     cfg = config.get_config("cpu", pretrain_steps=2)  # the measurement, not the model, is tested
-    configs = M.standin_configs(cfg, 1)  # one tiny Llama, one tiny Mistral
+    configs = S.standin_configs(cfg, 1)  # one tiny Llama, one tiny Mistral
     names = list(data.EVALUATION_BEHAVIORS)[:2]
     persona = {n: rows[:40] for n, rows in data.load_persona("persona", names).items()}
     dispatched = []
-    real_map = M.process_map
+    real_map = S.process_map
     monkeypatch.setattr(
-        M,
+        S,
         "process_map",
         lambda f, jobs, n: dispatched.append((f, len(jobs))) or real_map(f, jobs, n),
     )
-    first, _ = M.measure_standins(configs, persona)
-    assert (M._features_job, 2) in dispatched  # both stand-ins' features came from workers
+    groups = [(configs[:1], persona), (configs[1:], persona)]
+    assert S.prepare_standins(groups) == 2
+    assert dispatched == [(S._features_job, 2)]  # both groups' stand-ins, one dispatch
     dispatched.clear()
+    assert S.prepare_standins(groups) == 0
+    first, _ = M.measure_standins(configs, persona)
+    assert dispatched == []  # nothing left to compute: no worker started
     second, _ = M.measure_standins(configs, persona)
-    assert all(f is not M._features_job for f, _ in dispatched)  # nothing left to compute
     pd.testing.assert_frame_equal(first, second)
+
+
+def _parameters_cell(chapter: str) -> dict:
+    """The literal defaults of a chapter's papermill ``parameters`` cell."""
+    import ast
+    import json
+
+    from chapter_index import ROOT
+
+    path = next((ROOT / "notebooks").glob(f"{chapter}_*.ipynb"))
+    for cell in json.loads(path.read_text())["cells"]:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            source = "".join(cell["source"])
+            tree = ast.parse(source)
+            return {
+                t.id: ast.literal_eval(n.value)
+                for n in tree.body
+                if isinstance(n, ast.Assign) and not isinstance(n.value, ast.Call)
+                for t in n.targets
+                if isinstance(t, ast.Name)
+            }
+    raise AssertionError(f"{path.name} has no cell tagged parameters")
+
+
+def test_the_background_setup_prepares_what_chapter_06_measures_by_default():
+    """make book's background job (python -m dpo_utils.measuring_setup) takes chapter 06's defaults
+    from the same constants the chapter's parameters cell holds: three tiny Llamas on the real
+    behaviours and three on the corpus."""
+    defaults = _parameters_cell("06")
+    assert defaults["n_pretrain_seeds"] == S.N_PRETRAIN_SEEDS
+    assert defaults["stand_ins"] is None and defaults["behaviors"] is None
+    cfg = config.get_config("cpu")
+    (real, persona), (corpus, corpus_persona) = S.chapter_groups(cfg)
+    seeds = [cfg.pretrain_seed + i for i in range(S.N_PRETRAIN_SEEDS)]
+    assert [(c.model_name, c.pretrain_seed, c.persona_source) for c in real] == [
+        ("tiny-llama", s, data.PERSONA_SOURCE) for s in seeds
+    ]
+    assert [(c.model_name, c.pretrain_seed, c.persona_source) for c in corpus] == [
+        ("tiny-llama", s, data.CORPUS_SOURCE) for s in seeds
+    ]
+    assert list(persona) == data.resolve_behaviors(
+        S.measured_behaviors(cfg), data.available_behaviors(data.PERSONA_SOURCE)
+    )
+    assert len(corpus_persona) == 8
+    gpu = config.get_config("llama2-7b", persona_source=data.PERSONA_SOURCE)  # offline here
+    assert [configs for configs, _ in S.chapter_groups(gpu, behaviors=[45])] == [[gpu], [gpu]]
+
+
+def test_the_background_setup_does_nothing_on_a_paper_profile(capsys):
+    assert S.main(["--profile", "llama2-7b"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        S.main(["--profile", "llama-2"])
+    assert "invalid choice: 'llama-2'" in capsys.readouterr().err

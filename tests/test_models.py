@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from dpo_utils import config, data, measuring_experiments, models, pretraining
+from dpo_utils import config, data, measuring_setup, models, pretraining
 from dpo_utils import results as results_module
 
 STEPS = 4  # enough to exercise the loop and the cache; the chapter uses cfg.pretrain_steps
@@ -211,13 +211,16 @@ def test_lora_config_follows_the_profile():
 
 
 @pytest.mark.slow  # spawns two workers that import torch and pre-train (~20 s)
-def test_pretrain_tiny_models_trains_the_missing_ones_in_workers(results):
+def test_prepare_standins_pretrains_the_missing_ones_in_workers(results):
     configs = [
         config.get_config("cpu", pretrain_steps=STEPS, model_name=name, model_arch=tiny.arch)
         for name, tiny in models.TINY_MODELS.items()
     ]
-    assert measuring_experiments.pretrain_tiny_models(configs + configs[:1], processes=2) == 2
-    assert measuring_experiments.pretrain_tiny_models(configs, processes=2) == 0  # cached now
+    name = list(data.EVALUATION_BEHAVIORS)[0]
+    persona = {n: rows[:20] for n, rows in data.load_persona("persona", [name]).items()}
+    group = [(configs + configs[:1], persona)]  # a stand-in named twice is made ready once
+    assert measuring_setup.prepare_standins(group, processes=2) == 2
+    assert measuring_setup.prepare_standins(group, processes=2) == 0  # cached now
     for cfg in configs:
         record = models.pretrain_record(cfg)
         assert record["key"]["arch"] == cfg.model_arch and len(record["log"]) == STEPS
