@@ -9,12 +9,14 @@ persona_features`). Each step holds a lock on its cache folder, so two processes
 stand-in never both compute it: the second waits and reads what the first saved.
 
 ``make book`` uses that. On the CPU profile it starts ``python -m dpo_utils.measuring_setup`` in
-the background beside jupyter-book: the stand-ins are then made ready while chapters 01-05
-execute, which use one core and leave the other idle. When chapter 06 runs, it reads what is done
-and waits for what is still being computed. Pre-training and feature extraction run with one torch
-thread in a worker either way, so what chapter 06 measures does not depend on which process
-computed it (tests/test_models.py checks that a worker's pre-trained stand-in equals the notebook
-process's, bit for bit).
+the background beside jupyter-book: one process with one torch thread makes the stand-ins ready,
+last first, while chapters 01-05 execute, which leave the second core idle. When chapter 06 runs,
+its workers take the list from the front: they read what is done, wait for the stand-in being
+computed, and compute the rest. Pre-training and feature extraction have one torch thread in a
+worker and in the background job alike, so what chapter 06 measures does not depend on which
+process computed it (tests/test_models.py checks that a worker's pre-trained stand-in equals the
+notebook process's, bit for bit; tests/test_embeddings.py that features do not depend on the
+number of threads).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import torch
 
 from . import data, embeddings, models
 from .config import PROFILES, ExperimentConfig, get_config
@@ -150,15 +154,21 @@ def prepare_standins(
 
     Used in: notebooks/06_measuring_distinguishability.ipynb.
     """
+    jobs = _pending(groups)
+    processes = processes or worker_processes(on_gpu=False)
+    if processes > 1 and len(jobs) > 1:
+        process_map(_features_job, jobs, processes)
+    return len(jobs)
+
+
+def _pending(groups) -> list[tuple[ExperimentConfig, Mapping]]:
+    """The stand-ins of ``groups`` not ready yet, each once, as ``(config, persona)`` jobs."""
     jobs: list[tuple[ExperimentConfig, Mapping]] = []
     for configs, persona in groups:
         for cfg in dict.fromkeys(configs):  # a stand-in named twice is one job
             if _pretrain_settings(cfg) and not _ready(cfg, persona):
                 jobs.append((cfg, persona))
-    processes = processes or worker_processes(on_gpu=False)
-    if processes > 1 and len(jobs) > 1:
-        process_map(_features_job, jobs, processes)
-    return len(jobs)
+    return jobs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -177,10 +187,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"profile {args.profile!r} has no tiny stand-ins to prepare; nothing to do.")
         return 0
     start = time.perf_counter()
-    n = prepare_standins(chapter_groups(cfg))
-    print(f"chapter 06's stand-ins: {n} made ready in {time.perf_counter() - start:.0f} s.")
+    # one process with one torch thread, as a worker: the same numbers, and the other core is
+    # left to the chapters that execute meanwhile (two workers here would crowd out their
+    # multi-threaded steps); chapter 06's own workers take the list from the front, so this
+    # job takes it from the back
+    torch.set_num_threads(1)
+    jobs = _pending(chapter_groups(cfg))
+    for job in reversed(jobs):
+        _features_job(job)
+    seconds = time.perf_counter() - start
+    print(f"chapter 06's stand-ins: {len(jobs)} made ready in {seconds:.0f} s.")
     return 0
 
 
-if __name__ == "__main__":  # workers are spawned: they import this module without running main
+if __name__ == "__main__":
     sys.exit(main())

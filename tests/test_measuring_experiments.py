@@ -217,6 +217,39 @@ def test_the_background_setup_prepares_what_chapter_06_measures_by_default():
     assert [configs for configs, _ in S.chapter_groups(gpu, behaviors=[45])] == [[gpu], [gpu]]
 
 
+def test_the_background_setup_computes_in_its_own_process_from_the_back(
+    tmp_path, monkeypatch, capsys
+):
+    """python -m dpo_utils.measuring_setup makes every stand-in ready in its own process, one torch
+    thread, last stand-in first (chapter 06's workers start from the front), and starts no
+    worker; run again, it finds nothing to do."""
+    monkeypatch.setenv("DPO_RESULTS_DIR", str(tmp_path))
+    monkeypatch.delenv("DPO_FORCE_RERUN", raising=False)
+    cfg = config.get_config("cpu", pretrain_steps=2)
+    configs = S.standin_configs(cfg, 2, archs=["llama"])
+    name = list(data.EVALUATION_BEHAVIORS)[0]
+    persona = {n: rows[:20] for n, rows in data.load_persona("persona", [name]).items()}
+    monkeypatch.setattr(S, "chapter_groups", lambda c: [(configs, persona)])
+    monkeypatch.setattr(S, "process_map", lambda *a: pytest.fail("no worker expected"))
+    order, threads = [], []
+    real_job = S._features_job
+
+    def job(j):
+        order.append(j[0].pretrain_seed)
+        threads.append(torch.get_num_threads())
+        real_job(j)
+
+    monkeypatch.setattr(S, "_features_job", job)
+    before = torch.get_num_threads()
+    try:
+        assert S.main([]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert order == [c.pretrain_seed for c in reversed(configs)] and threads == [1, 1]
+    assert "2 made ready" in capsys.readouterr().out
+    assert S._pending([(configs, persona)]) == []
+
+
 def test_the_background_setup_does_nothing_on_a_paper_profile(capsys):
     assert S.main(["--profile", "llama2-7b"]) == 0
     assert "nothing to do" in capsys.readouterr().out

@@ -1,0 +1,92 @@
+"""Wall time of a cold CPU-profile book build, run as ``make book`` runs it, without touching the
+project's ``results/`` or ``_build/``.
+
+    python benchmarks/cold_book.py                    # as make book: the background setup too
+    python benchmarks/cold_book.py --no-background    # jupyter-book alone, for comparison
+
+Every model, run and table goes to a fresh temporary folder (``DPO_RESULTS_DIR``), and so does the
+build (``jupyter-book build --path-output``, which keeps its own execution cache there), so every
+chapter executes and computes everything. Like ``make book``, the default starts ``python -m
+dpo_utils.measuring_setup`` beside jupyter-book (chapter 06's stand-ins, made ready while chapters
+01-05 run). It prints the build's wall time, each notebook's execution time (from the execution
+cache's records) and the background job's. The temporary folder is removed at the end unless
+``--keep`` is given. Run it on a quiet machine: on two cores, any other load shows in every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFLINE = dict(
+    HF_HUB_OFFLINE="1",
+    HF_DATASETS_OFFLINE="1",
+    HF_HUB_DISABLE_TELEMETRY="1",
+    TOKENIZERS_PARALLELISM="false",
+    PYDEVD_DISABLE_FILE_VALIDATION="1",
+)
+
+
+def notebook_times(build: Path) -> dict[str, float]:
+    """Execution seconds per notebook, from the jupyter-cache under ``build``."""
+    from jupyter_cache import get_cache
+
+    found = sorted(build.rglob(".jupyter_cache"))
+    if not found:
+        return {}
+    records = get_cache(str(found[0])).list_cache_records()
+    return {
+        Path(r.uri).relative_to(ROOT).as_posix(): float(r.data.get("execution_seconds", "nan"))
+        for r in records
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--no-background",
+        action="store_true",
+        help="do not start dpo_utils.measuring_setup beside jupyter-book",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = parser.parse_args(argv)
+    scratch = Path(tempfile.mkdtemp(prefix="cold-book-"))
+    env = {**os.environ, **OFFLINE, "DPO_PROFILE": "cpu", "DPO_RESULTS_DIR": str(scratch / "r")}
+    env.pop("DPO_FORCE_RERUN", None)
+    binary = Path(sys.executable).parent
+    start = time.perf_counter()
+    background = None
+    if not args.no_background:
+        log = (scratch / "measuring_setup.log").open("w")
+        command = [sys.executable, "-m", "dpo_utils.measuring_setup", "--profile", "cpu"]
+        background = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+    build = [str(binary / "jupyter-book"), "build", str(ROOT), "--path-output", str(scratch / "b")]
+    done = subprocess.run([*build, "-W", "-n", "--keep-going"], cwd=ROOT, env=env)
+    wall = time.perf_counter() - start
+    setup_s = None
+    if background is not None:
+        background.wait()
+        setup_s = (scratch / "measuring_setup.log").read_text().strip().splitlines()[-1:]
+    times = notebook_times(scratch / "b")
+    for name, seconds in times.items():
+        print(f"{seconds:8.1f} s  {name}")
+    print(f"{sum(times.values()):8.1f} s  notebooks together")
+    if setup_s is not None:
+        print(f"background job: {setup_s[0] if setup_s else '(no output)'}")
+    print(f"cold book build: {wall:.1f} s wall, exit status {done.returncode}")
+    if args.keep:
+        print(f"kept: {scratch}")
+    else:
+        shutil.rmtree(scratch)
+    return done.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
