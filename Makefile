@@ -100,14 +100,16 @@ test-notebooks: $(STAMP)
 #
 # On the CPU profile, chapter 06's stand-ins are made ready in the background while chapters 01-05
 # execute, which use one core of two (python -m dpo_utils.measuring_setup; its output goes to
-# _build/measuring_setup.log). Each stand-in is cached under a lock: chapter 06 reads the ones that
-# are done and waits for the others, and computes itself whatever the background job could not.
-# On a warm cache the job is a few seconds' check. The build's exit status is jupyter-book's.
+# _build/measuring_setup.log). It runs at a lower priority (nice), so that it takes the idle core
+# but never slows a chapter's multi-threaded step. Each stand-in is cached under a lock: chapter 06
+# reads the ones that are done and waits for the others, and computes itself whatever the
+# background job could not. On a warm cache the job is a few seconds' check. The build's exit
+# status is jupyter-book's.
 ifeq ($(PROFILE),cpu)
 book: $(STAMP)
 	@mkdir -p _build
 	@echo "chapter 06's stand-ins: made ready in the background (log: _build/measuring_setup.log)"
-	@DPO_PROFILE='$(PROFILE)' $(BIN)/python -m dpo_utils.measuring_setup --profile '$(PROFILE)' \
+	@DPO_PROFILE='$(PROFILE)' nice -n 10 $(BIN)/python -m dpo_utils.measuring_setup --profile '$(PROFILE)' \
 	  > _build/measuring_setup.log 2>&1 & setup=$$!; \
 	echo "DPO_PROFILE='$(PROFILE)' $(BIN)/jupyter-book build . -W -n --keep-going"; \
 	DPO_PROFILE='$(PROFILE)' $(BIN)/jupyter-book build . -W -n --keep-going; rc=$$?; \
