@@ -100,8 +100,8 @@ test-notebooks: $(STAMP)
 #
 # On the CPU profile, chapter 06's stand-ins are made ready in the background while chapters 01-05
 # execute, which use one core of two (python -m dpo_utils.measuring_setup; its output goes to
-# _build/measuring_setup.log). It runs at a lower priority (nice), so that it takes the idle core
-# but never slows a chapter's multi-threaded step. Each stand-in is cached under a lock: chapter 06
+# _build/measuring_setup.log). It runs at a lower priority (nice), so that the chapters' own work
+# comes first and it takes what is idle. Each stand-in is cached under a lock: chapter 06
 # reads the ones that are done and waits for the others, and computes itself whatever the
 # background job could not. On a warm cache the job is a few seconds' check. The build's exit
 # status is jupyter-book's.
