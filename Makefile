@@ -101,9 +101,10 @@ test-notebooks: $(STAMP)
 # On the CPU profile, chapter 06's stand-ins are made ready in the background while chapters 01-05
 # execute, which use one core of two (python -m dpo_utils.measuring_setup; its output goes to
 # _build/measuring_setup.log). It runs at a lower priority (nice), so that the chapters' own work
-# comes first and it takes what is idle. Each stand-in is cached under a lock: chapter 06
-# reads the ones that are done and waits for the others, and computes itself whatever the
-# background job could not. On a warm cache the job is a few seconds' check. The build's exit
+# comes first and it takes what is idle. Each stand-in is cached under a lock: chapter 06 reads the
+# ones that are done and waits for the others, and computes itself whatever the background job did
+# not. The job is stopped (SIGTERM: a folder being written is removed, never left half-written)
+# once jupyter-book returns, or on Ctrl-C: then it has nothing left to serve. The build's exit
 # status is jupyter-book's.
 ifeq ($(PROFILE),cpu)
 book: $(STAMP)
@@ -111,10 +112,10 @@ book: $(STAMP)
 	@echo "chapter 06's stand-ins: made ready in the background (log: _build/measuring_setup.log)"
 	@DPO_PROFILE='$(PROFILE)' nice -n 10 $(BIN)/python -m dpo_utils.measuring_setup --profile '$(PROFILE)' \
 	  > _build/measuring_setup.log 2>&1 & setup=$$!; \
+	trap 'kill -TERM $$setup 2>/dev/null' INT TERM; \
 	echo "DPO_PROFILE='$(PROFILE)' $(BIN)/jupyter-book build . -W -n --keep-going"; \
 	DPO_PROFILE='$(PROFILE)' $(BIN)/jupyter-book build . -W -n --keep-going; rc=$$?; \
-	wait $$setup || echo "note: the background job failed (see _build/measuring_setup.log);" \
-	  "chapter 06 made its stand-ins itself"; \
+	kill -TERM $$setup 2>/dev/null; wait $$setup 2>/dev/null; \
 	exit $$rc
 else
 book: $(STAMP)

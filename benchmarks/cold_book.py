@@ -64,29 +64,35 @@ def main(argv: list[str] | None = None) -> int:
     binary = Path(sys.executable).parent
     start = time.perf_counter()
     background = None
-    if not args.no_background:
-        log = (scratch / "measuring_setup.log").open("w")
-        # as make book starts it: at a lower priority (nice -n 10)
-        command = ["nice", "-n", "10", sys.executable, "-m", "dpo_utils.measuring_setup"]
-        background = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
-    build = [str(binary / "jupyter-book"), "build", str(ROOT), "--path-output", str(scratch / "b")]
-    done = subprocess.run([*build, "-W", "-n", "--keep-going"], cwd=ROOT, env=env)
-    wall = time.perf_counter() - start
-    setup_s = None
-    if background is not None:
-        background.wait()
-        setup_s = (scratch / "measuring_setup.log").read_text().strip().splitlines()[-1:]
-    times = notebook_times(scratch / "b")
-    for name, seconds in times.items():
-        print(f"{seconds:8.1f} s  {name}")
-    print(f"{sum(times.values()):8.1f} s  notebooks together")
-    if setup_s is not None:
-        print(f"background job: {setup_s[0] if setup_s else '(no output)'}")
-    print(f"cold book build: {wall:.1f} s wall, exit status {done.returncode}")
-    if args.keep:
-        print(f"kept: {scratch}")
-    else:
-        shutil.rmtree(scratch)
+    try:
+        if not args.no_background:
+            log = (scratch / "measuring_setup.log").open("w")
+            # as make book starts it: at a lower priority (nice -n 10)
+            command = ["nice", "-n", "10", sys.executable, "-m", "dpo_utils.measuring_setup"]
+            background = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+        out = ["--path-output", str(scratch / "b")]
+        book = [str(binary / "jupyter-book"), "build", str(ROOT), *out, "-W", "-n", "--keep-going"]
+        done = subprocess.run(book, cwd=ROOT, env=env)
+        wall = time.perf_counter() - start
+        if background is not None:  # as make book: stopped once jupyter-book returns
+            background.terminate()
+            background.wait()
+        times = notebook_times(scratch / "b")
+        for name, seconds in times.items():
+            print(f"{seconds:8.1f} s  {name}")
+        print(f"{sum(times.values()):8.1f} s  notebooks together")
+        if background is not None:
+            lines = (scratch / "measuring_setup.log").read_text().strip().splitlines()
+            print(f"background job: {lines[-1] if lines else '(no output)'}")
+        print(f"cold book build: {wall:.1f} s wall, exit status {done.returncode}")
+    finally:
+        if background is not None and background.poll() is None:
+            background.terminate()
+            background.wait()
+        if args.keep:
+            print(f"kept: {scratch}")
+        else:
+            shutil.rmtree(scratch)
     return done.returncode
 
 

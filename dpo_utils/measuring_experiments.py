@@ -55,8 +55,8 @@ class Thresholds:
 
     # real behaviours differ: largest / smallest distinguishability per model (prototype at 900
     # steps: x3.5-6), in at least 5 of the 6 models (2 archs x 3 seeds). Written for six models;
-    # since the CPU build measures three (STAND_INS), it is applied as the same share, 5/6 of the
-    # models rounded up (3 of 3): a count of 5 cannot be met by three models
+    # since the CPU build measures three (measuring_setup.STAND_INS), it is applied as the same
+    # share, 5/6 of the models rounded up (3 of 3): a count of 5 cannot be met by three models
     spread_ratio: float = 2.0
     spread_share: float = 5 / 6
     # the ranking is a property of the data, not of one pre-training draw: mean pairwise Spearman

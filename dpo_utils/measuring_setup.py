@@ -22,6 +22,7 @@ number of threads).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 
 from . import data, embeddings, models
-from .config import PROFILES, ExperimentConfig, get_config
+from .config import PROFILES, ExperimentConfig, get_config, profile_from_env
 from .models import TINY_MODELS, load_model_and_tokenizer
 from .runtime import process_map, worker_processes
 
@@ -180,8 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dpo_utils.measuring_setup", description=main.__doc__
     )
-    parser.add_argument("--profile", default="cpu", choices=list(PROFILES))
+    parser.add_argument("--profile", default=profile_from_env(), choices=list(PROFILES))
     args = parser.parse_args(argv)
+    # make book stops this job with SIGTERM once jupyter-book returns (or on Ctrl-C): leave as
+    # after an exception, so that a folder being written is removed, not left half-written
+    signal.signal(
+        signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM): chapter 06 makes the rest")
+    )
     cfg = get_config(args.profile)
     if cfg.model_name not in TINY_MODELS or cfg.requires_gpu:
         print(f"profile {args.profile!r} has no tiny stand-ins to prepare; nothing to do.")

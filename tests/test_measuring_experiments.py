@@ -199,7 +199,9 @@ def test_the_background_setup_prepares_what_chapter_06_measures_by_default():
     behaviours and three on the corpus."""
     defaults = _parameters_cell("06")
     assert defaults["n_pretrain_seeds"] == S.N_PRETRAIN_SEEDS
-    assert defaults["stand_ins"] is None and defaults["behaviors"] is None
+    # every other setting of the chapter's stand-ins is the profile's, as the job takes it
+    for name in ("stand_ins", "behaviors", "model_name", "persona_source", "pretrain_steps"):
+        assert defaults[name] is None, name
     cfg = config.get_config("cpu")
     (real, persona), (corpus, corpus_persona) = S.chapter_groups(cfg)
     seeds = [cfg.pretrain_seed + i for i in range(S.N_PRETRAIN_SEEDS)]
@@ -224,7 +226,8 @@ def test_the_background_setup_computes_in_its_own_process_from_the_back(
     thread, last stand-in first (chapter 06's workers start from the front), and starts no
     worker; run again, it finds nothing to do."""
     monkeypatch.setenv("DPO_RESULTS_DIR", str(tmp_path))
-    monkeypatch.delenv("DPO_FORCE_RERUN", raising=False)
+    for name in ("DPO_FORCE_RERUN", "DPO_MODEL", "DPO_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
     cfg = config.get_config("cpu", pretrain_steps=2)
     configs = S.standin_configs(cfg, 2, archs=["llama"])
     name = list(data.EVALUATION_BEHAVIORS)[0]
@@ -250,7 +253,8 @@ def test_the_background_setup_computes_in_its_own_process_from_the_back(
     assert S._pending([(configs, persona)]) == []
 
 
-def test_the_background_setup_does_nothing_on_a_paper_profile(capsys):
+def test_the_background_setup_does_nothing_on_a_paper_profile(capsys, monkeypatch):
+    monkeypatch.delenv("DPO_MODEL", raising=False)
     assert S.main(["--profile", "llama2-7b"]) == 0
     assert "nothing to do" in capsys.readouterr().out
     with pytest.raises(SystemExit):
