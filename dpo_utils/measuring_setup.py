@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM): chapter 06 makes the rest")
     )
     cfg = get_config(args.profile)
-    if cfg.model_name not in TINY_MODELS or cfg.requires_gpu:
+    if _pretrain_settings(cfg) is None:  # a hub model: nothing of chapter 06's to pre-train
         print(f"profile {args.profile!r} has no tiny stand-ins to prepare; nothing to do.")
         return 0
     start = time.perf_counter()
