@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # make book stops this job with SIGTERM once jupyter-book returns (or on Ctrl-C): leave as
     # after an exception, so that a folder being written is removed, not left half-written
     signal.signal(
-        signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM): chapter 06 makes the rest")
+        signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM): jupyter-book returned, or Ctrl-C")
     )
     cfg = get_config(args.profile)
     if _pretrain_settings(cfg) is None:  # a hub model: nothing of chapter 06's to pre-train
