@@ -106,7 +106,8 @@ def per_behavior_curves(
             _job(cfg, [b], mode=mode, probe_train=probe_train, seed=seed)
             for mode in modes
             for b in behaviors
-        ]
+        ],
+        then=_features_after,
     )
     tables = []
     for mode in modes:
@@ -114,6 +115,15 @@ def per_behavior_curves(
             run = _run(cfg, [behavior], mode=mode, probe_train=probe_train, seed=seed)
             tables.append(run.probes.assign(mode=mode))
     return pd.concat(tables, ignore_index=True)
+
+
+def _features_after(job: dict, path: Path) -> None:
+    """In a worker, after one behaviour's run: the trained model's features on that behaviour's
+    statements, cached exactly as :func:`geometry_table` asks for them (chapters 10 and 11), so
+    that those chapters read them instead of extracting them one run at a time in the
+    notebook."""
+    cfg, (behavior,) = job["cfg"], job["behaviors"]
+    trained_features(str(path), persona_rows(cfg, [behavior]), cfg.profile, cfg)
 
 
 def _job(cfg, behaviors, **kwargs) -> dict:

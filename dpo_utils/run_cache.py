@@ -286,35 +286,15 @@ def load_or_train(
 
     Used by: dpo_utils.run_cache.
     """
-    path = run_dir(
-        cfg,
-        behaviors,
-        mode=mode,
-        flip=flip,
-        start=start,
-        max_steps=max_steps,
-        seed=seed,
-        probe_every=probe_every,
-        probe_train=probe_train,
-        name=name,
-    )
+    how = dict(mode=mode, flip=flip, start=start, max_steps=max_steps, seed=seed)
+    how.update(probe_every=probe_every, probe_train=probe_train)
+    path = run_dir(cfg, behaviors, name=name, **how)
     if path in _PREFILLED:  # trained just now by prefill: read it, even when forcing
         _PREFILLED.discard(path)
         force = False
     with cache_lock(path):
         run, from_cache = _load_or_train_locked(
-            path,
-            cfg,
-            behaviors,
-            mode=mode,
-            flip=flip,
-            start=start,
-            max_steps=max_steps,
-            seed=seed,
-            probe_every=probe_every,
-            probe_train=probe_train,
-            force=force,
-            with_model=with_model,
+            path, cfg, behaviors, force=force, with_model=with_model, **how
         )
     run.probes.attrs.update(path=str(path), from_cache=from_cache)
     record_provenance("run", name, path.name, from_cache)
@@ -397,9 +377,12 @@ def _cuda() -> bool:
 _PREFILLED: set[Path] = set()
 
 
-def prefill(jobs: list[dict], processes: int | None = None) -> int:
+def prefill(jobs: list[dict], processes: int | None = None, then=None) -> int:
     """Train the runs of ``jobs`` that are not cached yet, several at once, into the cache that
     :func:`load_or_train` reads; return how many were trained.
+
+    ``then(job, folder)``, a module-level function, runs in the worker after each run is saved
+    when there are workers: later work on the run, done in parallel (its return is dropped).
 
     Each job is the keyword arguments of one :func:`load_or_train` call (``cfg`` and
     ``behaviors`` included); a chapter calls this with all its runs first, then loads them one by
@@ -426,6 +409,8 @@ def prefill(jobs: list[dict], processes: int | None = None) -> int:
         for cfg in {job["cfg"] for job in todo}:
             if cfg.model_name in models.TINY_MODELS:
                 models.load_model_and_tokenizer(cfg, "cpu")  # pre-trains it here if missing
+    if then is not None and processes > 1 and len(todo) > 1:
+        todo = [{**job, "then": then} for job in todo]
     process_map(_prefill_job, todo, processes)
     _PREFILLED.update(_job_dir(job) for job in todo)
     return len(todo)
@@ -446,5 +431,8 @@ def load_job(job: dict) -> DPORun:
 
 
 def _prefill_job(job: dict) -> None:
-    """One run in a worker process (tables and model saved; nothing returned)."""
+    """One run in a worker process (tables and model saved), then the job's ``then``."""
+    then = job.pop("then", None)
     load_job(job)
+    if then is not None:
+        then(job, _job_dir(job))

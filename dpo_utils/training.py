@@ -15,6 +15,8 @@ original's patched forward. Use ``models.clone_model`` (rebuilt from config + st
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -178,7 +180,7 @@ def _build_trainer(cfg, model, tokenizer, train_pairs, mode, ref_model, args, ca
     scale.prepare_policy(model, mode)
     if mode == "full" and ref_model is None:
         ref_model = scale.reference_copy(model, scale.reference_dtype(cfg))
-    trainer = DPOTrainer(
+    trainer = _trainer_class(DPOTrainer)(
         model=model,
         ref_model=ref_model,
         args=args,
@@ -194,6 +196,65 @@ def _build_trainer(cfg, model, tokenizer, train_pairs, mode, ref_model, args, ca
             _truncate, fn_kwargs=dict(max_length=cfg.max_length, cap=cap)
         )
     return trainer
+
+
+#: datasets trl has prepared in this process (prompt, EOS and tokens added), by what decides them
+_PREPARED: dict[str, object] = {}
+_PREPARED_MAX = 64
+
+
+def prepared_key(dataset, tokenizer, args) -> str | None:
+    """What decides trl's preparation of a dataset of plain-text pairs: the rows, the tokenizer
+    (its whole serialised definition and EOS), ``max_length`` and the truncation mode; None where
+    it is not plain text with a fast tokenizer (then nothing is reused).
+
+    Used by: dpo_utils.training.
+    """
+    from datasets import Dataset
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if (
+        not isinstance(dataset, Dataset)
+        or set(dataset.column_names) != {"prompt", "chosen", "rejected"}
+        or backend is None
+    ):
+        return None
+    columns = dataset.to_dict()
+    if not all(isinstance(v, str) for values in columns.values() for v in values):
+        return None  # conversational rows: trl applies a chat template, not reused
+    return config_hash(
+        dict(
+            rows=columns,
+            tokenizer=hashlib.sha256(backend.to_str().encode()).hexdigest(),
+            eos=tokenizer.eos_token,
+            max_length=args.max_length,
+            truncation=args.truncation_mode,
+        )
+    )
+
+
+@functools.cache
+def _trainer_class(base):
+    """``base`` (trl's DPOTrainer) that prepares a dataset once per process: a stand-in's runs
+    (modes, seeds, chapters) train on the same pairs, and trl's add-EOS-and-tokenise pass over
+    ~900 pairs cost about a tenth of a tiny run. The same rows, tokenizer and settings give the
+    same prepared dataset, so a run reads exactly what trl would have made
+    (tests/test_training.py compares the two)."""
+
+    class ReusingDPOTrainer(base):
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            key = prepared_key(dataset, processing_class, args)
+            if key is None:
+                return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            if key not in _PREPARED:
+                if len(_PREPARED) >= _PREPARED_MAX:
+                    _PREPARED.pop(next(iter(_PREPARED)))
+                _PREPARED[key] = super()._prepare_dataset(
+                    dataset, processing_class, args, dataset_name
+                )
+            return _PREPARED[key]
+
+    return ReusingDPOTrainer
 
 
 def _truncate(row: dict, max_length: int, cap: int) -> dict:

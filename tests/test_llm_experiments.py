@@ -357,3 +357,25 @@ def test_margin_reading_explains_the_disagreement_only_when_the_counts_show_it()
     for margin, acc in ((no, no), (holds, holds), (no, holds)):
         verdict_of = dict(own_margin_change=margin, output_accuracy=acc)
         assert llm_evidence.margin_reading(verdict_of, (12, 12), (0, 12)).startswith("Each")
+
+
+@pytest.mark.slow
+def test_chapter_08_workers_leave_the_trained_features_geometry_reads(tmp_path, monkeypatch):
+    """per_behavior_curves' runs, trained by two workers, extract each run's trained features
+    right after it (prefill's ``then``); geometry_table (chapters 10 and 11) then reads every one
+    from the cache and extracts none itself."""
+    from dpo_utils import results
+
+    monkeypatch.setenv("DPO_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setenv("DPO_PROCESSES", "2")
+    monkeypatch.delenv("DPO_FORCE_RERUN", raising=False)
+    cfg = config.get_config("cpu", dpo_max_steps=2, persona_source="corpus", pretrain_steps=20)
+    behaviors = ["enjoys-classical-music", "enjoys-baking-bread"]
+    llm_experiments.per_behavior_curves(cfg, behaviors, modes=("lora",), probe_train=4)
+    persona = llm_experiments.persona_rows(cfg, behaviors)
+    base = llm_experiments.base_features(cfg, persona)
+    before = len(results.provenance_log())
+    table = llm_experiments.geometry_table(cfg, persona, base, modes=("lora",), probe_train=4)
+    features = [e for e in results.provenance_log()[before:] if e["kind"] == "features"]
+    assert len(features) == 2 and all(e["from_cache"] for e in features), features
+    assert sorted(table["behavior"]) == sorted(behaviors)

@@ -394,3 +394,52 @@ def test_cpu_runs_score_only_completion_tokens_and_match_trls_own_path(tok, monk
     gap = max((weights[0][k] - weights[1][k]).abs().max().item() for k in start)
     moved = max((weights[1][k] - start[k]).abs().max().item() for k in start)
     assert gap < 0.01 * moved, f"max weight gap {gap:.2e}, largest move {moved:.2e}"
+
+
+def test_a_prepared_dataset_is_reused_and_equals_trls_own(tok, monkeypatch):
+    """Two trainers on the same pairs prepare once; what the second reads equals what trl makes
+    afresh (every column, every row), and another tokenizer, other pairs or another max_length
+    prepare again. Conversational rows are never reused (no key)."""
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    monkeypatch.setattr(training, "_PREPARED", {})
+    prepared = []
+    original = DPOTrainer._prepare_dataset
+
+    def counting(self, *args, **kwargs):
+        prepared.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DPOTrainer, "_prepare_dataset", counting)
+    pairs = toy_pairs(8)
+
+    def build(cfg, rows, tokenizer=tok):
+        args = training.dpo_arguments(cfg, "full", output_dir="unused")
+        return training._build_trainer(
+            cfg, tiny_llama(tok), tokenizer, rows, "full", None, args, []
+        )
+
+    first, second = build(_cfg(), pairs), build(_cfg(), pairs)
+    assert len(prepared) == 1
+    assert second.train_dataset is first.train_dataset
+    args = training.dpo_arguments(_cfg(), "full", output_dir="unused")
+    rows = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]
+    fresh = original(first, Dataset.from_list(rows), tok, args, "train")
+    assert second.train_dataset.to_dict() == fresh.to_dict()
+    build(_cfg(), pairs[:7])
+    build(_cfg(max_length=64), pairs)
+    other = tiny_tokenizer()
+    other.add_tokens(["<extra>"])
+    build(_cfg(), pairs, other)
+    assert len(prepared) == 4  # the first, then three that differ (fresh was not counted)
+    chat = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": "hi"}],
+                "chosen": [{"role": "assistant", "content": "a"}],
+                "rejected": [{"role": "assistant", "content": "b"}],
+            }
+        ]
+    )
+    assert training.prepared_key(chat, tok, args) is None
