@@ -106,16 +106,28 @@ test-notebooks: $(STAMP)
 # not. The job is stopped (SIGTERM: a folder being written is removed, never left half-written)
 # once jupyter-book returns, or on Ctrl-C: then it has nothing left to serve. The build's exit
 # status is jupyter-book's.
+#
+# The chapters that train on two cores (06-10) share one pair of worker processes for the whole
+# build (python -m dpo_utils.worker_service, on a socket in a fresh private folder named by
+# DPO_WORKER_SERVICE; log: _build/worker_service.log) instead of each starting two that import
+# torch, transformers and trl again. A chapter's jobs compute the same there; without the
+# service, a chapter starts its own workers. It is stopped like the background job.
 ifeq ($(PROFILE),cpu)
 book: $(STAMP)
 	@mkdir -p _build
 	@echo "chapter 06's stand-ins: made ready in the background (log: _build/measuring_setup.log)"
-	@DPO_PROFILE='$(PROFILE)' nice -n 10 $(BIN)/python -m dpo_utils.measuring_setup --profile '$(PROFILE)' \
+	@echo "workers shared by the chapters: python -m dpo_utils.worker_service (log: _build/worker_service.log)"
+	@sockets=$$(mktemp -d) || exit 1; \
+	DPO_PROFILE='$(PROFILE)' nice -n 10 $(BIN)/python -m dpo_utils.measuring_setup --profile '$(PROFILE)' \
 	  > _build/measuring_setup.log 2>&1 & setup=$$!; \
-	trap 'kill -TERM $$setup 2>/dev/null' INT TERM; \
+	$(BIN)/python -m dpo_utils.worker_service --address "$$sockets/workers" \
+	  > _build/worker_service.log 2>&1 & service=$$!; \
+	trap 'kill -TERM $$setup $$service 2>/dev/null' INT TERM; \
 	echo "DPO_PROFILE='$(PROFILE)' $(BIN)/jupyter-book build . -W -n --keep-going"; \
-	DPO_PROFILE='$(PROFILE)' $(BIN)/jupyter-book build . -W -n --keep-going; rc=$$?; \
-	kill -TERM $$setup 2>/dev/null; wait $$setup 2>/dev/null; \
+	DPO_WORKER_SERVICE="$$sockets/workers" DPO_PROFILE='$(PROFILE)' \
+	  $(BIN)/jupyter-book build . -W -n --keep-going; rc=$$?; \
+	kill -TERM $$setup $$service 2>/dev/null; wait $$setup $$service 2>/dev/null; \
+	rm -f "$$sockets/workers"; rmdir "$$sockets"; \
 	exit $$rc
 else
 book: $(STAMP)

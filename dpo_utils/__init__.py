@@ -28,6 +28,7 @@ Mechanisms (import only each other):
     fingerprint             what a cached result depends on: code and inputs [via results]
     chapter_parameters      every chapter's parameters, checked before any work [via book]
     runtime                 single_threaded, run_seed, process_map [via the experiment modules]
+    worker_service          make book's workers, shared by every chapter [via runtime]
     tables                  tidy-table summaries: slopes, times, rank correlations [02 03 05 07 09]
     train                   the command line (python -m dpo_utils.train) over run_cache [none]
     verdicts                seed grids, k-of-n counts, t intervals, saved verdict rows [07-13]

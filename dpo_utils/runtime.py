@@ -13,6 +13,7 @@ import gc
 import multiprocessing
 import os
 import signal
+import sys
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -32,10 +33,13 @@ __all__ = [
     "worker_processes",
     "process_map",
     "PROCESSES_ENV",
+    "SERVICE_ENV",
 ]
 
 #: environment variable: how many CPU runs train at once (1 trains in the notebook's own process)
 PROCESSES_ENV = "DPO_PROCESSES"
+#: environment variable: the socket of a build-wide worker service (dpo_utils.worker_service)
+SERVICE_ENV = "DPO_WORKER_SERVICE"
 #: on a CPU box, at most this many worker processes by default (each uses one core)
 MAX_DEFAULT_PROCESSES = 4
 
@@ -118,7 +122,8 @@ def settle_worker() -> int:
     every DPO run collects garbage twice (``train_dpo`` before it starts, accelerate when it
     ends): 0.25 s each, a tenth of a stand-in run. Frozen objects are skipped, so later
     collections walk only the next run's objects. What is frozen was alive between two runs
-    (modules, caches), and a worker lives one chapter. Never in the notebook's process: a model
+    (modules, caches), and a worker lives one chapter (one build, under ``make book``'s worker
+    service). Never in the notebook's process: a model
     frozen there, at 7B on a GPU, could never be freed.
 
     Used by: dpo_utils.runtime.
@@ -138,6 +143,9 @@ def _init_worker() -> None:
     # Ctrl-C (a notebook's "interrupt") stops the parent's wait, which then cancels the queued
     # runs; a worker finishes its current run instead of printing a traceback mid-run
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # stopped from outside (the worker service's end): leave as after an exception, so that a
+    # folder being written is removed, not left half-written
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("worker stopped (SIGTERM)"))
 
 
 def _executor(processes: int) -> ProcessPoolExecutor:
@@ -190,7 +198,9 @@ def _logged(
 
 def process_map(func: Callable[[Any], Any], jobs: Sequence[Any], processes: int) -> list:
     """``[func(job) for job in jobs]``, computed by ``processes`` spawned workers (each with one
-    torch thread); in this process when ``processes`` is 1 or there is one job. ``func`` must be
+    torch thread): a build-wide worker service's where ``$DPO_WORKER_SERVICE`` names one that
+    agrees to serve (:mod:`dpo_utils.worker_service`), else this process's own; in this process
+    when ``processes`` is 1 or there is one job. ``func`` must be
     a module-level function and each job picklable. Each job runs under this process's environment
     variables and working directory as they are at the call. A worker's exception is raised here;
     what a worker computed or loaded is added to this process's provenance log
@@ -202,10 +212,32 @@ def process_map(func: Callable[[Any], Any], jobs: Sequence[Any], processes: int)
         raise ValueError(f"processes={processes!r} is not allowed; give a whole number >= 1.")
     if processes == 1 or len(jobs) <= 1:
         return [func(job) for job in jobs]
+    context = (dict(os.environ), os.getcwd())
+    calls = [(func, job, *context) for job in jobs]
+    outputs = _borrowed(calls, processes)
+    if outputs is None:
+        outputs = _own_pool(calls, processes)
+    for _, entries in outputs:
+        for entry in entries:
+            results.record_provenance(**entry)
+    return [value for value, _ in outputs]
+
+
+def _borrowed(calls: list, processes: int) -> list | None:
+    """The outputs of a build-wide worker service's workers (``$DPO_WORKER_SERVICE``, which
+    ``make book`` sets), or None where there is none to use (a worker never borrows)."""
+    address = os.environ.get(SERVICE_ENV, "").strip()
+    if not address or multiprocessing.parent_process() is not None:
+        return None
+    from .worker_service import dispatch
+
+    return dispatch(address, calls, processes)
+
+
+def _own_pool(calls: list, processes: int) -> list:
     pool = _executor(processes)
     try:
-        context = (dict(os.environ), os.getcwd())
-        outputs = list(pool.map(_logged, [(func, job, *context) for job in jobs]))
+        outputs = list(pool.map(_logged, calls))
     except KeyboardInterrupt:
         pool.shutdown(wait=False, cancel_futures=True)
         _POOL.update(executor=None, size=0)
@@ -217,7 +249,4 @@ def process_map(func: Callable[[Any], Any], jobs: Sequence[Any], processes: int)
             'script must keep its top level under `if __name__ == "__main__":`. If memory is '
             f"short, set {PROCESSES_ENV}=1 to train one run at a time in this process."
         ) from error
-    for _, entries in outputs:
-        for entry in entries:
-            results.record_provenance(**entry)
-    return [value for value, _ in outputs]
+    return outputs

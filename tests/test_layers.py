@@ -16,7 +16,7 @@ MECHANISMS = {
     "config", "losses", "linear", "full_vocab", "synthetic", "feature_models", "metrics", "data",
     "corpus", "models", "embeddings", "probes", "training", "run_cache", "results", "runtime",
     "tables", "train", "fingerprint", "chapter_parameters", "saved_runs", "scale",
-    "pretraining", "persona_names", "verdicts", "hh_rlhf", "stand_in",
+    "pretraining", "persona_names", "verdicts", "hh_rlhf", "stand_in", "worker_service",
 }  # fmt: skip
 EXPERIMENTS = {
     "synthetic_experiments", "priority_experiments", "feature_experiments", "llm_experiments",

@@ -1,0 +1,192 @@
+"""Worker processes that live for a whole book build: chapters borrow them instead of starting
+their own.
+
+Each chapter executes in a kernel of its own, and a chapter that trains on two cores starts two
+spawned workers (:func:`dpo_utils.runtime.process_map`). A worker imports torch, transformers, trl
+and peft before its first run: about 9 CPU seconds, paid twice by every such chapter (06-10 on the
+CPU profile), while the chapter waits. ``make book`` therefore starts this service beside
+jupyter-book (``python -m dpo_utils.worker_service --address PATH``) and exports
+``$DPO_WORKER_SERVICE=PATH``. ``process_map`` then sends a chapter's jobs here, over a Unix socket
+in a private folder, and gets the same answers its own pool would give: each job still runs under
+the chapter's environment variables and working directory, with one torch thread, and comes back
+with its provenance entries.
+
+It changes where a job runs, never what it computes. Where the service is absent, refuses (a
+different pool size asked for, or package code that changed since it started) or stops
+mid-dispatch, ``process_map`` uses a pool of its own, as without the service. A worker's exception
+is raised in the chapter. A chapter interrupted mid-dispatch closes its connection, and the
+service cancels that chapter's queued jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Client, Listener
+
+from .fingerprint import code_fingerprint
+from .runtime import _init_worker, _logged, worker_processes
+
+__all__ = ["dispatch", "serve", "main"]
+
+
+def dispatch(address: str, calls: list, processes: int) -> list | None:
+    """The outputs of ``calls`` (``runtime._logged`` arguments) computed by the service at
+    ``address``, in order; None where there is no service there, it refuses (pool size other
+    than ``processes``, other package code), or it stops before answering.
+
+    Used by: dpo_utils.runtime.
+    """
+    try:
+        conn = Client(address, family="AF_UNIX")
+    except OSError:
+        return None
+    with conn:  # on Ctrl-C the connection closes, and the service cancels what is queued
+        conn.send(dict(code=code_fingerprint(), processes=processes, calls=calls))
+        try:
+            status, value = conn.recv()
+        except (EOFError, OSError):
+            warnings.warn(
+                f"the worker service at {address} stopped mid-dispatch; these runs go to a pool "
+                "of this process's own (finished ones are read from the cache).",
+                stacklevel=3,
+            )
+            return None
+    if isinstance(value, BrokenProcessPool):
+        raise RuntimeError(
+            f"a worker process of the worker service died ({value}). If memory is short, set "
+            "DPO_PROCESSES=1 to train one run at a time in the notebook's process."
+        ) from value
+    if status == "error":
+        raise value
+    return value if status == "ok" else None
+
+
+class _Service:
+    """The pool and its settings; the pool is started at the first request (a build's chapters
+    01-05 need no workers) and replaced if a worker dies."""
+
+    def __init__(self, processes: int):
+        self.processes, self.code = processes, code_fingerprint()
+        self.pool: ProcessPoolExecutor | None = None
+        self.lock = threading.Lock()
+
+    def executor(self) -> ProcessPoolExecutor:
+        with self.lock:
+            if self.pool is None:
+                self.pool = ProcessPoolExecutor(
+                    max_workers=self.processes,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_init_worker,
+                )
+            return self.pool
+
+    def answer(self, conn) -> None:
+        """One chapter's dispatch: run its calls, send ("ok", outputs), ("error", exception) or
+        ("refused", why); cancel what is queued if the chapter goes away first."""
+        with conn:
+            try:
+                request = conn.recv()
+            except Exception as error:  # e.g. a job's function this service cannot import
+                conn.send(("refused", f"cannot read the jobs: {error}"))
+                return
+            if request["code"] != self.code or request["processes"] != self.processes:
+                why = "package code changed" if request["code"] != self.code else "pool size"
+                conn.send(("refused", why))
+                return
+            pool = self.executor()
+            futures = [pool.submit(_logged, call) for call in request["calls"]]
+            while True:
+                done, pending = wait(futures, timeout=0.5, return_when=FIRST_EXCEPTION)
+                failed = [f for f in done if f.exception() is not None]
+                if failed or not pending:
+                    break
+                if conn.poll():  # the chapter closed the connection (Ctrl-C): stop its jobs
+                    for future in pending:
+                        future.cancel()
+                    return
+            if failed:
+                for future in pending:
+                    future.cancel()
+                error = failed[0].exception()
+                if isinstance(error, BrokenProcessPool):  # the next request gets a new pool
+                    with self.lock:
+                        if self.pool is pool:
+                            self.pool = None
+                    pool.shutdown(wait=False, cancel_futures=True)
+                _send_error(conn, error)
+                return
+            conn.send(("ok", [f.result() for f in futures]))
+
+    def close(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            processes = list(getattr(pool, "_processes", {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:  # a run in progress stops as on Ctrl-C: nothing half-written
+                with contextlib.suppress(Exception):
+                    process.terminate()
+                    process.join(timeout=10)
+                    if process.is_alive():
+                        process.kill()
+
+
+def _send_error(conn, error: BaseException) -> None:
+    try:
+        conn.send(("error", error))
+    except Exception:  # an exception that does not pickle: its type and message
+        conn.send(("error", RuntimeError(f"{type(error).__name__}: {error}")))
+
+
+def serve(address: str, processes: int) -> None:
+    """Answer dispatches at the Unix socket ``address`` until stopped, with ``processes``
+    workers.
+
+    Used by: dpo_utils.worker_service.
+    """
+    service = _Service(processes)
+    listener = Listener(address, family="AF_UNIX")
+    try:
+        while True:
+            conn = listener.accept()
+            threading.Thread(target=service.answer, args=(conn,), daemon=True).start()
+    finally:
+        listener.close()
+        service.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m dpo_utils.worker_service --address PATH [--processes N]``: serve until
+    SIGTERM (``make book`` stops it when jupyter-book returns, or on Ctrl-C).
+
+    Used by: ``python -m dpo_utils.worker_service`` (``make book``).
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m dpo_utils.worker_service", description=main.__doc__
+    )
+    parser.add_argument("--address", required=True, help="path of the Unix socket to create")
+    parser.add_argument("--processes", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.processes is not None and args.processes < 1:
+        parser.error(f"--processes {args.processes}: give a whole number >= 1.")
+    processes = args.processes or worker_processes(on_gpu=False)
+    folder = os.path.dirname(os.path.abspath(args.address))
+    if not os.path.isdir(folder):
+        parser.error(f"--address {args.address!r}: folder {folder!r} does not exist.")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("worker service stopped (SIGTERM)"))
+    print(f"worker service: {processes} workers, socket {args.address}", flush=True)
+    serve(args.address, processes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""dpo_utils.worker_service: a chapter's jobs go to a build-wide service's workers, and come back
+as its own pool would return them; without a usable service, the chapter's own pool."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import service_jobs
+
+from dpo_utils import results, runtime, worker_service
+
+pytestmark = pytest.mark.slow
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def service(tmp_path, monkeypatch):
+    """A running service with two workers, its socket in ``$DPO_WORKER_SERVICE``."""
+    address = str(tmp_path / "workers")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dpo_utils.worker_service",
+            "--address",
+            address,
+            "--processes",
+            "2",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for _ in range(200):
+        if os.path.exists(address):
+            break
+        time.sleep(0.05)
+    monkeypatch.setenv(runtime.SERVICE_ENV, address)
+    yield process, address
+    if process.poll() is None:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_jobs_run_in_the_services_workers_with_the_callers_environment(service, monkeypatch):
+    process, _ = service
+    monkeypatch.setenv("SERVICE_TEST_MARK", "first")
+    before = len(results.provenance_log())
+    out = runtime.process_map(service_jobs.where, [1, 2, 3, 4], processes=2)
+    assert [o[0] for o in out] == [1, 2, 3, 4]  # in order
+    assert {o[1] for o in out} == {process.pid}  # the service's workers, not a pool of ours
+    assert {o[3] for o in out} == {"first"}  # under this process's environment at the call
+    entries = results.provenance_log()[before:]
+    assert sorted(e["key"] for e in entries if e["kind"] == "test") == ["1", "2", "3", "4"]
+    workers = {o[2] for o in out}
+    monkeypatch.setenv("SERVICE_TEST_MARK", "second")
+    again = runtime.process_map(service_jobs.where, [5, 6, 7, 8], processes=2)
+    assert {o[2] for o in again} <= workers and len(workers) <= 2  # the same workers, kept
+    assert {o[3] for o in again} == {"second"}
+
+
+def test_a_workers_exception_is_raised_in_the_caller(service):
+    with pytest.raises(ValueError, match="job [12] failed on purpose"):
+        runtime.process_map(service_jobs.fail, [1, 2], processes=2)
+    out = runtime.process_map(service_jobs.where, [1, 2], processes=2)  # still serving
+    assert {o[1] for o in out} == {service[0].pid}
+
+
+def test_without_a_usable_service_the_caller_uses_its_own_pool(service, monkeypatch, tmp_path):
+    process, _ = service
+    # another pool size than the service's: refused, so a pool of this process's own
+    out = runtime.process_map(service_jobs.where, [1, 2, 3], processes=3)
+    assert {o[1] for o in out} == {os.getpid()}
+    # package code that changed since the service started: refused
+    monkeypatch.setattr(worker_service, "code_fingerprint", lambda: "other code")
+    out = runtime.process_map(service_jobs.where, [1, 2], processes=2)
+    assert {o[1] for o in out} == {os.getpid()}
+    monkeypatch.undo()
+    # no service at the address
+    monkeypatch.setenv(runtime.SERVICE_ENV, str(tmp_path / "nothing-here"))
+    out = runtime.process_map(service_jobs.where, [1, 2], processes=2)
+    assert {o[1] for o in out} == {os.getpid()}
+    runtime._shutdown()
+
+
+def test_sigterm_stops_the_service_its_workers_and_removes_the_socket(service):
+    process, address = service
+    out = runtime.process_map(service_jobs.where, [1, 2, 3, 4], processes=2)
+    workers = {o[2] for o in out}
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) != 0
+    assert "worker service stopped (SIGTERM)" in process.stdout.read()
+    assert not os.path.exists(address)
+    for pid in workers:
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"worker {pid} still runs after the service stopped")
+
+
+def test_bad_arguments_are_refused_before_serving(tmp_path):
+    for args, message in (
+        (["--address", str(tmp_path / "no" / "sock")], "does not exist"),
+        (["--address", str(tmp_path / "s"), "--processes", "0"], "whole number >= 1"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "dpo_utils.worker_service", *args],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 2 and message in done.stderr
