@@ -96,8 +96,8 @@ class _Service:
         with conn:
             try:
                 request = conn.recv()
-            except Exception as error:  # e.g. a job's function this service cannot import
-                conn.send(("refused", f"cannot read the jobs: {error}"))
+            except Exception as unreadable:  # e.g. a job's function this service cannot import
+                conn.send(("refused", f"cannot read the jobs: {unreadable}"))
                 return
             if request["code"] != self.code or request["processes"] != self.processes:
                 why = "package code changed" if request["code"] != self.code else "pool size"
@@ -118,6 +118,7 @@ class _Service:
                 for future in pending:
                     future.cancel()
                 error = failed[0].exception()
+                assert error is not None  # failed holds only futures that raised
                 if isinstance(error, BrokenProcessPool):  # the next request gets a new pool
                     with self.lock:
                         if self.pool is pool:
