@@ -19,10 +19,9 @@ pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent
 
 
-@pytest.fixture
-def service(tmp_path, monkeypatch):
-    """A running service with two workers, its socket in ``$DPO_WORKER_SERVICE``."""
-    address = str(tmp_path / "workers")
+def _start(folder: Path):
+    """A service with two workers on a socket in ``folder``, once its socket exists."""
+    address = str(folder / "workers")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
     process = subprocess.Popen(
         [
@@ -43,11 +42,36 @@ def service(tmp_path, monkeypatch):
         if os.path.exists(address):
             break
         time.sleep(0.05)
-    monkeypatch.setenv(runtime.SERVICE_ENV, address)
-    yield process, address
+    return process, address
+
+
+def _stop(process) -> None:
     if process.poll() is None:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory):
+    """One service for the tests that leave it running (its workers start once)."""
+    process, address = _start(tmp_path_factory.mktemp("service"))
+    yield process, address
+    _stop(process)
+
+
+@pytest.fixture
+def service(running, monkeypatch):
+    monkeypatch.setenv(runtime.SERVICE_ENV, running[1])
+    return running
+
+
+@pytest.fixture
+def own_service(tmp_path, monkeypatch):
+    """A service of this test's own (the test stops it)."""
+    process, address = _start(tmp_path)
+    monkeypatch.setenv(runtime.SERVICE_ENV, address)
+    yield process, address
+    _stop(process)
 
 
 def test_jobs_run_in_the_services_workers_with_the_callers_environment(service, monkeypatch):
@@ -91,8 +115,8 @@ def test_without_a_usable_service_the_caller_uses_its_own_pool(service, monkeypa
     runtime._shutdown()
 
 
-def test_sigterm_stops_the_service_its_workers_and_removes_the_socket(service):
-    process, address = service
+def test_sigterm_stops_the_service_its_workers_and_removes_the_socket(own_service):
+    process, address = own_service
     out = runtime.process_map(service_jobs.where, [1, 2, 3, 4], processes=2)
     workers = {o[2] for o in out}
     process.send_signal(signal.SIGTERM)
