@@ -316,7 +316,7 @@ def geometry_table(
     (metrics.properties_table), linear-classifier accuracy (5-fold) and mean feature norm of the
     behaviour's statements before (``base``) and after its own chapter 08 DPO run; ``dist_ratio``
     and ``snr_ratio`` after/before. Cached (``results.load_or_run``) by the runs' folders, the
-    statements and the base features.
+    statements and the behaviours the base features were extracted with.
 
     Used in: notebooks/10_misalignment_llm.ipynb, notebooks/11_embedding_geometry.ipynb.
     """
@@ -348,7 +348,10 @@ def geometry_table(
         cfg=cfg.to_dict(),
         runs={f"{m}/{b}": Path(p).name for (m, b), p in paths.items()},
         persona=config_hash({"persona": persona}),
-        version=1,
+        # which behaviours' statements the base features were extracted with (a row's features
+        # depend on its batch by float rounding)
+        base=list(dict.fromkeys(base.behaviors)),
+        version=2,
     )
     table = load_or_run("geometry", key, measure, profile=cfg.profile)
     return table.assign(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -435,4 +436,8 @@ def _prefill_job(job: dict) -> None:
     then = job.pop("then", None)
     load_job(job)
     if then is not None:
-        then(job, _job_dir(job))
+        try:
+            then(job, _job_dir(job))
+        except Exception as error:  # the run is saved; whoever needs then's work redoes it
+            name = getattr(then, "__name__", then)
+            warnings.warn(f"{name} after {_job_dir(job).name} failed: {error!r}", stacklevel=2)

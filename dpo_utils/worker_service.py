@@ -12,10 +12,14 @@ the chapter's environment variables and working directory, with one torch thread
 with its provenance entries.
 
 It changes where a job runs, never what it computes. Where the service is absent, refuses (a
-different pool size asked for, or package code that changed since it started) or stops
-mid-dispatch, ``process_map`` uses a pool of its own, as without the service. A worker's exception
-is raised in the chapter. A chapter interrupted mid-dispatch closes its connection, and the
-service cancels that chapter's queued jobs.
+different pool size asked for, package code that changed since it started, a pool that broke)
+or stops mid-dispatch, ``process_map`` uses a pool of its own, as without the service; a refusal
+is written to the service's log with its reason. Jobs and their outputs travel pickled and are
+opened only in the workers and the chapter, so the service itself never imports what the jobs
+need. A worker's exception is raised in the chapter, with the worker's traceback. A chapter
+interrupted mid-dispatch closes its connection, and the service cancels that chapter's queued
+jobs. The socket's folder must be private (no access for group or others): anyone who can
+connect can run code in the workers.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import argparse
 import contextlib
 import multiprocessing
 import os
+import pickle
 import signal
+import stat
 import sys
 import threading
 import warnings
@@ -39,10 +45,14 @@ from .runtime import _init_worker, _logged, worker_processes
 __all__ = ["dispatch", "serve", "main"]
 
 
+class WorkerTraceback(Exception):
+    """The traceback of a worker's exception, as text (the cause of the exception raised)."""
+
+
 def dispatch(address: str, calls: list, processes: int) -> list | None:
     """The outputs of ``calls`` (``runtime._logged`` arguments) computed by the service at
     ``address``, in order; None where there is no service there, it refuses (pool size other
-    than ``processes``, other package code), or it stops before answering.
+    than ``processes``, other package code, a broken pool), or it stops before answering.
 
     Used by: dpo_utils.runtime.
     """
@@ -50,9 +60,10 @@ def dispatch(address: str, calls: list, processes: int) -> list | None:
         conn = Client(address, family="AF_UNIX")
     except OSError:
         return None
+    blobs = [pickle.dumps(call) for call in calls]
     with conn:  # on Ctrl-C the connection closes, and the service cancels what is queued
-        conn.send(dict(code=code_fingerprint(), processes=processes, calls=calls))
         try:
+            conn.send(dict(code=code_fingerprint(), processes=processes, calls=blobs))
             status, value = conn.recv()
         except (EOFError, OSError):
             warnings.warn(
@@ -61,19 +72,25 @@ def dispatch(address: str, calls: list, processes: int) -> list | None:
                 stacklevel=3,
             )
             return None
-    if isinstance(value, BrokenProcessPool):
-        raise RuntimeError(
-            f"a worker process of the worker service died ({value}). If memory is short, set "
-            "DPO_PROCESSES=1 to train one run at a time in the notebook's process."
-        ) from value
     if status == "error":
-        raise value
-    return value if status == "ok" else None
+        error, trace = value
+        if isinstance(error, BrokenProcessPool):
+            raise RuntimeError(
+                f"a worker process of the worker service died ({error}). If memory is short, "
+                "set DPO_PROCESSES=1 to train one run at a time in the notebook's process."
+            ) from error
+        raise error from (WorkerTraceback(trace) if trace else None)
+    return [pickle.loads(blob) for blob in value] if status == "ok" else None
+
+
+def _run_pickled(blob: bytes) -> bytes:
+    """In a worker: one pickled ``_logged`` call, its output pickled again for the chapter."""
+    return pickle.dumps(_logged(pickle.loads(blob)))
 
 
 class _Service:
     """The pool and its settings; the pool is started at the first request (a build's chapters
-    01-05 need no workers) and replaced if a worker dies."""
+    01-05 need no workers) and replaced if it breaks."""
 
     def __init__(self, processes: int):
         self.processes, self.code = processes, code_fingerprint()
@@ -90,50 +107,61 @@ class _Service:
                 )
             return self.pool
 
+    def _drop(self, pool: ProcessPoolExecutor) -> None:
+        """A broken pool: the next request starts a new one."""
+        with self.lock:
+            if self.pool is pool:
+                self.pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def _refuse(self, conn, why: str) -> None:
+        print(f"worker service: refused a dispatch: {why}", flush=True)
+        conn.send(("refused", why))
+
     def answer(self, conn) -> None:
-        """One chapter's dispatch: run its calls, send ("ok", outputs), ("error", exception) or
-        ("refused", why); cancel what is queued if the chapter goes away first."""
-        with conn:
-            try:
-                request = conn.recv()
-            except Exception as unreadable:  # e.g. a job's function this service cannot import
-                conn.send(("refused", f"cannot read the jobs: {unreadable}"))
-                return
-            if request["code"] != self.code or request["processes"] != self.processes:
-                why = "package code changed" if request["code"] != self.code else "pool size"
-                conn.send(("refused", why))
-                return
+        """One chapter's dispatch: run its calls, send ("ok", outputs), ("error", (exception,
+        traceback)) or ("refused", why); cancel what is queued if the chapter goes away first."""
+        with conn, contextlib.suppress(EOFError, OSError):  # a chapter gone: nothing to answer
+            request = conn.recv()
+            if request["code"] != self.code:
+                return self._refuse(conn, "the package code changed since the service started")
+            if request["processes"] != self.processes:
+                asked, served = request["processes"], self.processes
+                return self._refuse(conn, f"{asked} processes asked for, {served} served")
             pool = self.executor()
-            futures = [pool.submit(_logged, call) for call in request["calls"]]
+            try:
+                futures = [pool.submit(_run_pickled, blob) for blob in request["calls"]]
+            except (BrokenProcessPool, RuntimeError) as broken:  # broke while idle
+                self._drop(pool)
+                return self._refuse(conn, f"the pool broke ({broken}); a new one starts next")
             while True:
                 done, pending = wait(futures, timeout=0.5, return_when=FIRST_EXCEPTION)
-                failed = [f for f in done if f.exception() is not None]
-                if failed or not pending:
+                failed = [f for f in done if not f.cancelled() and f.exception() is not None]
+                if failed or not pending or any(f.cancelled() for f in done):
                     break
                 if conn.poll():  # the chapter closed the connection (Ctrl-C): stop its jobs
                     for future in pending:
                         future.cancel()
-                    return
+                    return None
+            for future in pending:
+                future.cancel()
+            if not failed and any(f.cancelled() for f in futures):  # stopped from outside
+                return self._refuse(conn, "the service is stopping")
             if failed:
-                for future in pending:
-                    future.cancel()
                 error = failed[0].exception()
                 assert error is not None  # failed holds only futures that raised
-                if isinstance(error, BrokenProcessPool):  # the next request gets a new pool
-                    with self.lock:
-                        if self.pool is pool:
-                            self.pool = None
-                    pool.shutdown(wait=False, cancel_futures=True)
-                _send_error(conn, error)
-                return
+                if isinstance(error, BrokenProcessPool):
+                    self._drop(pool)
+                return _send_error(conn, error)
             conn.send(("ok", [f.result() for f in futures]))
+        return None
 
     def close(self) -> None:
         pool, self.pool = self.pool, None
         if pool is not None:
             processes = list(getattr(pool, "_processes", {}).values())
             pool.shutdown(wait=False, cancel_futures=True)
-            for process in processes:  # a run in progress stops as on Ctrl-C: nothing half-written
+            for process in processes:  # a run in progress is interrupted: its folder is removed
                 with contextlib.suppress(Exception):
                     process.terminate()
                     process.join(timeout=10)
@@ -142,10 +170,11 @@ class _Service:
 
 
 def _send_error(conn, error: BaseException) -> None:
+    trace = str(error.__cause__) if error.__cause__ is not None else None
     try:
-        conn.send(("error", error))
+        conn.send(("error", (error, trace)))
     except Exception:  # an exception that does not pickle: its type and message
-        conn.send(("error", RuntimeError(f"{type(error).__name__}: {error}")))
+        conn.send(("error", (RuntimeError(f"{type(error).__name__}: {error}"), trace)))
 
 
 def serve(address: str, processes: int) -> None:
@@ -161,6 +190,8 @@ def serve(address: str, processes: int) -> None:
             conn = listener.accept()
             threading.Thread(target=service.answer, args=(conn,), daemon=True).start()
     finally:
+        # a second SIGTERM (make's trap, then its cleanup) must not cut the cleanup short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         listener.close()
         service.close()
 
@@ -183,6 +214,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder = os.path.dirname(os.path.abspath(args.address))
     if not os.path.isdir(folder):
         parser.error(f"--address {args.address!r}: folder {folder!r} does not exist.")
+    info = os.stat(folder)
+    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        parser.error(
+            f"--address {args.address!r}: folder {folder!r} has mode "
+            f"{oct(stat.S_IMODE(info.st_mode))}; it must be yours and private (mode 0o700, as "
+            "mktemp -d makes it): anyone who can connect runs code in the workers."
+        )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("worker service stopped (SIGTERM)"))
     print(f"worker service: {processes} workers, socket {args.address}", flush=True)
     serve(args.address, processes)

@@ -7,10 +7,10 @@ from dpo_utils import results
 
 
 def where(job):
-    """The job, this process's parent's pid (a worker's: its pool's owner), its own pid, and one
-    provenance entry recorded."""
+    """The job, this process's parent's pid (a worker's: its pool's owner), its own pid, a
+    variable of its environment and its working directory; one provenance entry recorded."""
     results.record_provenance("test", "where", str(job), False)
-    return job, os.getppid(), os.getpid(), os.environ.get("SERVICE_TEST_MARK")
+    return job, os.getppid(), os.getpid(), os.environ.get("SERVICE_TEST_MARK"), os.getcwd()
 
 
 def fail(job):

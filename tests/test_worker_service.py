@@ -20,7 +20,9 @@ TESTS = Path(__file__).resolve().parent
 
 
 def _start(folder: Path):
-    """A service with two workers on a socket in ``folder``, once its socket exists."""
+    """A service with two workers on a socket in ``folder`` (made private, as mktemp -d does),
+    once its socket exists; its output goes to ``folder/log``."""
+    folder.chmod(0o700)
     address = str(folder / "workers")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
     process = subprocess.Popen(
@@ -34,21 +36,25 @@ def _start(folder: Path):
             "2",
         ],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=(folder / "log").open("w"),
         stderr=subprocess.STDOUT,
-        text=True,
     )
     for _ in range(200):
         if os.path.exists(address):
             break
         time.sleep(0.05)
+    assert os.path.exists(address), (folder / "log").read_text()
     return process, address
 
 
 def _stop(process) -> None:
     if process.poll() is None:
         process.terminate()
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -77,32 +83,39 @@ def own_service(tmp_path, monkeypatch):
 def test_jobs_run_in_the_services_workers_with_the_callers_environment(service, monkeypatch):
     process, _ = service
     monkeypatch.setenv("SERVICE_TEST_MARK", "first")
+    monkeypatch.chdir(TESTS)
     before = len(results.provenance_log())
     out = runtime.process_map(service_jobs.where, [1, 2, 3, 4], processes=2)
     assert [o[0] for o in out] == [1, 2, 3, 4]  # in order
     assert {o[1] for o in out} == {process.pid}  # the service's workers, not a pool of ours
     assert {o[3] for o in out} == {"first"}  # under this process's environment at the call
+    assert {o[4] for o in out} == {str(TESTS)}  # and in its working directory
     entries = results.provenance_log()[before:]
     assert sorted(e["key"] for e in entries if e["kind"] == "test") == ["1", "2", "3", "4"]
     workers = {o[2] for o in out}
     monkeypatch.setenv("SERVICE_TEST_MARK", "second")
     again = runtime.process_map(service_jobs.where, [5, 6, 7, 8], processes=2)
-    assert {o[2] for o in again} <= workers and len(workers) <= 2  # the same workers, kept
+    assert len(workers | {o[2] for o in again}) <= 2  # the same two workers, kept
     assert {o[3] for o in again} == {"second"}
 
 
 def test_a_workers_exception_is_raised_in_the_caller(service):
-    with pytest.raises(ValueError, match="job [12] failed on purpose"):
+    with pytest.raises(ValueError, match="job [12] failed on purpose") as raised:
         runtime.process_map(service_jobs.fail, [1, 2], processes=2)
+    # with the worker's traceback as its cause, as a pool of the caller's own gives it
+    assert isinstance(raised.value.__cause__, worker_service.WorkerTraceback)
+    assert "service_jobs.py" in str(raised.value.__cause__)
     out = runtime.process_map(service_jobs.where, [1, 2], processes=2)  # still serving
     assert {o[1] for o in out} == {service[0].pid}
 
 
 def test_without_a_usable_service_the_caller_uses_its_own_pool(service, monkeypatch, tmp_path):
     process, _ = service
-    # another pool size than the service's: refused, so a pool of this process's own
+    # another pool size than the service's: refused (and logged), so a pool of this process's own
     out = runtime.process_map(service_jobs.where, [1, 2, 3], processes=3)
     assert {o[1] for o in out} == {os.getpid()}
+    log = (Path(service[1]).parent / "log").read_text()
+    assert "refused a dispatch: 3 processes asked for, 2 served" in log
     # package code that changed since the service started: refused
     monkeypatch.setattr(worker_service, "code_fingerprint", lambda: "other code")
     out = runtime.process_map(service_jobs.where, [1, 2], processes=2)
@@ -121,7 +134,7 @@ def test_sigterm_stops_the_service_its_workers_and_removes_the_socket(own_servic
     workers = {o[2] for o in out}
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) != 0
-    assert "worker service stopped (SIGTERM)" in process.stdout.read()
+    assert "worker service stopped (SIGTERM)" in (Path(address).parent / "log").read_text()
     assert not os.path.exists(address)
     for pid in workers:
         for _ in range(100):
@@ -138,7 +151,10 @@ def test_bad_arguments_are_refused_before_serving(tmp_path):
     for args, message in (
         (["--address", str(tmp_path / "no" / "sock")], "does not exist"),
         (["--address", str(tmp_path / "s"), "--processes", "0"], "whole number >= 1"),
+        (["--address", str(tmp_path / "open" / "s")], "must be yours and private"),
     ):
+        (tmp_path / "open").mkdir(mode=0o755, exist_ok=True)
+        (tmp_path / "open").chmod(0o755)
         done = subprocess.run(
             [sys.executable, "-m", "dpo_utils.worker_service", *args],
             capture_output=True,
