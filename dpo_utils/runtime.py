@@ -123,8 +123,8 @@ def settle_worker() -> int:
     ends): 0.25 s each, a tenth of a stand-in run. Frozen objects are skipped, so later
     collections walk only the next run's objects. What is frozen was alive between two runs
     (modules, caches), and a worker lives one chapter (one build, under ``make book``'s worker
-    service). Never in the notebook's process: a model
-    frozen there, at 7B on a GPU, could never be freed.
+    service). Never in the notebook's process: a model frozen there, at 7B on a GPU, could never
+    be freed.
 
     Used by: dpo_utils.runtime.
     """
@@ -200,9 +200,9 @@ def process_map(func: Callable[[Any], Any], jobs: Sequence[Any], processes: int)
     """``[func(job) for job in jobs]``, computed by ``processes`` spawned workers (each with one
     torch thread): a build-wide worker service's where ``$DPO_WORKER_SERVICE`` names one that
     agrees to serve (:mod:`dpo_utils.worker_service`), else this process's own; in this process
-    when ``processes`` is 1 or there is one job. ``func`` must be
-    a module-level function and each job picklable. Each job runs under this process's environment
-    variables and working directory as they are at the call. A worker's exception is raised here;
+    when ``processes`` is 1 or there is one job. ``func`` must be a module-level function and each
+    job picklable. Each job runs under this process's environment variables and working directory
+    as they are at the call. A worker's exception is raised here;
     what a worker computed or loaded is added to this process's provenance log
     (:func:`dpo_utils.results.provenance_log`).
 
