@@ -46,7 +46,10 @@ __all__ = ["dispatch", "serve", "main"]
 
 
 class WorkerTraceback(Exception):
-    """The traceback of a worker's exception, as text (the cause of the exception raised)."""
+    """The traceback of a worker's exception, as text (the cause of the exception raised).
+
+    Used by: dpo_utils.worker_service.
+    """
 
 
 def dispatch(address: str, calls: list, processes: int) -> list | None:
