@@ -22,7 +22,6 @@ number of threads).
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -33,7 +32,7 @@ import torch
 from . import data, embeddings, models
 from .config import PROFILES, ExperimentConfig, get_config, profile_from_env
 from .models import TINY_MODELS, load_model_and_tokenizer
-from .runtime import process_map, worker_processes
+from .runtime import exit_on_sigterm, process_map, worker_processes
 
 __all__ = [
     "STAND_INS",
@@ -183,11 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--profile", default=profile_from_env(), choices=list(PROFILES))
     args = parser.parse_args(argv)
-    # make book stops this job with SIGTERM once jupyter-book returns (or on Ctrl-C): leave as
-    # after an exception, so that a folder being written is removed, not left half-written
-    signal.signal(
-        signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM): jupyter-book returned, or Ctrl-C")
-    )
+    # make book stops this job with SIGTERM once jupyter-book returns (or on Ctrl-C)
+    exit_on_sigterm("stopped (SIGTERM): jupyter-book returned, or Ctrl-C")
     cfg = get_config(args.profile)
     if _pretrain_settings(cfg) is None:  # a hub model: nothing of chapter 06's to pre-train
         print(f"profile {args.profile!r} has no tiny stand-ins to prepare; nothing to do.")

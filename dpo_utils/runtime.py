@@ -34,6 +34,7 @@ __all__ = [
     "process_map",
     "PROCESSES_ENV",
     "SERVICE_ENV",
+    "exit_on_sigterm",
 ]
 
 #: environment variable: how many CPU runs train at once (1 trains in the notebook's own process)
@@ -143,9 +144,17 @@ def _init_worker() -> None:
     # Ctrl-C (a notebook's "interrupt") stops the parent's wait, which then cancels the queued
     # runs; a worker finishes its current run instead of printing a traceback mid-run
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # stopped from outside (the worker service's end): leave as after an exception, so that a
-    # folder being written is removed, not left half-written
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit("worker stopped (SIGTERM)"))
+    exit_on_sigterm("worker stopped (SIGTERM)")  # the worker service's end
+
+
+def exit_on_sigterm(message: str) -> None:
+    """Handle SIGTERM in this process as ``sys.exit(message)``: a process stopped from outside
+    (``make book``'s end, Ctrl-C) leaves as after an exception, so that a folder being written
+    is removed (``atomic_directory``), never left half-written.
+
+    Used by: dpo_utils.measuring_setup, dpo_utils.runtime, dpo_utils.worker_service.
+    """
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(message))
 
 
 def _executor(processes: int) -> ProcessPoolExecutor:

@@ -40,7 +40,7 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import Client, Listener
 
 from .fingerprint import code_fingerprint
-from .runtime import _init_worker, _logged, worker_processes
+from .runtime import _init_worker, _logged, exit_on_sigterm, worker_processes
 
 __all__ = ["dispatch", "serve", "main"]
 
@@ -224,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{oct(stat.S_IMODE(info.st_mode))}; it must be yours and private (mode 0o700, as "
             "mktemp -d makes it): anyone who can connect runs code in the workers."
         )
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit("worker service stopped (SIGTERM)"))
+    exit_on_sigterm("worker service stopped (SIGTERM)")
     print(f"worker service: {processes} workers, socket {args.address}", flush=True)
     serve(args.address, processes)
     return 0
